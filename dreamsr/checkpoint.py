@@ -1,0 +1,153 @@
+"""Self-describing safetensors checkpoints: the tensors of a UNet plus, in the metadata, everything needed
+to rebuild and use it (UNet config, diffusion config, scale, colour space, how it was trained).
+
+Loading needs no flags; a missing, unexpected or reshaped tensor is a :class:`CheckpointError` naming the key,
+never a partial load. Tensors may be stored in fp16/bf16 and are loaded into the requested dtype.
+
+Metadata keys (all strings, JSON where structured):
+``format`` = "dreamsr.checkpoint", ``format_version`` = "1", ``unet`` (UNetConfig JSON), ``diffusion``
+(DiffusionConfig JSON), ``scale`` (int), ``color`` ("rgb"), ``training`` (JSON: p, steps, dataset, ...),
+``dreamsr_version``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
+
+from dreamsr.diffusion import DiffusionConfig
+from dreamsr.errors import CheckpointError, ConfigError
+from dreamsr.unet import UNet, UNetConfig
+
+__all__ = ["CheckpointInfo", "save_checkpoint", "load_checkpoint", "load_state_strict", "read_info", "FORMAT",
+           "FORMAT_VERSION"]
+
+FORMAT = "dreamsr.checkpoint"
+FORMAT_VERSION = "1"
+_STORE_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+@dataclass(frozen=True)
+class CheckpointInfo:
+    """What a checkpoint says about itself."""
+
+    unet: UNetConfig
+    diffusion: DiffusionConfig
+    scale: int  # native upscaling factor (LR -> HR)
+    color: str = "rgb"  # colour space of the model's input/output
+    training: dict = field(default_factory=dict)  # p, steps, dataset, patch, lr, ... as trained
+    dreamsr_version: str = ""
+
+    def to_metadata(self) -> dict[str, str]:
+        return {
+            "format": FORMAT,
+            "format_version": FORMAT_VERSION,
+            "unet": json.dumps(self.unet.to_dict(), sort_keys=True),
+            "diffusion": json.dumps(self.diffusion.to_dict(), sort_keys=True),
+            "scale": str(int(self.scale)),
+            "color": self.color,
+            "training": json.dumps(self.training, sort_keys=True),
+            "dreamsr_version": self.dreamsr_version,
+        }
+
+    @classmethod
+    def from_metadata(cls, meta: dict[str, str] | None, source: str) -> "CheckpointInfo":
+        if not meta or meta.get("format") != FORMAT:
+            raise CheckpointError(f"{source}: not a dreamsr checkpoint (no '{FORMAT}' metadata); "
+                                  "convert a .pth state dict with `dreamsr weights convert`")
+        if meta.get("format_version") != FORMAT_VERSION:
+            raise CheckpointError(f"{source}: checkpoint format version {meta.get('format_version')!r} is not "
+                                  f"supported by this dreamsr (expects {FORMAT_VERSION}); upgrade dreamsr")
+        try:
+            return cls(
+                unet=UNetConfig.from_dict(json.loads(meta["unet"])),
+                diffusion=DiffusionConfig.from_dict(json.loads(meta["diffusion"])),
+                scale=int(meta["scale"]),
+                color=meta.get("color", "rgb"),
+                training=json.loads(meta.get("training", "{}")),
+                dreamsr_version=meta.get("dreamsr_version", ""),
+            )
+        except (KeyError, ValueError, TypeError, ConfigError) as err:
+            raise CheckpointError(f"{source}: invalid checkpoint metadata ({err})") from None
+
+
+def save_checkpoint(path: str | os.PathLike, model: UNet, info: CheckpointInfo, *, dtype: str = "fp32") -> Path:
+    """Write ``model``'s weights and ``info`` to ``path`` atomically (temp file, fsync, rename).
+
+    ``dtype`` ("fp32" | "fp16" | "bf16") is the storage precision. Returns the path written.
+    """
+    if dtype not in _STORE_DTYPES:
+        raise ConfigError(f"storage dtype must be one of {', '.join(_STORE_DTYPES)}, got {dtype!r}")
+    if model.config != info.unet:
+        raise ConfigError("save_checkpoint: the model's config differs from info.unet")
+    path = Path(path)
+    tensors = {k: v.detach().to("cpu", _STORE_DTYPES[dtype]).contiguous() for k, v in model.state_dict().items()}
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        save_file(tensors, tmp, metadata=info.to_metadata())
+        with open(tmp, "rb+") as fh:
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def _open(path: Path, with_tensors: bool) -> tuple[dict[str, torch.Tensor], dict[str, str] | None]:
+    """Read metadata (and tensors if asked) of a safetensors file, with clear errors."""
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint not found: {path}")
+    try:
+        with safe_open(str(path), framework="pt") as fh:
+            meta = fh.metadata()
+            tensors = {k: fh.get_tensor(k) for k in fh.keys()} if with_tensors else {}
+    except (SafetensorError, OSError, ValueError, RuntimeError) as err:
+        raise CheckpointError(f"{path}: not a readable safetensors file ({err})") from None
+    return tensors, meta
+
+
+def read_info(path: str | os.PathLike) -> CheckpointInfo:
+    """Read only the metadata of a checkpoint."""
+    _, meta = _open(Path(path), with_tensors=False)
+    return CheckpointInfo.from_metadata(meta, str(path))
+
+
+def load_state_strict(model: torch.nn.Module, tensors: dict[str, torch.Tensor], source: str) -> None:
+    """Copy ``tensors`` into ``model``; any missing, unexpected or reshaped key is an error naming it."""
+    expected = model.state_dict()
+    missing = sorted(set(expected) - set(tensors))
+    unexpected = sorted(set(tensors) - set(expected))
+    if missing:
+        raise CheckpointError(f"{source}: tensor {missing[0]!r} is missing"
+                              + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""))
+    if unexpected:
+        raise CheckpointError(f"{source}: unexpected tensor {unexpected[0]!r}"
+                              + (f" (and {len(unexpected) - 1} more)" if len(unexpected) > 1 else ""))
+    for k, v in expected.items():
+        if tuple(tensors[k].shape) != tuple(v.shape):
+            raise CheckpointError(f"{source}: tensor {k!r} has shape {tuple(tensors[k].shape)}, "
+                                  f"the model expects {tuple(v.shape)}")
+    model.load_state_dict({k: t.to(v.dtype) for k, t in tensors.items() for v in [expected[k]]}, strict=True)
+
+
+def load_checkpoint(path: str | os.PathLike, *, device: str | torch.device = "cpu",
+                    dtype: torch.dtype = torch.float32) -> tuple[UNet, CheckpointInfo]:
+    """Build the exact UNet described by the checkpoint's metadata and load its weights.
+
+    Returns ``(model, info)`` with the model in eval mode on ``device`` in ``dtype``.
+    """
+    path = Path(path)
+    tensors, meta = _open(path, with_tensors=True)
+    info = CheckpointInfo.from_metadata(meta, str(path))
+    model = UNet(info.unet)
+    load_state_strict(model, tensors, str(path))
+    return model.to(device=device, dtype=dtype).eval(), info

@@ -1,0 +1,35 @@
+"""Shared CLI plumbing: the console, error reporting and exit codes.
+
+Exit codes: 0 success, 1 a job failed (some image/file failed, training stopped), 2 usage error.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import NoReturn
+
+from rich.console import Console
+
+from dreamsr.errors import ConfigError, DreamSRError
+
+console = Console(stderr=True, highlight=False)
+out = Console(highlight=False)
+
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_USAGE = 2
+
+
+def fail(message: str, code: int = EXIT_FAILED) -> NoReturn:
+    """Print one red line to stderr and exit with ``code``."""
+    console.print(f"[red]error:[/red] {message}", soft_wrap=True)
+    raise SystemExit(code)
+
+
+def exit_code_for(err: DreamSRError) -> int:
+    """Usage errors (bad options) exit 2, everything else 1."""
+    return EXIT_USAGE if isinstance(err, ConfigError) else EXIT_FAILED
+
+
+def is_tty() -> bool:
+    return sys.stderr.isatty()
