@@ -7,10 +7,30 @@ one LR synthesis used everywhere (training, eval, consistency).
 
 from __future__ import annotations
 
+import os
+
+import numpy as np
 import torch
 import torch.nn.functional as F
+from PIL import Image, ImageOps
 
-__all__ = ["resize", "downsample", "upsample", "rgb_to_y", "to_model", "from_model"]
+from dreamsr.errors import InputError
+
+__all__ = ["load_rgb", "resize", "downsample", "upsample", "rgb_to_y", "to_model", "from_model"]
+
+
+def load_rgb(path: str | os.PathLike) -> torch.Tensor:
+    """Decode an image file to float32 RGB [3, H, W] in [0, 1] (EXIF orientation applied, alpha dropped).
+
+    Raises InputError with the file name when the file cannot be decoded.
+    """
+    try:
+        with Image.open(path) as im:
+            im = ImageOps.exif_transpose(im)
+            arr = np.asarray(im.convert("RGB"), dtype=np.uint8)
+    except (OSError, ValueError, Image.DecompressionBombError) as err:
+        raise InputError(f"{path}: cannot read image ({err})") from None
+    return torch.from_numpy(arr.copy()).permute(2, 0, 1).float().div_(255.0)
 
 
 def resize(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
