@@ -145,12 +145,11 @@ class Schedule:
         beta = 1 - ab/ab_prev; mean = sqrt(ab_prev) beta/(1-ab) y0 + sqrt(1-beta)(1-ab_prev)/(1-ab) y_t;
         variance = beta (1-ab_prev)/(1-ab).
         """
-        ab = broadcast(alpha_bar, y_t)
-        abp = broadcast(alpha_bar_prev, y_t)
+        ab, abp = alpha_bar.double(), alpha_bar_prev.double()  # coefficients in float64, then cast
         beta = 1 - ab / abp
-        c0 = abp.sqrt() * beta / (1 - ab)
-        ct = (1 - beta).sqrt() * (1 - abp) / (1 - ab)
-        var = beta * (1 - abp) / (1 - ab)
+        c0 = broadcast(abp.sqrt() * beta / (1 - ab), y_t)
+        ct = broadcast((1 - beta).sqrt() * (1 - abp) / (1 - ab), y_t)
+        var = broadcast(beta * (1 - abp) / (1 - ab), y_t)
         return c0 * y0 + ct * y_t, var
 
     # --- respacing ---------------------------------------------------------------------------------
