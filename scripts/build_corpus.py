@@ -1,0 +1,146 @@
+#!/usr/bin/env python3
+"""Build the offline photo corpus that the default x4 model is trained and validated on.
+
+Training photos: Debian's ``lomiri-wallpapers-16.04``, ``lomiri-wallpapers-20.04`` and ``mate-backgrounds``
+(``sudo apt-get install lomiri-wallpapers-16.04 lomiri-wallpapers-20.04 mate-backgrounds``), minus renders
+and heavily-compressed files, each downscaled by an integer factor >= 2 (antialiased bicubic) to clear JPEG
+artefacts, saved as PNG. Licences and authors are read from the packages' DEP-5 copyright files.
+
+Validation photos (never trained on): the scikit-image and scikit-learn wheel photos.
+
+Usage::
+
+    python scripts/build_corpus.py OUT_DIR          # writes OUT_DIR/train/*.png, OUT_DIR/val/*.png,
+                                                     # OUT_DIR/ATTRIBUTION.md and OUT_DIR/manifest.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from dreamsr.images import load_rgb, resize
+
+LOMIRI = Path("/usr/share/backgrounds")
+MATE = Path("/usr/share/backgrounds/mate/nature")
+COPYRIGHT = {
+    "lomiri-wallpapers-16.04": Path("/usr/share/doc/lomiri-wallpapers-16.04/copyright"),
+    "lomiri-wallpapers-20.04": Path("/usr/share/doc/lomiri-wallpapers-20.04/copyright"),
+    "mate-backgrounds": Path("/usr/share/doc/mate-backgrounds/copyright"),
+}
+# Not photographs (renders, paintings, graphics) or too compressed (JPEG quality ~40 or heavy artefacts).
+EXCLUDE = {
+    "umang_by_Abhishek_Mudgal.jpg": "not a photo",
+    "Fossa_by_Jasper_Roks.jpg": "not a photo",
+    "Infinite-Sea_by_Aury88.jpg": "not a photo",
+    "Painting-Colors_by__herobrine7gamer.jpg": "not a photo",
+    "Wine_by_Jakkub_Mede.jpg": "JPEG quality about 40",
+    "FreshFlower.jpg": "heavily compressed",
+    "Aqua.jpg": "heavily compressed",
+}
+TARGET_LONG_SIDE = 1600  # downscale factor = max(2, round(long side / this))
+
+VALIDATION = [  # (wheel, relative path, licence, credit)
+    ("skimage", "data/astronaut.png", "public domain", "NASA (scikit-image)"),
+    ("skimage", "data/coffee.png", "CC0", "Rachel Michetti (scikit-image)"),
+    ("skimage", "data/chelsea.png", "CC0", "Stefan van der Walt (scikit-image)"),
+    ("skimage", "data/rocket.jpg", "public domain", "SpaceX (scikit-image)"),
+    ("skimage", "data/motorcycle_left.png", "Middlebury 2014 stereo benchmark terms",
+     "N. Nesic, P. Westling, X. Wang, Y. Kitajima, G. Krathwohl, D. Scharstein (scikit-image)"),
+    ("sklearn", "datasets/images/china.jpg", "CC-BY 2.0", "danielbuechele on Flickr (scikit-learn)"),
+    ("sklearn", "datasets/images/flower.jpg", "CC-BY 2.0", "vultilion on Flickr (scikit-learn)"),
+]
+
+
+def parse_dep5(path: Path) -> dict[str, tuple[str, str, str]]:
+    """File base name -> (copyright holder(s), licence, folder in the source) from a DEP-5 copyright file."""
+    out: dict[str, tuple[str, str, str]] = {}
+    for para in re.split(r"\n\s*\n", path.read_text(encoding="utf-8", errors="replace")):
+        fields: dict[str, list[str]] = {}
+        key = None
+        for line in para.splitlines():
+            m = re.match(r"^([A-Za-z-]+):\s*(.*)$", line)
+            if m:
+                key = m.group(1)
+                fields[key] = [m.group(2).strip()]
+            elif key and line.startswith(" "):
+                fields[key].append(line.strip())
+        if "Files" in fields and "License" in fields:
+            holder = "; ".join(x for x in fields.get("Copyright", []) if x)
+            lic = fields["License"][0]
+            for f in " ".join(fields["Files"]).split():
+                out[os.path.basename(f)] = (holder, lic, os.path.dirname(f))
+    return out
+
+
+def wheel_dir(name: str) -> Path:
+    mod = __import__(name)
+    return Path(os.path.dirname(mod.__file__))
+
+
+def save_png(x: torch.Tensor, path: Path) -> None:
+    arr = (x.clamp(0, 1) * 255).round().byte().permute(1, 2, 0).numpy()
+    Image.fromarray(np.ascontiguousarray(arr)).save(path)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("out", type=Path)
+    args = ap.parse_args(argv)
+    missing = [p for p, f in COPYRIGHT.items() if not f.is_file()]
+    if missing:
+        print(f"error: install the Debian packages first: sudo apt-get install {' '.join(missing)}", file=sys.stderr)
+        return 1
+    licences: dict[str, tuple[str, str, str]] = {}
+    for pkg, f in COPYRIGHT.items():
+        for name, (holder, lic, folder) in parse_dep5(f).items():
+            # both lomiri packages' copyright files list every release's files; the folder names the release
+            licences[name] = (holder, lic, f"lomiri-wallpapers-{folder}" if pkg.startswith("lomiri") else pkg)
+
+    (args.out / "train").mkdir(parents=True, exist_ok=True)
+    (args.out / "val").mkdir(parents=True, exist_ok=True)
+    manifest: dict[str, list[dict]] = {"train": [], "val": [], "excluded": []}
+    sources = sorted(LOMIRI.glob("*.jpg")) + sorted(MATE.glob("*.jpg"))
+    for src in sources:
+        if src.name in EXCLUDE:
+            manifest["excluded"].append({"file": src.name, "reason": EXCLUDE[src.name]})
+            continue
+        holder, lic, pkg = licences.get(src.name, ("unknown", "unknown", "unknown"))
+        img = load_rgb(src)
+        h, w = img.shape[-2:]
+        factor = max(2, round(max(h, w) / TARGET_LONG_SIDE))
+        small = resize(img, (h // factor, w // factor))
+        dst = args.out / "train" / (src.stem + ".png")
+        save_png(small, dst)
+        manifest["train"].append({"file": dst.name, "source": str(src), "package": pkg, "copyright": holder,
+                                  "license": lic, "original_size": [w, h], "downscale": factor,
+                                  "size": [w // factor, h // factor]})
+    for wheel, rel, lic, credit in VALIDATION:
+        src = wheel_dir(wheel) / rel
+        img = load_rgb(src)
+        dst = args.out / "val" / (Path(rel).stem + ".png")
+        save_png(img, dst)
+        manifest["val"].append({"file": dst.name, "source": f"{wheel} wheel: {rel}", "license": lic,
+                                "credit": credit, "size": [img.shape[-1], img.shape[-2]]})
+    (args.out / "manifest.json").write_text(json.dumps(manifest, indent=2))
+    lines = ["# Training corpus attribution", "",
+             "The dreamsr default x4 model was trained on these photographs (downscaled copies).", "",
+             "| file | author / copyright | licence | package |", "|---|---|---|---|"]
+    lines += [f"| {e['file']} | {e['copyright']} | {e['license']} | {e['package']} |" for e in manifest["train"]]
+    lines += ["", "Validation photos (never trained on):", "", "| file | credit | licence |", "|---|---|---|"]
+    lines += [f"| {e['file']} | {e['credit']} | {e['license']} |" for e in manifest["val"]]
+    (args.out / "ATTRIBUTION.md").write_text("\n".join(lines) + "\n")
+    print(f"{len(manifest['train'])} training photos, {len(manifest['val'])} validation photos -> {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
