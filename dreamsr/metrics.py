@@ -22,14 +22,22 @@ LPIPS and FID need pretrained backbones that are not shipped; they are looked up
 from __future__ import annotations
 
 import math
+import os
+import warnings
+from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
 from dreamsr.errors import DreamSRError, InputError
-from dreamsr.images import rgb_to_y
+from dreamsr.images import downsample, rgb_to_y
 
-__all__ = ["psnr", "ssim", "CONVENTIONS"]
+__all__ = [
+    "psnr", "ssim", "consistency", "CONVENTIONS", "MetricUnavailableError", "LPIPS", "LPIPS_FILES",
+    "InceptionFeatures", "FID_FILE", "FID_URL", "FID_MIN_IMAGES", "frechet_distance", "fid_from_features",
+    "fid_warning", "find_metric_weights",
+]
 
 #: Human-readable statement of each PSNR/SSIM convention, printed in report headers.
 CONVENTIONS: dict[str, str] = {
@@ -129,3 +137,258 @@ def ssim(sr: torch.Tensor, hr: torch.Tensor, *, crop_border: int = 0, y_channel:
         raise InputError(f"SSIM needs images of at least {_SSIM_WIN}x{_SSIM_WIN} (after cropping), "
                          f"got {a.shape[-2]}x{a.shape[-1]}")
     return _ssim_map(a, b).mean().item()
+
+
+# ---------------------------------------------------------------------------------------------- consistency
+def consistency(sr: torch.Tensor, lr: torch.Tensor) -> float:
+    """Consistency of Table 2 of the DREAM paper: MSE x 1e5 between the LR input and the downsampled SR output.
+
+    Args:
+        sr: [3, s*h, s*w] super-resolved image in [0, 1].
+        lr: [3, h, w] low-resolution input in [0, 1]; the integer factor s is read from the shapes.
+
+    The SR image is downsampled with the same antialiased bicubic that synthesises LR images everywhere in
+    dreamsr (:func:`dreamsr.images.downsample`) and clamped to [0, 1]; no border is cropped, no colour conversion.
+    """
+    if sr.dim() != 3 or lr.dim() != 3 or sr.shape[0] != lr.shape[0]:
+        raise InputError(f"consistency takes [C,H,W] images, got {tuple(sr.shape)} and {tuple(lr.shape)}")
+    (H, W), (h, w) = sr.shape[-2:], lr.shape[-2:]
+    if H % h or W % w or H // h != W // w:
+        raise InputError(f"SR {H}x{W} is not an integer multiple of LR {h}x{w}")
+    down = downsample(sr.detach().to("cpu", torch.float64), H // h).clamp(0, 1)
+    return torch.mean((down - lr.detach().to("cpu", torch.float64)) ** 2).item() * 1e5
+
+
+# ---------------------------------------------------------------------------------------------- weights
+#: LPIPS backbone -> (file name in the torch hub cache, download URL); the linear heads ship with ``lpips``.
+LPIPS_FILES: dict[str, tuple[str, str]] = {
+    "alex": ("alexnet-owt-7be5be79.pth", "https://download.pytorch.org/models/alexnet-owt-7be5be79.pth"),
+    "vgg": ("vgg16-397923af.pth", "https://download.pytorch.org/models/vgg16-397923af.pth"),
+    "squeeze": ("squeezenet1_1-b8a52dc0.pth", "https://download.pytorch.org/models/squeezenet1_1-b8a52dc0.pth"),
+}
+#: pytorch-fid's port of the TensorFlow FID InceptionV3 (the weights every published FID uses).
+FID_FILE = "pt_inception-2015-12-05-6726825d.pth"
+FID_URL = f"https://github.com/mseitzer/pytorch-fid/releases/download/fid_weights/{FID_FILE}"
+#: FID compares 2048-d features; with fewer images the covariance is rank-deficient and FID is biased upwards.
+FID_MIN_IMAGES = 2048
+
+
+def _hub_checkpoints() -> Path:
+    return Path(torch.hub.get_dir()) / "checkpoints"
+
+
+def find_metric_weights(filename: str, url: str, weights_dir: str | os.PathLike | None = None) -> Path:
+    """Locate a pretrained metric backbone: ``weights_dir/filename`` (or ``weights_dir/hub/checkpoints``), then
+    the torch hub cache ``$TORCH_HOME/hub/checkpoints/filename``. Never downloads.
+
+    Raises MetricUnavailableError naming the file, where to get it and where to put it.
+    """
+    candidates: list[Path] = []
+    if weights_dir is not None:
+        d = Path(weights_dir).expanduser()
+        candidates += [d / filename, d / "hub" / "checkpoints" / filename]
+    candidates.append(_hub_checkpoints() / filename)
+    for c in candidates:
+        if c.is_file():
+            return c
+    where = f"{Path(weights_dir)} or " if weights_dir is not None else ""
+    raise MetricUnavailableError(f"{filename} not found in {where}{_hub_checkpoints()}; fetch it from {url} "
+                                 f"into {_hub_checkpoints()} or pass --metric-weights DIR")
+
+
+def _load_state(path: Path, what: str) -> dict[str, torch.Tensor]:
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # noqa: BLE001 - any unpickling/IO failure means "not usable"
+        raise MetricUnavailableError(f"{path}: cannot read the {what} weights ({err})") from None
+    if not isinstance(state, dict):
+        raise MetricUnavailableError(f"{path}: not a state dict of {what} weights")
+    return state
+
+
+def _load_strict(module: torch.nn.Module, state: dict, path: Path, what: str) -> None:
+    try:
+        module.load_state_dict(state, strict=True)
+    except RuntimeError as err:
+        first = str(err).splitlines()[0:2]
+        raise MetricUnavailableError(f"{path}: not the {what} weights ({' '.join(first)})") from None
+
+
+# ---------------------------------------------------------------------------------------------- LPIPS
+class LPIPS:
+    """LPIPS v0.1 distance (Zhang et al. 2018) through the ``lpips`` package; the network is built once.
+
+    Inputs are [3,H,W] images in [0, 1], converted here to the [-1, 1] that LPIPS expects (the DREAM reference code
+    feeds [0, 1] and rebuilds the network per image; this does neither). The backbone (``net`` = alex, the paper's
+    choice, vgg or squeeze) is loaded from :func:`find_metric_weights` with strict key matching; the calibrated
+    linear heads come with the ``lpips`` package. Raises MetricUnavailableError when the backbone file is absent.
+    """
+
+    def __init__(self, net: str = "alex", *, weights_dir: str | os.PathLike | None = None,
+                 device: str | torch.device = "cpu") -> None:
+        if net not in LPIPS_FILES:
+            raise InputError(f"unknown LPIPS network {net!r}; choose one of {', '.join(LPIPS_FILES)}")
+        filename, url = LPIPS_FILES[net]
+        path = find_metric_weights(filename, url, weights_dir)
+        try:
+            import lpips as _lpips
+            import torchvision
+        except ImportError as err:
+            raise MetricUnavailableError(f"LPIPS needs the 'lpips' package ({err}); pip install lpips") from None
+
+        backbone = {"alex": torchvision.models.alexnet, "vgg": torchvision.models.vgg16,
+                    "squeeze": torchvision.models.squeezenet1_1}[net](weights=None)
+        _load_strict(backbone, _load_state(path, f"torchvision {net}"), path, f"torchvision {net}")
+        with warnings.catch_warnings():  # lpips passes torchvision's deprecated `pretrained=` flag
+            warnings.simplefilter("ignore")
+            model = _lpips.LPIPS(net=net, pretrained=False, pnet_rand=True, verbose=False)
+        # the lpips trunk holds torchvision's `features` layers under their original indices, split into slices
+        for part in model.net.children():
+            for idx, layer in part.named_children():
+                layer.load_state_dict(backbone.features[int(idx)].state_dict(), strict=True)
+        heads_path = Path(_lpips.__file__).parent / "weights" / "v0.1" / f"{net}.pth"
+        heads = _load_state(heads_path, "LPIPS linear-head")
+        missing, unexpected = model.load_state_dict(heads, strict=False)
+        lin_missing = [k for k in missing if k.startswith("lin") and not k.startswith("lins.")]
+        if unexpected or lin_missing:
+            raise MetricUnavailableError(f"{heads_path}: LPIPS heads do not match (missing {lin_missing}, "
+                                         f"unexpected {unexpected})")
+        self.net = net
+        self.device = torch.device(device)
+        self.model = model.eval().requires_grad_(False).to(self.device)
+
+    @torch.no_grad()
+    def __call__(self, sr: torch.Tensor, hr: torch.Tensor) -> float:
+        """LPIPS distance between [3,H,W] images in [0, 1] (lower is more similar; 0 for identical images)."""
+        if sr.shape != hr.shape or sr.dim() != 3 or sr.shape[0] != 3:
+            raise InputError(f"LPIPS takes two [3,H,W] images of one size, got {tuple(sr.shape)}, {tuple(hr.shape)}")
+        a = sr.to(self.device, torch.float32).unsqueeze(0) * 2 - 1
+        b = hr.to(self.device, torch.float32).unsqueeze(0) * 2 - 1
+        return float(self.model(a, b).item())
+
+
+# ---------------------------------------------------------------------------------------------- FID
+def _build_fid_inception() -> torch.nn.Module:
+    """torchvision's Inception3 patched into the TensorFlow FID graph (pytorch-fid's layout and parameter names).
+
+    Parameters are exactly those of ``Inception3(num_classes=1008, aux_logits=False)``, so the pytorch-fid file
+    loads with strict key matching. The patches change only the forward: the pool branch of the A, C and first E
+    blocks averages without counting zero padding (TensorFlow's average pool), and the last E block max-pools.
+    """
+    import torchvision.models.inception as tvi
+
+    class _A(tvi.InceptionA):
+        def _forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+            b5 = self.branch5x5_2(self.branch5x5_1(x))
+            b3 = self.branch3x3dbl_3(self.branch3x3dbl_2(self.branch3x3dbl_1(x)))
+            pool = self.branch_pool(F.avg_pool2d(x, 3, stride=1, padding=1, count_include_pad=False))
+            return [self.branch1x1(x), b5, b3, pool]
+
+    class _C(tvi.InceptionC):
+        def _forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+            b7 = self.branch7x7_3(self.branch7x7_2(self.branch7x7_1(x)))
+            d = x
+            for layer in (self.branch7x7dbl_1, self.branch7x7dbl_2, self.branch7x7dbl_3, self.branch7x7dbl_4,
+                          self.branch7x7dbl_5):
+                d = layer(d)
+            pool = self.branch_pool(F.avg_pool2d(x, 3, stride=1, padding=1, count_include_pad=False))
+            return [self.branch1x1(x), b7, d, pool]
+
+    class _E(tvi.InceptionE):
+        def __init__(self, in_channels: int, max_pool: bool) -> None:
+            super().__init__(in_channels)
+            self.max_pool = max_pool
+
+        def _forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+            b3 = self.branch3x3_1(x)
+            b3 = torch.cat([self.branch3x3_2a(b3), self.branch3x3_2b(b3)], 1)
+            d = self.branch3x3dbl_2(self.branch3x3dbl_1(x))
+            d = torch.cat([self.branch3x3dbl_3a(d), self.branch3x3dbl_3b(d)], 1)
+            if self.max_pool:  # TF FID graph: max pool in the last block
+                p = F.max_pool2d(x, 3, stride=1, padding=1)
+            else:
+                p = F.avg_pool2d(x, 3, stride=1, padding=1, count_include_pad=False)
+            return [self.branch1x1(x), b3, d, self.branch_pool(p)]
+
+    net = tvi.Inception3(num_classes=1008, aux_logits=False, init_weights=False)
+    net.Mixed_5b, net.Mixed_5c, net.Mixed_5d = _A(192, 32), _A(256, 64), _A(288, 64)
+    net.Mixed_6b, net.Mixed_6c, net.Mixed_6d, net.Mixed_6e = _C(768, 128), _C(768, 160), _C(768, 160), _C(768, 192)
+    net.Mixed_7b, net.Mixed_7c = _E(1280, max_pool=False), _E(2048, max_pool=True)
+    return net
+
+
+class InceptionFeatures:
+    """2048-d pool3 features of the FID InceptionV3 (pytorch-fid's weights file, strict key matching).
+
+    Images [N,3,H,W] (or one [3,H,W]) in [0, 1] are resized bilinearly to 299x299 (no antialias, as pytorch-fid)
+    and scaled to [-1, 1]. Raises MetricUnavailableError when the weights file is absent or not the right one.
+    """
+
+    def __init__(self, *, weights_dir: str | os.PathLike | None = None, device: str | torch.device = "cpu",
+                 batch: int = 8) -> None:
+        path = find_metric_weights(FID_FILE, FID_URL, weights_dir)
+        net = _build_fid_inception()
+        _load_strict(net, _load_state(path, "FID InceptionV3"), path, "FID InceptionV3 (pytorch-fid)")
+        self.device = torch.device(device)
+        self.net = net.eval().requires_grad_(False).to(self.device)
+        self.batch = max(1, int(batch))
+
+    def _pool3(self, x: torch.Tensor) -> torch.Tensor:
+        n = self.net
+        x = n.Conv2d_2b_3x3(n.Conv2d_2a_3x3(n.Conv2d_1a_3x3(x)))
+        x = F.max_pool2d(x, 3, stride=2)
+        x = F.max_pool2d(n.Conv2d_4a_3x3(n.Conv2d_3b_1x1(x)), 3, stride=2)
+        for name in ("Mixed_5b", "Mixed_5c", "Mixed_5d", "Mixed_6a", "Mixed_6b", "Mixed_6c", "Mixed_6d",
+                     "Mixed_6e", "Mixed_7a", "Mixed_7b", "Mixed_7c"):
+            x = getattr(n, name)(x)
+        return F.adaptive_avg_pool2d(x, 1).flatten(1)
+
+    @torch.no_grad()
+    def __call__(self, images: torch.Tensor | list[torch.Tensor]) -> np.ndarray:
+        """[N, 2048] float64 features of images in [0, 1] ([N,3,H,W], one [3,H,W], or a list of [3,H,W])."""
+        if isinstance(images, torch.Tensor):
+            images = [images] if images.dim() == 3 else list(images)
+        out: list[np.ndarray] = []
+        for i in range(0, len(images), self.batch):
+            chunk = [F.interpolate(im.to(self.device, torch.float32).unsqueeze(0), size=(299, 299),
+                                   mode="bilinear", align_corners=False) for im in images[i:i + self.batch]]
+            x = torch.cat(chunk) * 2 - 1
+            out.append(self._pool3(x).double().cpu().numpy())
+        return np.concatenate(out) if out else np.zeros((0, 2048))
+
+
+def frechet_distance(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma2: np.ndarray) -> float:
+    """Fréchet distance between Gaussians: |mu1 - mu2|^2 + Tr(S1) + Tr(S2) - 2 Tr((S1 S2)^(1/2)).
+
+    Tr((S1 S2)^(1/2)) is the sum of the square roots of the eigenvalues of S1^(1/2) S2 S1^(1/2), a symmetric PSD
+    matrix with the same spectrum as S1 S2, so two symmetric eigen-decompositions replace scipy's sqrtm (and stay
+    real and stable for the rank-deficient covariances of small sets). Rounding below 0 is clamped to 0.
+    """
+    mu1, mu2 = np.asarray(mu1, np.float64), np.asarray(mu2, np.float64)
+    s1, s2 = np.asarray(sigma1, np.float64), np.asarray(sigma2, np.float64)
+    if mu1.shape != mu2.shape or s1.shape != s2.shape or s1.shape != (mu1.size, mu1.size):
+        raise InputError(f"Fréchet distance: shapes differ ({mu1.shape}, {s1.shape}) vs ({mu2.shape}, {s2.shape})")
+    s1, s2 = (s1 + s1.T) / 2, (s2 + s2.T) / 2
+    w, v = np.linalg.eigh(s1)
+    root1 = (v * np.sqrt(np.clip(w, 0, None))) @ v.T
+    m = root1 @ s2 @ root1
+    ev = np.linalg.eigvalsh((m + m.T) / 2)
+    tr_covmean = float(np.sqrt(np.clip(ev, 0, None)).sum())
+    diff = mu1 - mu2
+    return max(0.0, float(diff @ diff + np.trace(s1) + np.trace(s2) - 2 * tr_covmean))
+
+
+def fid_from_features(feats_a: np.ndarray, feats_b: np.ndarray) -> float:
+    """FID between two feature sets [N, D] (N >= 2 each): unbiased covariances (``np.cov``), as pytorch-fid."""
+    a, b = np.asarray(feats_a, np.float64), np.asarray(feats_b, np.float64)
+    if a.ndim != 2 or b.ndim != 2 or a.shape[1] != b.shape[1] or len(a) < 2 or len(b) < 2:
+        raise InputError(f"FID needs two [N>=2, D] feature sets, got {a.shape} and {b.shape}")
+    return frechet_distance(a.mean(0), np.cov(a, rowvar=False), b.mean(0), np.cov(b, rowvar=False))
+
+
+def fid_warning(n: int) -> str | None:
+    """The warning to show next to an FID computed on ``n`` images (None when n >= 2048)."""
+    if n >= FID_MIN_IMAGES:
+        return None
+    return (f"FID on {n} images (< {FID_MIN_IMAGES}, the feature dimension) is biased upwards and only "
+            f"comparable with FIDs on the same number of images (the paper used 100)")

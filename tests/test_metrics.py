@@ -148,3 +148,171 @@ def test_bad_inputs_raise_input_error() -> None:
         metrics.psnr(torch.zeros(3, 8, 8), torch.zeros(3, 8, 8), crop_border=4)
     with pytest.raises(InputError, match="3 channels"):
         metrics.psnr(torch.zeros(1, 8, 8), torch.zeros(1, 8, 8), y_channel=True)
+
+
+# ---------------------------------------------------------------- consistency
+def test_consistency_is_mse_times_1e5_against_the_bicubic_downsample() -> None:
+    hr = _photo(size=64)
+    lr = downsample(hr, 4).clamp(0, 1)
+    assert metrics.consistency(hr, lr) == 0.0  # HR is perfectly consistent with its own LR
+    # a flat SR image at 0.5 against a flat LR at 0.5 + 0.01: MSE 1e-4 -> 10 (x 1e5)
+    sr = torch.full((3, 32, 32), 0.5, dtype=torch.float64)
+    # (bicubic resizing runs in float32: 1e-5 relative)
+    assert metrics.consistency(sr, torch.full((3, 8, 8), 0.51, dtype=torch.float64)) == pytest.approx(10.0, rel=1e-5)
+    # bicubic upsampling is not a perfect inverse: a small, positive number
+    c = metrics.consistency(upsample(lr, 4).clamp(0, 1), lr)
+    assert 0 < c < 1e3
+    with pytest.raises(InputError, match="multiple"):
+        metrics.consistency(torch.zeros(3, 30, 32), torch.zeros(3, 8, 8))
+
+
+# ---------------------------------------------------------------- LPIPS / FID weights (random stand-ins)
+def _save_random_weights(folder, lpips_net: str = "alex", fid: bool = True) -> None:
+    """Random-initialised weights under the real file names (shared/offline.md): plumbing, not real values."""
+    import torchvision
+
+    folder.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(0)
+    ctor = {"alex": torchvision.models.alexnet, "squeeze": torchvision.models.squeezenet1_1}[lpips_net]
+    torch.save(ctor(weights=None).state_dict(), folder / metrics.LPIPS_FILES[lpips_net][0])
+    if fid:
+        net = torchvision.models.inception_v3(weights=None, aux_logits=False, init_weights=True, num_classes=1008)
+        torch.save(net.state_dict(), folder / metrics.FID_FILE)
+        # calibrate the BatchNorm statistics on noise so that random features stay O(1) instead of exploding
+        feats = metrics.InceptionFeatures(weights_dir=folder, batch=4)
+        for m in feats.net.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.reset_running_stats()
+                m.momentum = None
+        feats.net.train()
+        feats(torch.rand(4, 3, 32, 32))
+        torch.save(feats.net.state_dict(), folder / metrics.FID_FILE)
+
+
+@pytest.fixture(scope="module")
+def random_weights(tmp_path_factory):
+    home = tmp_path_factory.mktemp("torch_home")
+    _save_random_weights(home / "hub" / "checkpoints")
+    return home
+
+
+@pytest.fixture
+def torch_home(random_weights, monkeypatch):
+    monkeypatch.setenv("TORCH_HOME", str(random_weights))
+    return random_weights
+
+
+@pytest.fixture
+def empty_torch_home(tmp_path, monkeypatch):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    return tmp_path
+
+
+def test_missing_weights_are_reported_unavailable_with_the_file_to_fetch(empty_torch_home) -> None:
+    with pytest.raises(metrics.MetricUnavailableError, match="alexnet-owt-7be5be79.pth.*download.pytorch.org"):
+        metrics.LPIPS()
+    with pytest.raises(metrics.MetricUnavailableError, match="pt_inception-2015-12-05-6726825d.pth.*pytorch-fid"):
+        metrics.InceptionFeatures()
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning")  # lpips passes torchvision's deprecated pretrained=
+def test_lpips_matches_the_lpips_package_fed_minus_one_to_one(torch_home) -> None:
+    import lpips
+
+    ours = metrics.LPIPS("alex")
+    # the package's own loader finds the same (random) backbone in $TORCH_HOME and never downloads
+    ref = lpips.LPIPS(net="alex", verbose=False).eval()
+    sr, hr = _pair(size=64)
+    want = ref(hr.unsqueeze(0) * 2 - 1, sr.unsqueeze(0) * 2 - 1).item()
+    assert ours(sr, hr) == pytest.approx(want, rel=1e-5)
+    assert ours(sr, hr) != pytest.approx(ref(hr.unsqueeze(0), sr.unsqueeze(0)).item(), rel=1e-3)  # not [0,1]
+    assert ours(hr, hr) == 0.0
+
+
+def test_lpips_weights_from_a_metric_weights_dir(tmp_path, empty_torch_home) -> None:
+    _save_random_weights(tmp_path / "w", lpips_net="squeeze", fid=False)
+    d = metrics.LPIPS("squeeze", weights_dir=tmp_path / "w")
+    sr, hr = _pair(size=48)
+    assert d(sr, hr) > 0 and d(hr, hr) == 0.0
+
+
+def test_a_wrong_weights_file_is_unavailable_not_a_partial_load(tmp_path, empty_torch_home) -> None:
+    import torchvision
+
+    bad = torchvision.models.inception_v3(weights=None, aux_logits=True, init_weights=False).state_dict()
+    torch.save(bad, tmp_path / metrics.FID_FILE)  # torchvision's own Inception: aux head and 1000 classes
+    with pytest.raises(metrics.MetricUnavailableError, match="not the FID InceptionV3"):
+        metrics.InceptionFeatures(weights_dir=tmp_path)
+
+
+def test_fid_network_has_pytorch_fid_parameter_layout() -> None:
+    import torchvision
+
+    ours = metrics._build_fid_inception().state_dict()
+    ref = torchvision.models.inception_v3(weights=None, aux_logits=False, init_weights=False,
+                                          num_classes=1008).state_dict()
+    assert list(ours) == list(ref)
+    assert all(ours[k].shape == ref[k].shape for k in ref)
+    assert ours["fc.weight"].shape == (1008, 2048)
+
+
+def test_fid_blocks_use_tensorflow_pooling() -> None:
+    import torchvision.models.inception as tvi
+
+    torch.manual_seed(0)
+    net = metrics._build_fid_inception().eval()
+    ref = tvi.InceptionA(192, pool_features=32).eval()
+    ref.load_state_dict(net.Mixed_5b.state_dict())
+    x = torch.rand(1, 192, 9, 9)
+    with torch.no_grad():
+        a, b = net.Mixed_5b(x), ref(x)
+    # average pool without counting the zero padding: same inside, different on the border
+    torch.testing.assert_close(a[..., 1:-1, 1:-1], b[..., 1:-1, 1:-1])
+    assert (a[..., 0, :] - b[..., 0, :]).abs().max() > 1e-4
+    assert net.Mixed_7c.max_pool and not net.Mixed_7b.max_pool
+
+
+def test_fid_features_and_distance_through_the_real_file_path(torch_home) -> None:
+    feats = metrics.InceptionFeatures(batch=2)
+    imgs = torch.stack([_photo(name, size=64) for name in ("astronaut.png", "coffee.png")])
+    f = feats(imgs)
+    assert f.shape == (2, 2048) and np.isfinite(f).all()
+    np.testing.assert_allclose(feats(imgs[1])[0], f[1], rtol=1e-4, atol=1e-5)  # batching does not matter
+    assert metrics.fid_from_features(f, f) == pytest.approx(0.0, abs=1e-6)
+    g = feats(imgs.flip(-1))
+    assert metrics.fid_from_features(f, g) > 0
+    assert "biased" in metrics.fid_warning(2) and metrics.fid_warning(2048) is None
+
+
+# ---------------------------------------------------------------- Fréchet distance
+def test_frechet_distance_matches_closed_forms() -> None:
+    rng = np.random.default_rng(0)
+    d = 6
+    mu1, mu2 = rng.normal(size=d), rng.normal(size=d)
+    a, b = rng.uniform(0.1, 2, size=d), rng.uniform(0.1, 2, size=d)
+    want = float(np.sum((mu1 - mu2) ** 2) + np.sum((np.sqrt(a) - np.sqrt(b)) ** 2))
+    # diagonal covariances
+    assert metrics.frechet_distance(mu1, np.diag(a), mu2, np.diag(b)) == pytest.approx(want, rel=1e-10)
+    # commuting covariances in a rotated basis give the same value
+    q, _ = np.linalg.qr(rng.normal(size=(d, d)))
+    assert metrics.frechet_distance(mu1, q @ np.diag(a) @ q.T, mu2, q @ np.diag(b) @ q.T) == pytest.approx(
+        want, rel=1e-9)
+    # 1-D: (m1 - m2)^2 + (s1 - s2)^2
+    assert metrics.frechet_distance(np.array([1.0]), np.array([[4.0]]), np.array([3.0]), np.array([[9.0]])) == (
+        pytest.approx(4.0 + 1.0))
+
+
+def test_frechet_distance_matches_scipy_sqrtm_on_non_commuting_covariances() -> None:
+    linalg = pytest.importorskip("scipy.linalg")
+    rng = np.random.default_rng(1)
+    x, y = rng.normal(size=(40, 8)), rng.normal(size=(30, 8)) @ rng.normal(size=(8, 8))
+    s1, s2 = np.cov(x, rowvar=False), np.cov(y, rowvar=False)
+    mu1, mu2 = x.mean(0), y.mean(0)
+    covmean = linalg.sqrtm(s1 @ s2).real
+    want = float((mu1 - mu2) @ (mu1 - mu2) + np.trace(s1) + np.trace(s2) - 2 * np.trace(covmean))
+    assert metrics.frechet_distance(mu1, s1, mu2, s2) == pytest.approx(want, rel=1e-8)
+    assert metrics.fid_from_features(x, y) == pytest.approx(want, rel=1e-8)
+    # rank-deficient (fewer samples than dimensions): finite, non-negative, 0 against itself
+    z = rng.normal(size=(5, 8))
+    assert metrics.fid_from_features(z, z) == pytest.approx(0.0, abs=1e-6)
+    assert metrics.fid_from_features(z, x) > 0
