@@ -1,0 +1,337 @@
+"""The :class:`Upscaler`: model + noise schedule + sampler + tiling -> a super-resolved image.
+
+Data flow of :meth:`Upscaler.upscale` for an LR image ``lr`` [3, h, w] in [0, 1] and scale s:
+
+1. condition ``x0`` = bicubic(lr) to [3, h*s, w*s], mapped to [-1, 1] (SR3's condition, computed once on the
+   whole image so every tile sees the same condition pixels as the untiled image);
+2. the LR tile grid (paper Sec. 6.2: 40x40 tiles, 5 px overlap; :mod:`dreamsr.tiling`) is scaled by s to the
+   HR grid; images smaller than a tile are padded by reflection and cropped back;
+3. ``merge="step"`` (default): the whole (padded) HR image is one sample. At every step the network
+   predicts eps for all tiles (in batches of ``batch``), the tiles' eps are blended with feathered weights
+   summing to 1, and the sampler takes one step on the whole image. The noise is one image-sized draw,
+   so it is shared where tiles overlap, there are no seams, and the result does not depend on ``batch``.
+   ``merge="end"``: the paper's protocol; each tile is sampled on its own (its own generator, seeded from
+   ``seed`` and the tile index, so ``batch`` does not matter either) and the finished tiles are blended.
+4. the sampled y0 is mapped back to an image (``DiffusionConfig.from_target``: identity for the ``image``
+   target, ``x0 + y0 / residual_scale`` for ``residual``), cropped, and returned in [0, 1].
+
+Options: a truncated start (``start`` = trained step t0: sampling begins from the condition noised to
+level t0, Eq. 3, instead of pure noise) and LR back-projection (after each y0_hat, the HR estimate is
+corrected so its bicubic downsample matches the LR input: hr += up(lr - down(hr)), one iteration of
+Irani & Peleg's back-projection, applied to the *image* whatever the diffused target).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Literal
+
+import torch
+from torch import nn
+
+from dreamsr.checkpoint import CheckpointInfo, load_checkpoint
+from dreamsr.diffusion import Schedule
+from dreamsr.errors import ConfigError, InputError
+from dreamsr.images import (DEFAULT_MAX_PIXELS, LoadedImage, OutputExistsError, downsample, format_for_path,
+                            from_model, load_image, resize, save_image, to_model, upsample)
+from dreamsr.runtime import autocast, resolve_device, resolve_precision
+from dreamsr.samplers import SAMPLERS
+from dreamsr.tiling import TileGrid, accumulate, make_grid, reflect_pad, split, validate_tiling
+from dreamsr.unet import UNet
+
+__all__ = ["Upscaler", "UpscaleResult", "ProgressFn", "MIN_SIDE", "tile_seed", "output_size"]
+
+ProgressFn = Callable[[int, int], None]  # (model calls done, model calls in total) after every tile batch
+Sampler = Literal["ddim", "ddpm"]
+Merge = Literal["step", "end"]
+
+MIN_SIDE = 4  # smallest LR side (px) accepted: a 1x1 or 2x3 image carries nothing to super-resolve
+
+
+def tile_seed(seed: int, index: int) -> int:
+    """Seed of tile ``index``'s own generator in ``merge="end"`` mode (independent of the batch size)."""
+    return (int(seed) * 1_000_003 + int(index)) % (2 ** 63)
+
+
+def output_size(height: int, width: int, scale: float) -> tuple[int, int]:
+    """Output (H, W) for a final ``scale`` (rounded to the nearest pixel, at least 1)."""
+    return max(1, int(round(height * scale))), max(1, int(round(width * scale)))
+
+
+@dataclass
+class UpscaleResult:
+    """What :meth:`Upscaler.upscale_file` did."""
+
+    input: Path
+    output: Path
+    in_size: tuple[int, int]  # (H, W) of the input
+    out_size: tuple[int, int]  # (H, W) written
+    native_scale: int  # the model's factor
+    scale: float  # the factor written (native, or another one by a final bicubic resize)
+    seconds: float
+    warnings: list[str] = field(default_factory=list)
+
+
+class Upscaler:
+    """Holds a UNet, its checkpoint info (diffusion config, native scale) and the device/precision choices.
+
+    ``model`` is any module with ``forward(y_t, x0, gamma) -> eps`` (a :class:`~dreamsr.unet.UNet`); it is
+    moved to ``device`` (in place, as ``nn.Module.to``), optionally to channels_last, and put in eval mode
+    only while sampling (its previous mode is restored, so a training loop can validate with its own model).
+    ``precision`` goes through :func:`~dreamsr.runtime.resolve_precision` ("auto": bf16/fp16 on CUDA, fp32
+    elsewhere); anything but fp32 runs the network under autocast.
+    """
+
+    def __init__(self, model: UNet | nn.Module, info: CheckpointInfo, *, device: str | torch.device = "cpu",
+                 precision: str = "fp32", channels_last: bool = True) -> None:
+        self.device = resolve_device(device) if isinstance(device, str) else torch.device(device)
+        self.precision = resolve_precision(precision, self.device)
+        self.channels_last = bool(channels_last)
+        self.info = info
+        self.scale: int = int(info.scale)
+        if self.scale < 1:
+            raise ConfigError(f"checkpoint scale must be >= 1, got {self.scale}")
+        self.diffusion = info.diffusion
+        self.schedule = Schedule(info.diffusion)
+        self.size_multiple = int(info.unet.size_multiple)
+        model = model.to(self.device)
+        if self.channels_last:
+            model = model.to(memory_format=torch.channels_last)
+        self.model = model
+
+    @classmethod
+    def from_checkpoint(cls, path: str | os.PathLike, *, device: str | torch.device = "auto",
+                        precision: str = "auto", channels_last: bool = True) -> "Upscaler":
+        """Load a dreamsr safetensors checkpoint (fp32 weights) and wrap it."""
+        dev = resolve_device(device) if isinstance(device, str) else torch.device(device)
+        model, info = load_checkpoint(path, device=dev)
+        return cls(model, info, device=dev, precision=precision, channels_last=channels_last)
+
+    @classmethod
+    def from_pretrained(cls, name_or_path: str | os.PathLike, *, device: str | torch.device = "auto",
+                        precision: str = "auto", channels_last: bool = True) -> "Upscaler":
+        """A checkpoint file, a registry name or an ``hf://`` URL (resolved by :mod:`dreamsr.weights`)."""
+        from dreamsr.weights import resolve_weights
+
+        p = Path(name_or_path)
+        path = resolve_weights(weights=str(p)) if p.suffix == ".safetensors" or p.is_file() \
+            else resolve_weights(model=str(name_or_path))
+        return cls.from_checkpoint(path, device=device, precision=precision, channels_last=channels_last)
+
+    # ------------------------------------------------------------------------------------------------
+    def _eps(self, y_t: torch.Tensor, x0: torch.Tensor, gamma: torch.Tensor) -> torch.Tensor:
+        """One network call on a tile batch: y_t, x0 [n, 3, th, tw] float32 [-1, 1]-ish, gamma [n] -> eps
+        [n, 3, th, tw] float32. Tiles whose sides are not multiples of the UNet's size multiple are padded
+        by reflection and the prediction cropped back."""
+        th, tw = y_t.shape[-2:]
+        m = self.size_multiple
+        ph, pw = (-th) % m, (-tw) % m
+        if ph or pw:
+            y_t, x0 = reflect_pad(y_t, ph, pw), reflect_pad(x0, ph, pw)
+        if self.channels_last:
+            y_t = y_t.contiguous(memory_format=torch.channels_last)
+            x0 = x0.contiguous(memory_format=torch.channels_last)
+        with autocast(self.device, self.precision):
+            eps = self.model(y_t, x0, gamma)
+        return eps.float()[..., :th, :tw].contiguous()
+
+    def _back_projection(self, x0: torch.Tensor, lr: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:
+        """x0_fn for the samplers: correct y0_hat [B, 3, H, W] (target space) so that the bicubic downsample of
+        the HR *image* matches ``lr`` [B, 3, H/s, W/s] ([-1, 1]); ``x0`` [B, 3, H, W] is the condition."""
+        s, cfg = self.scale, self.diffusion
+
+        def x0_fn(y0_hat: torch.Tensor) -> torch.Tensor:
+            img = cfg.from_target(y0_hat, x0)
+            img = img + upsample(lr - downsample(img, s), s)  # back-projection: hr += U(lr - D(hr))
+            return cfg.to_target(img.clamp(-1, 1), x0)
+
+        return x0_fn
+
+    # ------------------------------------------------------------------------------------------------
+    def validate(self, *, steps: int, sampler: str, eta: float | None, tile: int, overlap: int, batch: int,
+                 merge: str, start: int | None) -> None:
+        """Raise ConfigError for any option out of range (before any work is done)."""
+        if steps < 1:
+            raise ConfigError(f"steps must be >= 1, got {steps}")
+        if sampler not in SAMPLERS:
+            raise ConfigError(f"sampler must be one of {', '.join(SAMPLERS)}, got {sampler!r}")
+        if eta is not None and (eta < 0 or not math.isfinite(eta)):
+            raise ConfigError(f"eta must be >= 0, got {eta}")
+        validate_tiling(tile, overlap)
+        if batch < 1:
+            raise ConfigError(f"batch must be >= 1, got {batch}")
+        if merge not in ("step", "end"):
+            raise ConfigError(f"merge must be 'step' or 'end', got {merge!r}")
+        top = self.schedule.T if start is None else start
+        if not 1 <= top <= self.schedule.T:
+            raise ConfigError(f"start must be a trained step in [1, {self.schedule.T}], got {start}")
+        if steps > top:
+            raise ConfigError(f"cannot take {steps} steps from a chain of {top} trained steps"
+                              + (" (lower --steps or raise --start)" if start is not None else ""))
+
+    def model_calls(self, height: int, width: int, *, steps: int, tile: int = 40, overlap: int = 5,
+                    batch: int = 4) -> int:
+        """Network calls (tile batches) that :meth:`upscale` makes for an ``height`` x ``width`` LR image."""
+        grid = make_grid(height, width, tile, overlap)
+        return steps * math.ceil(len(grid) / batch)
+
+    @torch.no_grad()
+    def upscale(self, lr: torch.Tensor, *, steps: int = 50, sampler: Sampler = "ddim", eta: float | None = None,
+                seed: int = 0, tile: int = 40, overlap: int = 5, batch: int = 4, merge: Merge = "step",
+                start: int | None = None, back_project: bool = False,
+                callback: ProgressFn | None = None) -> torch.Tensor:
+        """Super-resolve ``lr`` [3, h, w] float in [0, 1] by the model's native ``scale``.
+
+        Returns [3, h*scale, w*scale] float32 in [0, 1] on ``lr``'s device.
+
+        ``steps`` respaced sampler steps (``sampler`` "ddim" | "ddpm"; ``eta`` None = the sampler's default:
+        0 for DDIM, 1 for DDPM); ``seed`` seeds every random draw (CPU generators, so CPU and GPU runs start
+        from the same noise); ``tile``/``overlap`` in LR pixels (``tile=0``: no tiling); ``batch`` tiles per
+        network call (does not change the result); ``merge`` "step" | "end" (see the module docstring);
+        ``start`` a trained step t0 for a truncated start; ``back_project`` LR back-projection after every
+        y0_hat; ``callback(done, total)`` after every network call.
+        """
+        self.validate(steps=steps, sampler=sampler, eta=eta, tile=tile, overlap=overlap, batch=batch,
+                      merge=merge, start=start)
+        if lr.dim() != 3 or lr.shape[0] != 3:
+            raise InputError(f"expected an RGB image [3, h, w], got shape {tuple(lr.shape)}")
+        h, w = int(lr.shape[1]), int(lr.shape[2])
+        if min(h, w) < MIN_SIDE:
+            raise InputError(f"image is {w}x{h} px; dreamsr needs at least {MIN_SIDE}x{MIN_SIDE}")
+        if not bool(torch.isfinite(lr).all()):
+            raise InputError("image contains NaN or infinite values")
+        s = self.scale
+        grid = make_grid(h, w, tile, overlap)
+        hgrid = grid.scaled(s)
+        lr_dev = lr.device
+        lr_m = to_model(lr.to(self.device, torch.float32).clamp(0, 1))  # [-1, 1]
+        x0 = upsample(lr_m, s)  # SR3 condition on the whole image (not clamped, as in training)
+        x0_p = reflect_pad(x0, *hgrid.pad)  # [3, Hp, Wp]
+        lr_p = reflect_pad(lr_m, *grid.pad)  # [3, hp, wp]
+        kw = {} if eta is None else {"eta": float(eta)}
+        sample = SAMPLERS[sampler]
+        n_batches = math.ceil(len(hgrid) / batch)
+        total = steps * n_batches
+        done = 0
+
+        def tick() -> None:
+            nonlocal done
+            done += 1
+            if callback is not None:
+                callback(done, total)
+
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            if merge == "step":
+                y = self._sample_step(x0_p, lr_p, hgrid, steps=steps, sample=sample, seed=seed, batch=batch,
+                                      start=start, back_project=back_project, tick=tick, kw=kw)
+            else:
+                y = self._sample_end(x0_p, lr_p, grid, hgrid, steps=steps, sample=sample, seed=seed, batch=batch,
+                                     start=start, back_project=back_project, tick=tick, kw=kw)
+        finally:
+            self.model.train(was_training)
+        return from_model(y[:, :h * s, :w * s]).to(lr_dev)
+
+    def _sample_step(self, x0_p: torch.Tensor, lr_p: torch.Tensor, hgrid: TileGrid, *, steps: int,
+                     sample: Callable[..., torch.Tensor], seed: int, batch: int, start: int | None,
+                     back_project: bool, tick: Callable[[], None], kw: dict) -> torch.Tensor:
+        """Step-blend mode: the whole padded image is one sample; eps is merged over tiles at every step."""
+        cfg = self.diffusion
+        weights = hgrid.weights(torch.float32)
+        chunks = [list(range(i, min(i + batch, len(hgrid)))) for i in range(0, len(hgrid), batch)]
+        gen = torch.Generator("cpu").manual_seed(int(seed))
+        noise = torch.randn((1, *x0_p.shape), generator=gen, dtype=torch.float32).to(self.device)
+
+        def eps_fn(y_t: torch.Tensor, gamma: torch.Tensor) -> torch.Tensor:
+            out = torch.zeros_like(y_t[0])
+            for idx in chunks:
+                e = self._eps(split(y_t, hgrid, idx), split(x0_p, hgrid, idx), gamma[:1].expand(len(idx)))
+                accumulate(out, e, hgrid, idx, weights)  # feathered blend, weights sum to 1
+                tick()
+            return out.unsqueeze(0)
+
+        x0_b = x0_p.unsqueeze(0)
+        init = cfg.to_target(x0_b, x0_b) if start is not None else None  # image: x0; residual: zeros
+        x0_fn = self._back_projection(x0_b, lr_p.unsqueeze(0)) if back_project else None
+        y0 = sample(eps_fn, noise, self.schedule, steps, generator=gen, clip=True, start=start, init=init,
+                    x0_fn=x0_fn, **kw)
+        return cfg.from_target(y0, x0_b)[0]
+
+    def _sample_end(self, x0_p: torch.Tensor, lr_p: torch.Tensor, grid: TileGrid, hgrid: TileGrid, *, steps: int,
+                    sample: Callable[..., torch.Tensor], seed: int, batch: int, start: int | None,
+                    back_project: bool, tick: Callable[[], None], kw: dict) -> torch.Tensor:
+        """Merge-at-end mode (paper Sec. 6.2): tiles sampled independently, blended once finished."""
+        cfg = self.diffusion
+        weights = hgrid.weights(torch.float32)
+        out = torch.zeros_like(x0_p)
+        th, tw = hgrid.tile_h, hgrid.tile_w
+        for i in range(0, len(hgrid), batch):
+            idx = list(range(i, min(i + batch, len(hgrid))))
+            gens = [torch.Generator("cpu").manual_seed(tile_seed(seed, k)) for k in idx]
+            noise = torch.stack([torch.randn((3, th, tw), generator=g, dtype=torch.float32) for g in gens])
+            noise = noise.to(self.device)
+            x0_t = split(x0_p, hgrid, idx)
+
+            def eps_fn(y_t: torch.Tensor, gamma: torch.Tensor, x0_t: torch.Tensor = x0_t) -> torch.Tensor:
+                e = self._eps(y_t, x0_t, gamma)
+                tick()
+                return e
+
+            init = cfg.to_target(x0_t, x0_t) if start is not None else None
+            x0_fn = self._back_projection(x0_t, split(lr_p, grid, idx)) if back_project else None
+            y0 = sample(eps_fn, noise, self.schedule, steps, generator=gens, clip=True, start=start, init=init,
+                        x0_fn=x0_fn, **kw)
+            accumulate(out, cfg.from_target(y0, x0_t), hgrid, idx, weights)
+        return out
+
+    # ------------------------------------------------------------------------------------------------
+    def upscale_image(self, image: LoadedImage, *, out_scale: float | None = None, **kwargs) -> LoadedImage:
+        """Upscale a decoded file: the RGB by diffusion, the alpha (if any) by plain bicubic; then, when
+        ``out_scale`` differs from the native scale, both are resized by bicubic to ``out_scale`` (antialiased
+        when shrinking). ``kwargs`` go to :meth:`upscale`. Keeps grey/bits/ICC; warnings are carried over."""
+        h, w = image.size
+        rgb = self.upscale(image.rgb, **kwargs)
+        alpha = None
+        if image.alpha is not None:
+            alpha = resize(image.alpha, (h * self.scale, w * self.scale)).clamp(0, 1)
+        if out_scale is not None and out_scale != self.scale:
+            size = output_size(h, w, out_scale)
+            rgb = resize(rgb, size).clamp(0, 1)
+            alpha = None if alpha is None else resize(alpha, size).clamp(0, 1)
+        return LoadedImage(rgb=rgb, alpha=alpha, grey=image.grey, bits=image.bits, icc_profile=image.icc_profile,
+                           format=image.format, mode=image.mode, frames=image.frames, warnings=list(image.warnings))
+
+    def upscale_file(self, src: str | os.PathLike, dst: str | os.PathLike, *, out_scale: float | None = None,
+                     overwrite: bool = False, max_pixels: int | None = DEFAULT_MAX_PIXELS,
+                     **kwargs) -> UpscaleResult:
+        """Read ``src``, upscale it (:meth:`upscale_image`) and write ``dst`` atomically.
+
+        ``dst``'s extension picks the format. An existing ``dst`` is refused before any work unless
+        ``overwrite``; ``dst`` may never be ``src``. Raises InputError / OutputError / ConfigError.
+        """
+        t0 = time.perf_counter()
+        src_p, dst_p = Path(src), Path(dst)
+        if out_scale is not None and not (out_scale > 0 and math.isfinite(out_scale)):
+            raise ConfigError(f"scale must be a positive number, got {out_scale}")
+        format_for_path(dst_p)
+        if dst_p.exists() and src_p.exists() and os.path.samefile(src_p, dst_p):
+            raise InputError(f"{dst_p}: the output would replace the input; choose another -o, --suffix or --ext")
+        if dst_p.exists() and not overwrite:
+            raise OutputExistsError(f"{dst_p}: exists (use --overwrite to replace it)")
+        image = load_image(src_p, max_pixels=max_pixels)
+        result = self.upscale_image(image, out_scale=out_scale, **kwargs)
+        warns = list(result.warnings)
+        warns += save_image(dst_p, result.rgb, alpha=result.alpha, grey=result.grey, bits=result.bits,
+                            icc_profile=result.icc_profile, overwrite=overwrite)
+        return UpscaleResult(input=src_p, output=dst_p, in_size=image.size, out_size=result.size,
+                             native_scale=self.scale, scale=float(out_scale or self.scale),
+                             seconds=time.perf_counter() - t0, warnings=warns)
+
+    def __repr__(self) -> str:
+        return (f"Upscaler(scale={self.scale}, target={self.diffusion.target!r}, device={str(self.device)!r}, "
+                f"precision={self.precision!r})")
