@@ -1,0 +1,246 @@
+"""Training loop: exact resume, checkpoints (atomic, keep-K, NaN), export, CLI, DDP, and a real-photo run."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from dreamsr.checkpoint import load_checkpoint
+from dreamsr.errors import CheckpointError, TrainingError
+from dreamsr.train import TrainConfig, export_from_state, latest_checkpoint, read_state_config, train
+
+REPO = Path(__file__).resolve().parents[1]
+TRAIN_PHOTOS = ("astronaut.png", "coffee.png", "chelsea.png", "rocket.jpg")
+HELD_OUT = ("motorcycle_left.png",)
+
+
+def _skimage_photo(name: str) -> Path:
+    import skimage
+
+    return Path(os.path.dirname(skimage.__file__)) / "data" / name
+
+
+@pytest.fixture(scope="module")
+def photos(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A folder with four real photos (scikit-image wheel) for the 'folder' layout."""
+    d = tmp_path_factory.mktemp("photos")
+    for n in TRAIN_PHOTOS:
+        shutil.copy(_skimage_photo(n), d / n)
+    return d
+
+
+@pytest.fixture(scope="module")
+def val_photos(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    d = tmp_path_factory.mktemp("val")
+    for n in HELD_OUT:
+        shutil.copy(_skimage_photo(n), d / n)
+    return d
+
+
+def tiny_config(photos: Path, run_dir: Path, **kw) -> TrainConfig:
+    """The tiny preset on 32 px crops: a step takes a few tens of ms on two cores."""
+    base = dict(dataset="folder", data_dir=str(photos), preset="tiny", patch=32, batch_size=4, steps=6,
+                save_every=3, val_every=0, workers=0, log_every=1, run_dir=str(run_dir), target="residual",
+                ema_decay=0.9, lr=1e-3)
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+def _state(path: Path) -> dict[str, torch.Tensor]:
+    return {k: v for k, v in load_file(str(path)).items() if not k.startswith("rng/")}
+
+
+def _assert_same_state(a: Path, b: Path) -> None:
+    sa, sb = _state(a), _state(b)
+    assert sorted(sa) == sorted(sb)
+    diff = [k for k in sa if not torch.equal(sa[k], sb[k])]
+    assert diff == [], f"{len(diff)} tensors differ, e.g. {diff[:3]}"
+
+
+# --- exact resume ---------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("p", [1.0, math.inf])
+def test_resume_is_bit_exact(photos: Path, tmp_path: Path, p: float) -> None:
+    """3 steps + resume + 3 steps == 6 steps in one go: model, EMA and Adam moments bit for bit."""
+    full = train(tiny_config(photos, tmp_path / "full", p=p))
+    first = tiny_config(photos, tmp_path / "split", p=p, steps=3)
+    train(first)
+    resumed = train(dataclasses.replace(first, steps=6, resume="auto"))
+    assert resumed.step == full.step == 6
+    _assert_same_state(tmp_path / "full/checkpoints/step_00000006.safetensors",
+                       tmp_path / "split/checkpoints/step_00000006.safetensors")
+    # the weights did move (the test would be vacuous otherwise)
+    s3 = _state(tmp_path / "split/checkpoints/step_00000003.safetensors")
+    s6 = _state(tmp_path / "split/checkpoints/step_00000006.safetensors")
+    assert not torch.equal(s3["model/head.weight"], s6["model/head.weight"])
+    assert float(s6["optim/0/step"]) == 6.0
+    # the per-step losses logged after the resume equal the uninterrupted run's
+    def losses(run: str) -> dict[int, float]:
+        recs = [json.loads(l) for l in (tmp_path / run / "metrics.jsonl").read_text().splitlines()]
+        return {r["step"]: r["loss"] for r in recs if "loss" in r}
+    assert losses("split") == losses("full")
+
+
+def test_resume_from_older_checkpoint_with_workers(photos: Path, tmp_path: Path) -> None:
+    """Resuming from step 3 of a 6-step run (loader in 2 worker processes) lands on the same step-6 state."""
+    full = tiny_config(photos, tmp_path / "a", workers=2)
+    train(full)
+    ckpt3 = tmp_path / "a/checkpoints/step_00000003.safetensors"
+    again = dataclasses.replace(full, run_dir=str(tmp_path / "b"), resume=str(ckpt3))
+    r = train(again)
+    assert r.step == 6
+    _assert_same_state(tmp_path / "a/checkpoints/step_00000006.safetensors",
+                       tmp_path / "b/checkpoints/step_00000006.safetensors")
+
+
+def test_resume_refuses_changed_settings(photos: Path, tmp_path: Path) -> None:
+    cfg = tiny_config(photos, tmp_path, steps=3)
+    train(cfg)
+    with pytest.raises(TrainingError, match=r"p: checkpoint 1.0 vs now inf"):
+        train(dataclasses.replace(cfg, steps=6, p=math.inf, resume="auto"))
+    with pytest.raises(CheckpointError, match="no such checkpoint"):
+        train(dataclasses.replace(cfg, resume=str(tmp_path / "nope.safetensors")))
+    # the settings of a run come back from its checkpoint
+    assert read_state_config(tmp_path) == cfg
+
+
+# --- checkpoints and export ---------------------------------------------------------------------------------
+
+def test_checkpoints_keep_last_k_and_export_loads(photos: Path, tmp_path: Path) -> None:
+    cfg = tiny_config(photos, tmp_path, steps=5, save_every=1, keep=2, export_dtype="fp16")
+    res = train(cfg)
+    names = sorted(p.name for p in (tmp_path / "checkpoints").iterdir())
+    assert names == ["step_00000004.safetensors", "step_00000005.safetensors"]
+    assert latest_checkpoint(tmp_path) == tmp_path / "checkpoints/step_00000005.safetensors"
+    model, info = load_checkpoint(res.export)
+    assert info.diffusion.target == "residual" and info.scale == 4 and info.training["steps"] == 5
+    assert info.training["p"] == 1.0 and info.training["ema"] is True
+    # the export holds the EMA weights (fp16-rounded), not the raw ones
+    st = load_file(str(tmp_path / "checkpoints/step_00000005.safetensors"))
+    ema_w = st["ema/head.weight"].half().float()
+    assert torch.equal(model.state_dict()["head.weight"], ema_w)
+    assert not torch.equal(st["ema/head.weight"], st["model/head.weight"])
+    # export from a training checkpoint afterwards gives the same tensors (raw weights on request)
+    raw, _ = load_checkpoint(export_from_state(tmp_path, tmp_path / "raw.safetensors", ema=False))
+    assert torch.equal(raw.state_dict()["head.weight"], st["model/head.weight"])
+    cfg_json = json.loads((tmp_path / "config.json").read_text())
+    assert cfg_json["config"]["target"] == "residual" and cfg_json["hr_patch"] == 32
+
+
+def test_ema_follows_the_documented_update(photos: Path, tmp_path: Path) -> None:
+    """EMA after step k: ema <- lerp(ema, w, 1 - min(decay, (1+k)/(10+k))); checked across one step."""
+    cfg = tiny_config(photos, tmp_path, steps=2, save_every=1, ema_decay=0.5)
+    train(cfg)
+    s1 = load_file(str(tmp_path / "checkpoints/step_00000001.safetensors"))
+    s2 = load_file(str(tmp_path / "checkpoints/step_00000002.safetensors"))
+    d = min(0.5, (1 + 1) / (10 + 1))  # k = 1 (0-based) for the second step
+    want = s1["ema/head.weight"].lerp(s2["model/head.weight"], 1 - d)
+    torch.testing.assert_close(s2["ema/head.weight"], want, rtol=0, atol=1e-7)
+
+
+def test_nan_loss_stops_and_keeps_last_good_checkpoint(photos: Path, tmp_path: Path,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    from dreamsr import losses
+
+    real = losses.dream_loss
+    calls = {"n": 0}
+
+    def flaky(*a, **kw):
+        calls["n"] += 1
+        out = real(*a, **kw)
+        return out * float("nan") if calls["n"] == 4 else out
+
+    monkeypatch.setattr(losses, "dream_loss", flaky)
+    cfg = tiny_config(photos, tmp_path, steps=6, save_every=2)
+    with pytest.raises(TrainingError, match=r"loss became nan at step 4.*step_00000002\.safetensors"):
+        train(cfg)
+    assert [p.name for p in (tmp_path / "checkpoints").iterdir()] == ["step_00000002.safetensors"]
+    st = load_file(str(tmp_path / "checkpoints/step_00000002.safetensors"))
+    assert all(torch.isfinite(v).all() for k, v in st.items() if v.is_floating_point())
+    # the exported model is the step-2 one, still usable
+    _, info = load_checkpoint(tmp_path / "model.safetensors")
+    assert info.training["steps"] == 2
+
+
+_KILL_SCRIPT = textwrap.dedent("""
+    import os, signal, sys
+    import dreamsr.train as T
+    from dreamsr.train import TrainConfig, train
+
+    real = T.save_file
+    count = {"n": 0}
+
+    def dying_save(tensors, filename, metadata=None):
+        count["n"] += 1
+        real(tensors, filename, metadata=metadata)
+        if count["n"] == 2:  # second checkpoint: die half-way through writing it
+            size = os.path.getsize(filename)
+            with open(filename, "r+b") as fh:
+                fh.truncate(size // 2)
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    T.save_file = dying_save
+    cfg = TrainConfig(**__import__("json").loads(sys.argv[1]))
+    train(cfg)
+""")
+
+
+def test_kill_during_save_leaves_no_half_written_checkpoint(photos: Path, tmp_path: Path) -> None:
+    cfg = tiny_config(photos, tmp_path / "run", steps=6, save_every=2)
+    proc = subprocess.run([sys.executable, "-c", _KILL_SCRIPT, json.dumps(cfg.to_dict())], cwd=REPO,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == -9, proc.stderr[-2000:]
+    ckpts = tmp_path / "run/checkpoints"
+    assert [p.name for p in ckpts.glob("step_*.safetensors")] == ["step_00000002.safetensors"]
+    # the complete checkpoint loads; the half file only exists under a temporary name
+    assert len(_state(ckpts / "step_00000002.safetensors")) > 0
+    leftovers = list(ckpts.glob(".step_*.tmp"))
+    assert len(leftovers) == 1
+    # resuming cleans the leftover and continues exactly like an uninterrupted run
+    train(dataclasses.replace(cfg, resume="auto"))
+    assert not list(ckpts.glob(".step_*.tmp"))
+    train(dataclasses.replace(cfg, run_dir=str(tmp_path / "ref")))
+    _assert_same_state(ckpts / "step_00000006.safetensors", tmp_path / "ref/checkpoints/step_00000006.safetensors")
+
+
+def test_callback_can_stop_cleanly(photos: Path, tmp_path: Path) -> None:
+    events = []
+
+    def cb(ev):
+        events.append((ev.kind, ev.step))
+        return ev.kind == "step" and ev.step == 2
+
+    res = train(tiny_config(photos, tmp_path, steps=6, save_every=0), callback=cb)
+    assert res.stopped and res.step == 2
+    assert latest_checkpoint(tmp_path).name == "step_00000002.safetensors"
+    assert events[0] == ("start", 0) and events[-1] == ("end", 2)
+    assert ("checkpoint", 2) in events
+
+
+def test_lr_warmup_and_cosine_schedule(photos: Path, tmp_path: Path) -> None:
+    from dreamsr.train import _lr_at
+
+    cfg = TrainConfig(lr=1e-3, lr_warmup=4, lr_schedule="cosine", steps=100, lr_min_ratio=0.1)
+    assert _lr_at(cfg, 0) == pytest.approx(1e-3 * 0.25 * (0.1 + 0.9 * 0.5 * (1 + math.cos(0))))
+    assert _lr_at(cfg, 50) == pytest.approx(1e-3 * (0.1 + 0.9 * 0.5))
+    assert _lr_at(cfg, 100) == pytest.approx(1e-4)
+    assert _lr_at(TrainConfig(lr=2e-4), 12345) == 2e-4
+
+
+def test_p_inf_config_roundtrip() -> None:
+    cfg = TrainConfig(p=math.inf, target="residual")
+    d = cfg.to_dict()
+    assert d["p"] == "inf"
+    assert TrainConfig.from_dict(json.loads(json.dumps(d))) == cfg
