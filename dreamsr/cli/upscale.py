@@ -1,10 +1,355 @@
-"""`dreamsr upscale` (not implemented yet)."""
+"""`dreamsr upscale INPUT... [-o OUT]`: super-resolve image files and folders.
+
+All the work is in :class:`dreamsr.pipeline.Upscaler`; this module collects the inputs, plans the output
+names, shows progress and picks the exit code: 0 all images written, 1 any image (or the model) failed,
+2 bad usage. Each bad input is one red line on stderr and the other files are still processed.
+"""
 
 from __future__ import annotations
 
-from dreamsr.cli.common import EXIT_USAGE, fail
+import json
+import math
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, List, Literal, NoReturn, Optional
+
+import typer
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, \
+    TimeRemainingColumn
+from rich.text import Text
+
+from dreamsr.cli.common import EXIT_FAILED, EXIT_OK, EXIT_USAGE, console, is_tty, out
+from dreamsr.errors import ConfigError, DreamSRError, ModelNotFoundError
+
+__all__ = ["upscale", "plan_output", "collect_inputs"]
+
+def _error(message: str) -> None:
+    """One red ``error:`` line on stderr (message printed literally: paths keep their brackets)."""
+    console.print(Text.assemble(("error:", "red"), " ", message), soft_wrap=True)
 
 
-def upscale() -> None:
-    """Not implemented yet."""
-    fail("not implemented yet", EXIT_USAGE)
+def _usage(message: str) -> NoReturn:
+    _error(message)
+    raise typer.Exit(EXIT_USAGE)
+
+
+@dataclass
+class Job:
+    """One image to process: ``src`` and where it goes; ``error`` set when it failed (or was refused)."""
+
+    src: Path
+    dst: Path | None = None
+    status: Literal["pending", "ok", "failed"] = "pending"
+    error: str | None = None
+    warnings: list[str] = field(default_factory=list)
+    in_size: tuple[int, int] | None = None
+    out_size: tuple[int, int] | None = None
+    seconds: float | None = None
+
+
+def collect_inputs(paths: list[Path], recursive: bool, errors: list[str]) -> list[tuple[Path, Path]]:
+    """Expand files and folders into (image file, path relative to where it was found) pairs.
+
+    A missing path or a folder without images adds one message to ``errors``. Hidden files are skipped in
+    folders; explicitly named files are taken whatever their extension (decoding decides).
+    """
+    from dreamsr.images import READ_EXTENSIONS
+
+    found: list[tuple[Path, Path]] = []
+    seen: set[Path] = set()
+    for p in paths:
+        if not p.exists():
+            errors.append(f"{p}: no such file or folder")
+            continue
+        if p.is_dir():
+            pattern = p.rglob("*") if recursive else p.glob("*")
+            files = sorted(f for f in pattern if f.is_file() and f.suffix.lower() in READ_EXTENSIONS
+                           and not any(part.startswith(".") for part in f.relative_to(p).parts))
+            if not files:
+                hint = "" if recursive else " (use --recursive to look in sub-folders)"
+                errors.append(f"{p}: no images found (looked for {', '.join(READ_EXTENSIONS)}){hint}")
+                continue
+            for f in files:
+                if f.resolve() not in seen:
+                    seen.add(f.resolve())
+                    found.append((f, f.relative_to(p)))
+        else:
+            if p.resolve() not in seen:
+                seen.add(p.resolve())
+                found.append((p, Path(p.name)))
+    return found
+
+
+def _scale_label(scale: float) -> str:
+    return str(int(scale)) if float(scale).is_integer() else f"{scale:g}"
+
+
+def plan_output(src: Path, rel: Path, output: Path | None, single_file_target: bool, suffix: str,
+                ext: str | None) -> Path:
+    """Output path of ``src``: ``output`` itself when it names one file, else ``output/rel-parent/`` (or
+    beside the input) with ``stem + suffix + ext`` (``ext`` default: the input's, GIF -> PNG)."""
+    from dreamsr.images import WRITE_FORMATS
+
+    if output is not None and single_file_target:
+        return output
+    if ext is None:
+        ext = src.suffix.lower() if src.suffix.lower() in WRITE_FORMATS else ".png"
+    name = f"{src.stem}{suffix}{ext}"
+    folder = src.parent if output is None else output / rel.parent
+    return folder / name
+
+
+def _normalise_ext(ext: str | None) -> str | None:
+    from dreamsr.images import WRITE_FORMATS
+
+    if ext is None:
+        return None
+    e = ext.lower() if ext.startswith(".") else f".{ext.lower()}"
+    if e not in WRITE_FORMATS:
+        _usage(f"--ext {ext}: cannot write that format; use one of "
+               f"{', '.join(sorted(x.lstrip('.') for x in WRITE_FORMATS))}")
+    return e
+
+
+def _resolve_model(model: str | None, weights: Path | None, scale: float | None) -> Path:
+    """--weights > --model > the registry's default for the scale; a helpful error when there is none."""
+    from dreamsr import weights as wmod
+
+    if weights is None and model is None:
+        want = int(scale) if scale is not None and float(scale).is_integer() else 4
+        default_for = getattr(wmod, "default_model", None)
+        name = None
+        if default_for is not None:
+            try:
+                name = default_for(want)
+            except DreamSRError as err:
+                _error(str(err))
+                raise typer.Exit(EXIT_FAILED) from None
+        if name is None:
+            _usage(f"no model available: no default x{want} model ships yet; pass --weights PATH to a dreamsr "
+                   ".safetensors checkpoint or --model NAME (`dreamsr weights list`)")
+        model = name
+    try:
+        return wmod.resolve_weights(weights=None if weights is None else str(weights), model=model)
+    except ModelNotFoundError as err:
+        _error(str(err))
+        raise typer.Exit(EXIT_FAILED if weights is not None or model is not None else EXIT_USAGE) from None
+    except DreamSRError as err:
+        _error(str(err))
+        raise typer.Exit(EXIT_USAGE if isinstance(err, ConfigError) else EXIT_FAILED) from None
+
+
+def upscale(
+    inputs: List[Path] = typer.Argument(..., help="Image files and/or folders.", show_default=False),
+    output: Optional[Path] = typer.Option(None, "--output", "-o", help="Output folder (created if missing), or "
+                                          "an output file when there is a single input. Default: beside each input."),
+    recursive: bool = typer.Option(False, "--recursive", "-r", help="Also look for images in sub-folders "
+                                   "(the tree is mirrored under -o)."),
+    scale: Optional[float] = typer.Option(None, "--scale", "-s", help="Output factor. Default: the model's native "
+                                          "factor; any other is reached by a final bicubic resize.",
+                                          show_default=False),
+    steps: int = typer.Option(50, "--steps", help="Sampling steps (respaced over the trained schedule)."),
+    sampler: Literal["ddim", "ddpm"] = typer.Option("ddim", "--sampler", help="ddim (deterministic at eta 0) or "
+                                                     "ddpm (ancestral)."),
+    eta: Optional[float] = typer.Option(None, "--eta", help="Noise of each step: 0 for DDIM and 1 for DDPM unless "
+                                        "given.", show_default=False),
+    seed: int = typer.Option(0, "--seed", help="Seed of every random draw: same seed, same image."),
+    tile: int = typer.Option(40, "--tile", help="Tile side in LR pixels (paper: 40); 0 = whole image at once."),
+    overlap: int = typer.Option(5, "--overlap", help="Tile overlap in LR pixels (paper: 5); tile >= 2 x overlap."),
+    batch: int = typer.Option(4, "--batch", help="Tiles per network call (speed only: the image is the same)."),
+    merge: Literal["step", "end"] = typer.Option("step", "--merge", help="step: blend tiles at every step (no "
+                                                 "seams); end: sample tiles independently, blend at the end "
+                                                 "(the paper's protocol)."),
+    start: Optional[int] = typer.Option(None, "--start", help="Truncated start: begin at this trained step from "
+                                        "the noised bicubic image instead of pure noise (e.g. 500).",
+                                        show_default=False),
+    back_project: bool = typer.Option(False, "--back-project", help="After every step, correct the estimate so "
+                                      "its bicubic downsample matches the input."),
+    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:N or mps."),
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = typer.Option("auto", "--precision", help="auto = bf16/fp16 "
+                                                                     "on CUDA, fp32 on CPU."),
+    model: Optional[str] = typer.Option(None, "--model", "-m", help="Registry name (`dreamsr weights list`) or "
+                                        "hf://org/repo/file.safetensors.", show_default=False),
+    weights: Optional[Path] = typer.Option(None, "--weights", "-w", help="A dreamsr .safetensors checkpoint.",
+                                           show_default=False),
+    suffix: str = typer.Option("_x{scale}", "--suffix", help="Appended to output names; {scale} is the factor."),
+    ext: Optional[str] = typer.Option(None, "--ext", help="Output format: png, jpg, webp, bmp, tif. Default: the "
+                                      "input's (GIF -> png).", show_default=False),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace existing outputs (never the inputs)."),
+    max_pixels: int = typer.Option(50_000_000, "--max-pixels", help="Refuse inputs with more pixels "
+                                   "(decompression-bomb guard)."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="Only errors on stderr."),
+    as_json: bool = typer.Option(False, "--json", help="Print a JSON summary on stdout."),
+) -> None:
+    """Super-resolve images with a DREAM-trained diffusion model (seamless tiled sampling).
+
+    Outputs are written atomically; an existing output is never replaced without --overwrite, an input never.
+    Exit code 0 when every image was written, 1 when any failed, 2 for bad usage.
+
+    Examples:
+
+      dreamsr upscale photo.png -w model.safetensors        # -> photo_x4.png
+
+      dreamsr upscale photos/ -r -o out/ --steps 100         # a tree, mirrored
+
+      dreamsr upscale a.jpg b.png -o big/ --scale 2          # x4 model, saved x2
+
+      dreamsr upscale photo.png --merge end                  # paper's protocol
+
+      dreamsr upscale photo.png --start 500 --back-project   # faster, LR-true
+
+      dreamsr upscale photos/ --json --quiet > summary.json
+    """
+    # ---- usage checks: before touching any file or loading the model --------------------------------------
+    if scale is not None and not (scale > 0 and math.isfinite(scale)):
+        _usage(f"--scale must be a positive number, got {scale:g}")
+    if steps < 1:
+        _usage(f"--steps must be at least 1, got {steps}")
+    if eta is not None and not (eta >= 0 and math.isfinite(eta)):
+        _usage(f"--eta must be >= 0, got {eta:g}")
+    if overlap < 0:
+        _usage(f"--overlap must be >= 0, got {overlap}")
+    if tile < 0 or (tile > 0 and tile < 2 * overlap):
+        _usage(f"--tile ({tile}) must be at least twice --overlap ({overlap}), or 0 for no tiling")
+    if batch < 1:
+        _usage(f"--batch must be at least 1, got {batch}")
+    if start is not None and start < steps:
+        _usage(f"--start ({start}) must be at least --steps ({steps}): the chain from step {start} has "
+               f"only {start} steps")
+    if max_pixels < 1:
+        _usage(f"--max-pixels must be positive, got {max_pixels}")
+    if model is not None and weights is not None:
+        _usage("give either --model or --weights, not both")
+    ext_n = _normalise_ext(ext)
+    try:
+        suffix_s = suffix.format(scale="{scale}")  # validates the template
+    except (KeyError, IndexError, ValueError):
+        _usage(f"--suffix {suffix!r}: the only placeholder allowed is {{scale}}")
+
+    # ---- inputs ------------------------------------------------------------------------------------------
+    errors: list[str] = []
+    found = collect_inputs(inputs, recursive, errors)
+    for msg in errors:
+        _error(msg)
+    single_target = (output is not None and len(found) == 1 and len(inputs) == 1 and not inputs[0].is_dir()
+                     and output.suffix != "" and not output.is_dir())
+
+    jobs: list[Job] = []
+    t_start = time.perf_counter()
+    up = None
+    if found:
+        path = _resolve_model(model, weights, scale)
+        from dreamsr.pipeline import Upscaler
+
+        try:
+            up = Upscaler.from_checkpoint(path, device=device, precision=precision)
+            up.validate(steps=steps, sampler=sampler, eta=eta, tile=tile, overlap=overlap, batch=batch, merge=merge,
+                        start=start)
+        except ConfigError as err:
+            _usage(str(err))
+        except DreamSRError as err:
+            _error(str(err))
+            raise typer.Exit(EXIT_FAILED) from None
+        out_scale = float(scale) if scale is not None else float(up.scale)
+        label = _scale_label(out_scale)
+        suffix_s = suffix.format(scale=label)
+        planned: dict[Path, Path] = {}
+        for src, rel in found:
+            job = Job(src=src, dst=plan_output(src, rel, output, single_target, suffix_s, ext_n))
+            key = job.dst.resolve() if job.dst.parent.exists() else job.dst.absolute()
+            if key in planned:
+                job.status, job.error = "failed", f"{src}: would write the same output as {planned[key]} ({job.dst})"
+            else:
+                planned[key] = src
+            jobs.append(job)
+        if not quiet:
+            how = "" if out_scale == up.scale else f", resized to x{label} by bicubic"
+            console.print(Text(f"model {path.name}: x{up.scale} ({up.diffusion.target} target){how}; {sampler} "
+                               f"{steps} steps, tile {tile or 'off'}"
+                               + (f"/{overlap}" if tile else "") + f", merge {merge}, seed {seed}"
+                               + (f", start {start}" if start else "") + (", back-projection" if back_project else "")
+                               + f"; {up.device} {up.precision}"), soft_wrap=True)
+        _run_jobs(up, jobs, out_scale=out_scale, overwrite=overwrite, max_pixels=max_pixels, quiet=quiet,
+                  options=dict(steps=steps, sampler=sampler, eta=eta, seed=seed, tile=tile, overlap=overlap,
+                               batch=batch, merge=merge, start=start, back_project=back_project))
+
+    # ---- summary -----------------------------------------------------------------------------------------
+    n_ok = sum(j.status == "ok" for j in jobs)
+    n_failed = sum(j.status == "failed" for j in jobs) + len(errors)
+    if as_json:
+        summary: dict[str, Any] = {
+            "ok": n_failed == 0,
+            "succeeded": n_ok,
+            "failed": n_failed,
+            "seconds": round(time.perf_counter() - t_start, 3),
+            "errors": errors + [j.error for j in jobs if j.error],
+            "images": [{"input": str(j.src), "output": None if j.dst is None else str(j.dst), "status": j.status,
+                        "error": j.error, "warnings": j.warnings,
+                        "input_size": None if j.in_size is None else [j.in_size[1], j.in_size[0]],
+                        "output_size": None if j.out_size is None else [j.out_size[1], j.out_size[0]],
+                        "seconds": None if j.seconds is None else round(j.seconds, 3)} for j in jobs],
+        }
+        if up is not None:
+            summary.update({
+                "native_scale": up.scale, "scale": float(scale) if scale is not None else float(up.scale),
+                "device": str(up.device), "precision": up.precision,
+                "settings": {"steps": steps, "sampler": sampler, "eta": eta, "seed": seed, "tile": tile,
+                             "overlap": overlap, "batch": batch, "merge": merge, "start": start,
+                             "back_project": back_project},
+            })
+        out.print_json(json.dumps(summary))
+    if n_failed:
+        _error(f"{n_failed} of {n_ok + n_failed} input(s) failed; {n_ok} written")
+        raise typer.Exit(EXIT_FAILED)
+    if not quiet:
+        console.print(Text(f"done: {n_ok} image(s) written in {time.perf_counter() - t_start:.1f} s"))
+    raise typer.Exit(EXIT_OK)
+
+
+def _run_jobs(up: Any, jobs: list[Job], *, out_scale: float, overwrite: bool, max_pixels: int, quiet: bool,
+              options: dict[str, Any]) -> None:
+    """Upscale every pending job, with a live progress bar on a terminal and one line per image otherwise."""
+    pending = [j for j in jobs if j.status == "pending"]
+    for j in jobs:
+        if j.status == "failed" and j.error:
+            _error(j.error)
+    show_bar = not quiet and is_tty()
+    progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                        TextColumn("ETA"), TimeRemainingColumn(), TimeElapsedColumn(),
+                        console=console, transient=True, disable=not show_bar)
+    steps = int(options["steps"])
+    with progress:
+        images_task = progress.add_task("images", total=len(pending))
+        steps_task = progress.add_task("steps", total=steps)
+        for n, job in enumerate(pending, 1):
+            progress.update(steps_task, completed=0, description=f"steps  {job.src.name} ({n}/{len(pending)})")
+
+            def on_progress(done: int, total: int) -> None:
+                progress.update(steps_task, completed=done * steps / total)
+
+            try:
+                assert job.dst is not None
+                job.dst.parent.mkdir(parents=True, exist_ok=True)
+                res = up.upscale_file(job.src, job.dst, out_scale=out_scale, overwrite=overwrite,
+                                      max_pixels=max_pixels, callback=on_progress, **options)
+            except DreamSRError as err:
+                job.status, job.error = "failed", str(err)
+                progress.console.print(Text.assemble(("error:", "red"), " ", str(err)), soft_wrap=True)
+            except OSError as err:  # mkdir of the output folder
+                job.status = "failed"
+                job.error = f"{job.dst.parent}: cannot create the output folder ({err.strerror or err})"
+                progress.console.print(Text.assemble(("error:", "red"), " ", job.error), soft_wrap=True)
+            else:
+                job.status, job.warnings = "ok", res.warnings
+                job.in_size, job.out_size, job.seconds = res.in_size, res.out_size, res.seconds
+                if not quiet:
+                    (ih, iw), (oh, ow) = res.in_size, res.out_size
+                    progress.console.print(Text(f"{job.src} -> {job.dst}  {iw}x{ih} -> {ow}x{oh}  "
+                                                f"{res.seconds:.1f} s"), soft_wrap=True)
+                for w in [] if quiet else res.warnings:
+                    progress.console.print(Text.assemble(("warning:", "yellow"), f" {job.src}: {w}"),
+                                           soft_wrap=True)
+            progress.advance(images_task)
+    sys.stderr.flush()
