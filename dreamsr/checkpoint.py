@@ -111,8 +111,21 @@ def _open(path: Path, with_tensors: bool) -> tuple[dict[str, torch.Tensor], dict
             meta = fh.metadata()
             tensors = {k: fh.get_tensor(k) for k in fh.keys()} if with_tensors else {}
     except (SafetensorError, OSError, ValueError, RuntimeError) as err:
-        raise CheckpointError(f"{path}: not a readable safetensors file ({err})") from None
+        raise CheckpointError(f"{path}: not a readable safetensors file ({err}){_pickle_hint(path)}") from None
     return tensors, meta
+
+
+def _pickle_hint(path: Path) -> str:
+    """A pointer to `dreamsr weights convert` when ``path`` starts like a torch.save file (zip or raw pickle)."""
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(2)
+    except OSError:
+        return ""
+    if head == b"PK" or head[:1] == b"\x80":
+        return ("; it looks like a PyTorch .pth file: convert it with "
+                "`dreamsr weights convert IN.pth OUT.safetensors --preset NAME --scale N`")
+    return ""
 
 
 def read_info(path: str | os.PathLike) -> CheckpointInfo:

@@ -1,7 +1,241 @@
-"""`dreamsr weights ...` (not implemented yet)."""
+"""`dreamsr weights ...`: list, pull, info, verify, push and convert model weights.
+
+All the work is in :mod:`dreamsr.weights`; this module parses options, prints, and picks exit codes
+(0 ok, 1 a file failed / did not verify, 2 bad usage). Errors are one red line on stderr.
+"""
 
 from __future__ import annotations
 
-import typer
+import functools
+import json
+from pathlib import Path
+from typing import Any, Callable, NoReturn, Optional, TypeVar
 
-app = typer.Typer(help="List, fetch, inspect and verify model weights.", no_args_is_help=True)
+import typer
+from rich.table import Table
+from rich.text import Text
+
+from dreamsr.cli.common import EXIT_FAILED, EXIT_USAGE, console, exit_code_for, out
+from dreamsr.errors import ConfigError, DreamSRError
+
+app = typer.Typer(help="List, fetch, inspect, verify, publish and convert model weights.", no_args_is_help=True)
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def _error_line(message: str) -> None:
+    """One red ``error:`` line on stderr; the message is printed literally (paths and ``[models.x]`` keep their
+    brackets, which rich markup would swallow)."""
+    console.print(Text.assemble(("error:", "red"), " ", message), soft_wrap=True)
+
+
+def _fail(message: str, code: int) -> NoReturn:
+    _error_line(message)
+    raise typer.Exit(code)
+
+
+def _errors(fn: F) -> F:
+    """Turn a DreamSRError raised by the library into one red line and the matching exit code."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except DreamSRError as err:
+            _fail(str(err), exit_code_for(err))
+
+    return wrapper  # type: ignore[return-value]
+
+
+def _human_bytes(n: int | None) -> str:
+    if n is None:
+        return "-"
+    size = float(n)
+    for unit in ("B", "KB", "MB", "GB"):
+        if size < 1000 or unit == "GB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1000
+    return f"{n} B"  # unreachable
+
+
+def _human_params(n: int) -> str:
+    return f"{n / 1e6:.1f}M" if n >= 1e5 else f"{n / 1e3:.1f}k"
+
+
+def _print_json(obj: Any) -> None:
+    typer.echo(json.dumps(obj, indent=2, sort_keys=True))
+
+
+@app.command("list")
+@_errors
+def list_models(as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table.")) -> None:
+    """List the models of the registry (shipped weights.toml plus the user's), and whether they are here."""
+    from dreamsr import weights as W
+
+    rows = [W.entry_dict(e) for e in W.registry_entries().values()]
+    if as_json:
+        return _print_json(rows)
+    if not rows:
+        user = W.user_registry_path()
+        console.print(f"no models registered yet (registry: {W.SHIPPED_REGISTRY}"
+                      + (f", {user}" if user else "") + "); use --weights PATH or hf://org/repo/file.safetensors")
+        return
+    table = Table("name", "scale", "task", "params", "size", "here", "default", box=None)
+    for r in rows:
+        size = r["bytes"] if r["bytes"] is not None else (Path(r["local"]).stat().st_size if r["local"] else None)
+        here = ("shipped" if "path" in r else "cached") if r["local"] else "no"
+        table.add_row(r["name"], f"x{r['scale']}", r["task"], _human_params(r["params"]), _human_bytes(size), here,
+                      "yes" if r["default"] else "")
+    out.print(table)
+
+
+@app.command("pull")
+@_errors
+def pull(names: list[str] = typer.Argument(..., metavar="NAME...", help="Registry names or hf://org/repo/file URLs."),
+         force: bool = typer.Option(False, "--force", help="Download again even if cached (replaces a bad copy)."),
+         ) -> None:
+    """Download models into the Hugging Face cache and check their sha256.
+
+    Example: dreamsr weights pull NAME   (then `dreamsr upscale --model NAME` works offline)
+    """
+    from dreamsr import weights as W
+
+    failed = 0
+    for name in names:
+        try:
+            if name.startswith("hf://"):
+                path = W.download(W.parse_hf_url(name), force=force)
+                out.print(f"{name}: {path}", soft_wrap=True)
+            else:
+                path = W.fetch(W.get_entry(name), force=force)
+                out.print(f"{name}: {path} (sha256 ok)", soft_wrap=True)
+        except DreamSRError as err:
+            _error_line(str(err))
+            failed += 1
+    if failed:
+        raise typer.Exit(EXIT_FAILED)
+
+
+@app.command("info")
+@_errors
+def info(target: str = typer.Argument(..., metavar="FILE_OR_NAME",
+                                     help="A checkpoint file, registry name or hf:// URL."),
+         as_json: bool = typer.Option(False, "--json", help="Print JSON instead of text."),
+         ) -> None:
+    """Print a checkpoint's metadata (configs, scale, training) and, for a registry name, its entry."""
+    from dreamsr import weights as W
+
+    d = W.describe(target)
+    if as_json:
+        return _print_json(d)
+    if "entry" in d:
+        e = d["entry"]
+        out.print(Text.assemble((e["name"], "bold"), f": {e['description']}"), soft_wrap=True)
+        for key in ("url", "path", "scale", "task", "params", "license", "sha256", "default", "registry", "local"):
+            if key in e:
+                out.print(f"  {key}: {e[key]}", soft_wrap=True, markup=False)
+    if "url" in d:
+        out.print(f"{d['url']}", markup=False)
+    ck = d["checkpoint"]
+    if ck is None:
+        hint = d["entry"]["name"] if "entry" in d else d["url"]
+        out.print(f"  not downloaded: run `dreamsr weights pull {hint}` to see its metadata", markup=False)
+        return
+    for key in ("file", "sha256", "bytes", "tensors", "params", "dtypes", "scale", "color", "dreamsr_version"):
+        out.print(f"{key}: {ck[key]}", soft_wrap=True, markup=False)
+    for key in ("unet", "diffusion", "training"):
+        out.print(f"{key}: {json.dumps(ck[key], sort_keys=True)}", soft_wrap=True, markup=False)
+
+
+@app.command("verify")
+@_errors
+def verify(names: Optional[list[str]] = typer.Argument(None, metavar="[NAME...]",
+                                                       help="Registry names (default: all of them)."),
+           ) -> None:
+    """Check the sha256 of downloaded/shipped model files against the registry. Never downloads or deletes.
+
+    Exit 1 if a file does not match, or a model named on the command line is not here.
+    """
+    from dreamsr import weights as W
+
+    results = W.verify(names or None)
+    bad = 0
+    for r in results:
+        if r.status == "ok":
+            out.print(f"{r.name}: ok ({r.path})", soft_wrap=True, markup=False)
+        elif r.status == "missing":
+            out.print(f"{r.name}: not downloaded", markup=False)
+            bad += bool(names)
+        else:
+            _error_line(f"{r.name}: sha256 mismatch for {r.path} (file {r.actual}, registry {r.expected}); nothing was "
+                        f"deleted; re-download with `dreamsr weights pull {r.name} --force`")
+            bad += 1
+    if not results:
+        out.print("no models registered yet")
+    if bad:
+        raise typer.Exit(EXIT_FAILED)
+
+
+@app.command("push")
+@_errors
+def push(file: Path = typer.Argument(..., help="A dreamsr .safetensors checkpoint."),
+         repo: str = typer.Option(..., "--repo", help="Hub model repository 'org/name' (created if absent)."),
+         name: Optional[str] = typer.Option(None, help="Registry name for the printed entry [default: file stem]."),
+         filename: Optional[str] = typer.Option(None, help="File name inside the repo [default: FILE's name]."),
+         task: str = typer.Option("general", help="general or face."),
+         license: str = typer.Option("MIT", "--license", help="Licence of the weights."),
+         description: str = typer.Option("", help="One line for `dreamsr weights list`."),
+         private: bool = typer.Option(False, "--private", help="Create the repo as private."),
+         ) -> None:
+    """Upload a checkpoint you trained to the Hugging Face Hub and print its weights.toml entry.
+
+    Uses HF_TOKEN (or `hf auth login`) and HF_ENDPOINT. Paste the printed table into ~/.config/dreamsr/weights.toml.
+    """
+    from dreamsr import weights as W
+
+    result = W.push_checkpoint(file, repo, name=name, filename=filename, task=task, license=license,
+                               description=description, private=private)
+    console.print(f"uploaded {file} to {repo} at commit {result.commit}; add this entry to weights.toml:",
+                  soft_wrap=True, markup=False)
+    typer.echo(result.toml, nl=False)
+
+
+@app.command("convert")
+@_errors
+def convert(src: Path = typer.Argument(..., metavar="IN.pth", help="A PyTorch state dict of dreamsr's UNet layout."),
+            dst: Path = typer.Argument(..., metavar="OUT.safetensors", help="Checkpoint to write."),
+            preset: Optional[str] = typer.Option(None, help="UNet preset the weights were trained with."),
+            config: Optional[Path] = typer.Option(None, help="UNetConfig as a JSON file (instead of --preset)."),
+            scale: int = typer.Option(..., min=1, help="Native upscaling factor of the model."),
+            diffusion: Optional[Path] = typer.Option(None, help="DiffusionConfig JSON file [default: standard]."),
+            key: Optional[str] = typer.Option(None, help="Nested dict to take, e.g. ema [default: top level]."),
+            dtype: str = typer.Option("fp32", help="Storage precision: fp32, fp16 or bf16."),
+            ) -> None:
+    """Convert a .pth state dict into a self-describing .safetensors checkpoint.
+
+    The input is read with torch.load(weights_only=True): nothing is unpickled.
+    Example: dreamsr weights convert model.pth model.safetensors --preset small --scale 4
+    """
+    from dreamsr import weights as W
+    from dreamsr.diffusion import DiffusionConfig
+    from dreamsr.unet import UNetConfig, preset as get_preset
+
+    if (preset is None) == (config is None):
+        _fail("give exactly one of --preset NAME or --config FILE.json", EXIT_USAGE)
+    unet = get_preset(preset) if preset is not None else UNetConfig.from_dict(_read_json(config, "--config"))
+    diff = DiffusionConfig.from_dict(_read_json(diffusion, "--diffusion")) if diffusion else None
+    path = W.convert_pth(src, dst, unet, scale=scale, diffusion=diff, key=key, dtype=dtype)
+    out.print(f"wrote {path}", soft_wrap=True, markup=False)
+
+
+def _read_json(path: Path | None, option: str) -> dict:
+    assert path is not None
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except OSError as err:
+        raise ConfigError(f"{option}: cannot read {path}: {err.strerror or err}") from None
+    except json.JSONDecodeError as err:
+        raise ConfigError(f"{option}: {path} is not valid JSON ({err})") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{option}: {path} must hold a JSON object")
+    return data
