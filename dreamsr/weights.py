@@ -27,9 +27,13 @@ import os
 import re
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Iterable, Literal, Sequence
+from typing import TYPE_CHECKING, Any, Iterable, Literal, Sequence
 
 from dreamsr.errors import CheckpointError, ConfigError, DownloadError, ModelNotFoundError
+
+if TYPE_CHECKING:  # torch-heavy modules are imported where they are used
+    from dreamsr.diffusion import DiffusionConfig
+    from dreamsr.unet import UNetConfig
 
 try:  # Python >= 3.11
     import tomllib
@@ -374,6 +378,9 @@ def download(ref: HubFile, *, name: str | None = None, endpoint: str | None = No
         if hit is not None and (ref.pinned or _offline()):
             return hit
     if _offline():
+        if force:
+            raise DownloadError(f"{name or ref.url}: cannot download again while HF_HUB_OFFLINE is set; unset it, "
+                                "or " + _pull_hint(ref, name, cache))
         raise DownloadError(f"{name or ref.url} is not in the Hugging Face cache ({cache}) and HF_HUB_OFFLINE "
                             "is set; " + _pull_hint(ref, name, cache))
     from huggingface_hub import get_hf_file_metadata, hf_hub_download, hf_hub_url
@@ -579,8 +586,8 @@ def _toml_str(value: str) -> str:
 
 
 def entry_to_toml(entry: ModelEntry) -> str:
-    """The ``[models.NAME]`` table for ``entry``, ready to paste into weights.toml (``path`` entries are written
-    as given relative to the registry folder only if the caller sets it so; Hub entries are the usual case)."""
+    """The ``[models.NAME]`` table for ``entry``, ready to paste into weights.toml (a ``path`` entry is written
+    with its absolute path)."""
     lines = [f"[models.{entry.name}]"]
     if entry.hub is not None:
         lines += [f"repo_id = {_toml_str(entry.repo_id or '')}", f"filename = {_toml_str(entry.filename or '')}",
@@ -652,8 +659,8 @@ def push_checkpoint(file: str | os.PathLike, repo_id: str, *, name: str | None =
 # convert
 # --------------------------------------------------------------------------------------------------
 
-def convert_pth(src: str | os.PathLike, dst: str | os.PathLike, unet: Any, *, scale: int,
-                diffusion: Any = None, key: str | None = None, dtype: str = "fp32",
+def convert_pth(src: str | os.PathLike, dst: str | os.PathLike, unet: UNetConfig, *, scale: int,
+                diffusion: DiffusionConfig | None = None, key: str | None = None, dtype: str = "fp32",
                 training: dict | None = None) -> Path:
     """Turn a ``.pth`` state dict of our UNet layout into a self-describing checkpoint at ``dst``.
 

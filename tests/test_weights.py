@@ -8,7 +8,6 @@ import json
 import os
 import socket
 import time
-import tomllib
 from pathlib import Path
 
 import pytest
@@ -24,6 +23,8 @@ from dreamsr.diffusion import DiffusionConfig
 from dreamsr.errors import CheckpointError, ConfigError, DownloadError, ModelNotFoundError
 from dreamsr.unet import PRESETS, UNet, UNetConfig
 from tests.hub_server import FakeHub
+
+tomllib = W.tomllib  # the stdlib module on 3.11+, tomli on 3.10
 
 ROOT = Path(__file__).resolve().parents[1]
 REPO = "dreamsr-test/tiny-x4"
@@ -312,6 +313,8 @@ def test_offline_with_cached_file_works(served, monkeypatch: pytest.MonkeyPatch)
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     assert W.resolve_weights(model="tiny-x4", endpoint=hub.url) == path
     assert W.resolve_weights(model=f"hf://{REPO}/{FILE}", endpoint=hub.url) == path  # a branch, offline
+    with pytest.raises(DownloadError, match="tiny-x4: cannot download again while HF_HUB_OFFLINE is set"):
+        W.fetch(W.get_entry("tiny-x4"), endpoint=hub.url, force=True)
     assert len(hub.requests) == n
 
 
@@ -513,7 +516,7 @@ def one_error_line(result, code: int, text: str) -> None:
 
 def test_cli_list(tiny_checkpoint: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     empty = cli("list")
-    assert empty.exit_code == 0 and "no models registered yet" in empty.output
+    assert empty.exit_code == 0 and "no models registered yet" in empty.stdout
     user_registry(tmp_path, monkeypatch, path_entry("local", str(tiny_checkpoint), sha256(tiny_checkpoint)),
                   hub_entry("remote", "ab" * 32, "cd" * 20, default=False, scale=2, bytes=2_500_000))
     table = cli("list")
@@ -537,6 +540,16 @@ def test_cli_pull(served, tiny_checkpoint: Path) -> None:
     one_error_line(cli("pull", "nope"), 1, "unknown model 'nope' (known models: tiny-x4)")
     one_error_line(cli("pull", "hf://org"), 1, "expected hf://org/repo/file.safetensors")
     assert cli("pull").exit_code == 2
+
+
+def test_cli_pull_offline_prints_the_command_for_a_connected_machine(served,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    start = time.monotonic()
+    result = cli("pull", "tiny-x4")
+    assert time.monotonic() - start < 1.0
+    one_error_line(result, 1, "on a connected machine run `dreamsr weights pull tiny-x4`")
+    assert served[0].requests == []
 
 
 def test_cli_pull_reports_each_failure_and_goes_on(served, tiny_checkpoint: Path) -> None:

@@ -77,8 +77,8 @@ def list_models(as_json: bool = typer.Option(False, "--json", help="Print JSON i
         return _print_json(rows)
     if not rows:
         user = W.user_registry_path()
-        console.print(f"no models registered yet (registry: {W.SHIPPED_REGISTRY}"
-                      + (f", {user}" if user else "") + "); use --weights PATH or hf://org/repo/file.safetensors")
+        out.print(f"no models registered yet (registry: {W.SHIPPED_REGISTRY}" + (f", {user}" if user else "")
+                  + "); use --weights PATH or hf://org/repo/file.safetensors", soft_wrap=True, markup=False)
         return
     table = Table("name", "scale", "task", "params", "size", "here", "default", box=None)
     for r in rows:
