@@ -37,7 +37,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Literal
 
-import numpy as np
 import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
@@ -559,13 +558,9 @@ def _val_files(cfg: TrainConfig) -> list[Path]:
     return []
 
 
-def _to_uint8_hwc(x: torch.Tensor) -> np.ndarray:
-    return x.clamp(0, 1).mul(255).round().to(torch.uint8).permute(1, 2, 0).cpu().numpy()
-
-
 def _save_grid(path: Path, rows: list[list[torch.Tensor]], gap: int = 2) -> None:
-    """PNG of rows of [3, H, W] images in [0, 1], white gaps, each row padded to the widest."""
-    from PIL import Image
+    """PNG of rows of [3, H, W] images in [0, 1], white gaps, each row padded to the widest (atomic)."""
+    from dreamsr.images import save_image
 
     heights = [max(t.shape[1] for t in r) for r in rows]
     widths = [sum(t.shape[2] for t in r) + gap * (len(r) - 1) for r in rows]
@@ -577,13 +572,11 @@ def _save_grid(path: Path, rows: list[list[torch.Tensor]], gap: int = 2) -> None
             canvas[:, y:y + t.shape[1], x:x + t.shape[2]] = t.clamp(0, 1)
             x += t.shape[2] + gap
         y += h + gap
-    buf_path = path.with_suffix(".tmp.png")
-    Image.fromarray(_to_uint8_hwc(canvas)).save(buf_path)
-    os.replace(buf_path, path)
+    save_image(path, canvas, overwrite=True)
 
 
 def _validate(model: UNet, cfg: TrainConfig, images: list[tuple[str, torch.Tensor]], device: torch.device,
-              precision: str, step: int, out_dir: Path) -> dict:
+              precision: str, channels_last: bool, step: int, out_dir: Path) -> dict:
     """Upscale each held-out LR with the (EMA) model through the pipeline; PSNR/SSIM on Y, crop = scale."""
     from dreamsr.images import downsample
     from dreamsr.metrics import psnr, ssim
@@ -593,11 +586,12 @@ def _validate(model: UNet, cfg: TrainConfig, images: list[tuple[str, torch.Tenso
     was_training = model.training
     model.eval()
     try:
-        up = Upscaler(model, info, device=device, precision=precision)
+        up = Upscaler(model, info, device=device, precision=precision, channels_last=channels_last)
+        tile = 0 if cfg.val_crop else 40  # small centre crops go through in one piece
         rows, ps, ss, bps, bss, prgb = [], [], [], [], [], []
         for _name, hr in images:
             lr = downsample(hr, cfg.scale).clamp(0, 1).mul(255).round().div(255)
-            sr = up.upscale(lr, steps=cfg.val_steps, sampler=cfg.val_sampler, seed=cfg.val_seed).cpu().float()
+            sr = up.upscale(lr, steps=cfg.val_steps, sampler=cfg.val_sampler, seed=cfg.val_seed, tile=tile).cpu()
             bic = upsample(lr, cfg.scale).clamp(0, 1)
             ps.append(psnr(sr, hr, crop_border=cfg.scale, y_channel=True))
             ss.append(ssim(sr, hr, crop_border=cfg.scale, y_channel=True))
@@ -797,7 +791,7 @@ def _train(cfg: TrainConfig, dctx: _Dist, callback: Callback | None) -> TrainRes
         nonlocal last_val
         if not val_images:
             return
-        res = _validate(ema, cfg, val_images, device, precision, step_done, run_dir / "val")
+        res = _validate(ema, cfg, val_images, device, precision, channels_last, step_done, run_dir / "val")
         last_val = res
         _append_jsonl(metrics_path, {"event": "val", "step": step_done, **res})
         emit("val", step_done, res)
