@@ -46,3 +46,16 @@ def hub_server(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Fake
         for var in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_TOKEN", "HUGGING_FACE_HUB_TOKEN"):
             monkeypatch.delenv(var, raising=False)
         yield hub
+
+
+@pytest.fixture(autouse=True)
+def _isolated_user_state(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Keep a developer's own registry, HF cache and torch hub cache out of every test."""
+    home = tmp_path_factory.mktemp("isolated-home")
+    monkeypatch.delenv("DREAMSR_WEIGHTS", raising=False)
+    monkeypatch.delenv("DREAMSR_DATA", raising=False)
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(home / "config"))
+    monkeypatch.setenv("HF_HUB_CACHE", str(home / "hf-cache"))
+    monkeypatch.setenv("HF_HUB_DISABLE_TELEMETRY", "1")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # no test may reach the network unless it starts a loopback Hub
+    monkeypatch.setenv("TORCH_HOME", str(home / "torch"))

@@ -9,6 +9,7 @@ import sys
 from typing import NoReturn
 
 from rich.console import Console
+from rich.text import Text
 
 from dreamsr.errors import ConfigError, DreamSRError
 
@@ -22,7 +23,7 @@ EXIT_USAGE = 2
 
 def fail(message: str, code: int = EXIT_FAILED) -> NoReturn:
     """Print one red line to stderr and exit with ``code``."""
-    console.print(f"[red]error:[/red] {message}", soft_wrap=True)
+    console.print(Text.assemble(("error:", "red"), " ", message), soft_wrap=True)  # literal: no markup
     raise SystemExit(code)
 
 
