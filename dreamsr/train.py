@@ -233,6 +233,8 @@ class TrainResult:
     last_loss: float | None  # mean loss of the last log interval
     last_val: dict | None  # metrics of the last validation
     stopped: bool = False  # True when a callback or the time limit stopped the run early
+    model: UNet | None = field(default=None, repr=False)  # the trained network (this rank's copy, train mode)
+    ema: UNet | None = field(default=None, repr=False)  # its EMA (eval mode)
 
 
 Callback = Callable[[TrainEvent], "bool | None"]
@@ -904,5 +906,5 @@ def _train(cfg: TrainConfig, dctx: _Dist, callback: Callback | None) -> TrainRes
     emit("end", step, {"export": str(export_path) if export_path else None, "stopped": stopped,
                        "checkpoint": str(last_ckpt) if last_ckpt else None})
     return TrainResult(run_dir=run_dir, step=step, export=export_path, checkpoint=last_ckpt, last_loss=last_loss,
-                       last_val=last_val, stopped=stopped)
+                       last_val=last_val, stopped=stopped, model=model, ema=ema)
 

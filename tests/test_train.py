@@ -244,3 +244,118 @@ def test_p_inf_config_roundtrip() -> None:
     d = cfg.to_dict()
     assert d["p"] == "inf"
     assert TrainConfig.from_dict(json.loads(json.dumps(d))) == cfg
+
+
+# --- DDP ----------------------------------------------------------------------------------------------------
+
+_DDP_SCRIPT = textwrap.dedent("""
+    import json, os, sys
+    import torch
+    from safetensors.torch import save_file
+    from dreamsr.train import TrainConfig, train
+
+    cfg = TrainConfig(**json.loads(sys.argv[1]))
+    res = train(cfg)
+    rank = int(os.environ.get("RANK", "0"))
+    tensors = {f"model/{k}": v.contiguous() for k, v in res.model.state_dict().items()}
+    tensors.update({f"ema/{k}": v.contiguous() for k, v in res.ema.state_dict().items()})
+    save_file(tensors, os.path.join(sys.argv[2], f"rank{rank}.safetensors"))
+""")
+
+
+def test_ddp_two_processes_match_single_process(photos: Path, tmp_path: Path) -> None:
+    """torchrun with 2 CPU processes (gloo), batch 4 = 2 x 2: ranks agree, and match 1 process at batch 4."""
+    script = tmp_path / "ddp_train.py"
+    script.write_text(_DDP_SCRIPT)
+    steps = 4
+    cfg = tiny_config(photos, tmp_path / "ddp", steps=steps, save_every=2, batch_size=4, log_every=1)
+    out = tmp_path / "out"
+    out.mkdir()
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                           str(script), json.dumps(cfg.to_dict()), str(out)], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    r0, r1 = load_file(str(out / "rank0.safetensors")), load_file(str(out / "rank1.safetensors"))
+    assert all(torch.equal(r0[k], r1[k]) for k in r0), "ranks ended with different weights"
+    # one process with the same global batch sees the same samples and noise: same losses, same weights
+    single = train(dataclasses.replace(cfg, run_dir=str(tmp_path / "single")))
+    sd = {f"model/{k}": v for k, v in single.model.state_dict().items()}
+    sd.update({f"ema/{k}": v for k, v in single.ema.state_dict().items()})
+    worst = max(float((r0[k] - sd[k]).abs().max()) for k in r0)
+    assert worst < 1e-5, worst
+    init = load_file(str(tmp_path / "ddp/checkpoints/step_00000002.safetensors"))
+    assert float((init["model/head.weight"] - r0["model/head.weight"]).abs().max()) > 1e-4  # weights did move
+    def losses(run: Path) -> list[float]:
+        return [json.loads(l)["loss"] for l in (run / "metrics.jsonl").read_text().splitlines()
+                if '"loss"' in l]
+    ddp_l, one_l = losses(tmp_path / "ddp"), losses(tmp_path / "single")
+    assert len(ddp_l) == len(one_l) == steps
+    for a, b in zip(ddp_l, one_l):
+        assert a == pytest.approx(b, rel=1e-5, abs=1e-6)
+    # rank 0 alone wrote the run folder and the checkpoints
+    assert sorted(p.name for p in (tmp_path / "ddp/checkpoints").iterdir()) == [
+        "step_00000002.safetensors", "step_00000004.safetensors"]
+    assert json.loads((tmp_path / "ddp/config.json").read_text())["world_size"] == 2
+
+
+# --- CLI ----------------------------------------------------------------------------------------------------
+
+@dataclasses.dataclass
+class _Run:
+    exit_code: int
+    output: str
+
+
+def _cli(*args: str) -> _Run:
+    """`dreamsr train ARGS` in-process; a DreamSRError maps to the exit code and message main() gives it."""
+    from typer.testing import CliRunner
+
+    from dreamsr.cli import app
+    from dreamsr.cli.common import exit_code_for
+    from dreamsr.errors import DreamSRError
+
+    r = CliRunner().invoke(app, ["train", *args])
+    if isinstance(r.exception, DreamSRError):
+        return _Run(exit_code_for(r.exception), r.output + str(r.exception))
+    if r.exception is not None and not isinstance(r.exception, SystemExit):
+        raise r.exception
+    return _Run(r.exit_code, r.output)
+
+
+def test_cli_trains_resumes_with_saved_settings_and_exports(photos: Path, tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    common = ["--workers", "0", "--log-every", "1", "--val-every", "0"]
+    r = _cli("--dataset", "folder", "--data-dir", str(photos), "--preset", "tiny", "--patch", "32",
+             "--batch-size", "2", "--steps", "2", "--save-every", "1", "--target", "residual", "--p", "inf",
+             "--lr", "2e-4", "--run-dir", str(run), *common)
+    assert r.exit_code == 0, r.output
+    lines = [l for l in r.output.splitlines() if l.startswith("step ")]
+    assert [l.split()[1] for l in lines] == ["1/2", "2/2"]  # plain lines when not a terminal
+    # resume with only --steps: every other setting comes from the checkpoint (p = inf, residual, lr 2e-4)
+    r = _cli("--resume", str(run), "--steps", "3", *common)
+    assert r.exit_code == 0, r.output
+    cfg = read_state_config(run)
+    assert cfg.steps == 3 and math.isinf(cfg.p) and cfg.target == "residual" and cfg.lr == 2e-4
+    assert latest_checkpoint(run).name == "step_00000003.safetensors"
+    # a conflicting setting is refused with exit code 1 and one line naming it
+    r = _cli("--resume", str(run), "--p", "1", "--steps", "4", *common)
+    assert r.exit_code == 1 and "p: checkpoint inf vs now 1.0" in r.output
+    # export only, in fp16
+    (run / "model.safetensors").unlink()
+    r = _cli("--resume", str(run), "--export-only", "--export-dtype", "fp16")
+    assert r.exit_code == 0, r.output
+    from safetensors import safe_open
+    with safe_open(str(run / "model.safetensors"), "pt") as fh:
+        assert fh.get_tensor("head.weight").dtype == torch.float16
+    _, info = load_checkpoint(run / "model.safetensors")
+    assert info.training["steps"] == 3 and info.training["p"] == "inf"
+
+
+def test_cli_rejects_bad_options(photos: Path, tmp_path: Path) -> None:
+    r = _cli("--data-dir", str(photos), "--p", "-1", "--run-dir", str(tmp_path))
+    assert r.exit_code == 2 and "--p must be" in r.output
+    r = _cli("--data-dir", str(photos), "--target", "latent", "--run-dir", str(tmp_path))
+    assert r.exit_code == 2 and "target must be image or residual" in r.output
+    r = _cli("--dataset", "div2k", "--data-dir", str(tmp_path), "--run-dir", str(tmp_path / "r"))
+    assert r.exit_code == 1 and "DIV2K_train_HR" in r.output
