@@ -273,8 +273,8 @@ def _transpose_channels(arr: np.ndarray, orientation: int) -> np.ndarray:
               7: Image.Transpose.TRANSVERSE, 8: Image.Transpose.ROTATE_90}.get(orientation)
     if method is None:
         return arr
-    planes = [np.asarray(Image.fromarray(np.ascontiguousarray(arr[:, :, c]), mode="I;16").transpose(method),
-                         dtype=np.uint16) for c in range(arr.shape[2])]
+    planes = [np.asarray(Image.fromarray(np.ascontiguousarray(arr[:, :, c], dtype=np.uint16)).transpose(method),
+                         dtype=np.uint16) for c in range(arr.shape[2])]  # uint16 -> mode I;16, exact
     return np.stack(planes, axis=2)
 
 
