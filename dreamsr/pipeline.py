@@ -330,7 +330,10 @@ class Upscaler:
         if dst_p.exists() and not overwrite:
             raise OutputExistsError(f"{dst_p}: exists (use --overwrite to replace it)")
         image = load_image(src_p, max_pixels=max_pixels)
-        result = self.upscale_image(image, out_scale=out_scale, **kwargs)
+        try:
+            result = self.upscale_image(image, out_scale=out_scale, **kwargs)
+        except InputError as err:  # name the file in messages about the image itself
+            raise InputError(f"{src_p}: {err}") from None
         warns = list(result.warnings)
         warns += save_image(dst_p, result.rgb, alpha=result.alpha, grey=result.grey, bits=result.bits,
                             icc_profile=result.icc_profile, overwrite=overwrite)
