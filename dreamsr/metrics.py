@@ -104,13 +104,19 @@ def _gaussian_window(size: int = _SSIM_WIN, sigma: float = _SSIM_SIGMA) -> torch
 
 def _ssim_map(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """Per-pixel SSIM of [C,H,W] float64 images (data range 1) over the valid region: [C,H-10,W-10]."""
-    c = a.shape[0]
-    g = _gaussian_window()
-    kh = g.view(1, 1, -1, 1).expand(c, 1, -1, 1)
-    kw = g.view(1, 1, 1, -1).expand(c, 1, 1, -1)
+    g = _gaussian_window().tolist()
+    n = len(g)
 
-    def filt(x: torch.Tensor) -> torch.Tensor:  # separable Gaussian, 'valid' (no padding)
-        return F.conv2d(F.conv2d(x.unsqueeze(0), kh, groups=c), kw, groups=c).squeeze(0)
+    def filt(x: torch.Tensor) -> torch.Tensor:
+        # separable Gaussian, 'valid' (no padding), as shifted multiply-adds: float64 conv2d is slow on the CPU
+        h, w = x.shape[-2:]
+        rows = x[..., 0:h - n + 1, :] * g[0]
+        for k in range(1, n):
+            rows.add_(x[..., k:h - n + 1 + k, :], alpha=g[k])
+        out = rows[..., 0:w - n + 1] * g[0]
+        for k in range(1, n):
+            out.add_(rows[..., k:w - n + 1 + k], alpha=g[k])
+        return out
 
     c1, c2 = _SSIM_K1**2, _SSIM_K2**2
     mu_a, mu_b = filt(a), filt(b)
@@ -379,11 +385,24 @@ def frechet_distance(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma
 
 
 def fid_from_features(feats_a: np.ndarray, feats_b: np.ndarray) -> float:
-    """FID between two feature sets [N, D] (N >= 2 each): unbiased covariances (``np.cov``), as pytorch-fid."""
+    """FID between two feature sets [N, D] (N >= 2 each) with unbiased covariances (``np.cov``), as pytorch-fid.
+
+    With fewer images than dimensions (the usual case: 100 images, D = 2048) the same number is computed in the
+    N-dimensional sample space: with centred features A (D x Na) and B (D x Nb) scaled by 1/sqrt(N-1),
+    S1 = A A^T, S2 = B B^T, and the non-zero eigenvalues of S1 S2 are the squared singular values of A^T B, so
+    Tr((S1 S2)^(1/2)) is the nuclear norm of A^T B -- exact, and a small SVD instead of 2048 x 2048 ones.
+    """
     a, b = np.asarray(feats_a, np.float64), np.asarray(feats_b, np.float64)
     if a.ndim != 2 or b.ndim != 2 or a.shape[1] != b.shape[1] or len(a) < 2 or len(b) < 2:
         raise InputError(f"FID needs two [N>=2, D] feature sets, got {a.shape} and {b.shape}")
-    return frechet_distance(a.mean(0), np.cov(a, rowvar=False), b.mean(0), np.cov(b, rowvar=False))
+    mu_a, mu_b = a.mean(0), b.mean(0)
+    if max(len(a), len(b)) >= a.shape[1]:
+        return frechet_distance(mu_a, np.cov(a, rowvar=False), mu_b, np.cov(b, rowvar=False))
+    ca = (a - mu_a) / math.sqrt(len(a) - 1)  # rows: samples, so S1 = ca^T ca
+    cb = (b - mu_b) / math.sqrt(len(b) - 1)
+    tr_covmean = float(np.linalg.svd(ca @ cb.T, compute_uv=False).sum())
+    diff = mu_a - mu_b
+    return max(0.0, float(diff @ diff + (ca * ca).sum() + (cb * cb).sum() - 2 * tr_covmean))
 
 
 def fid_warning(n: int) -> str | None:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -18,8 +20,6 @@ skimage_metrics = pytest.importorskip("skimage.metrics")
 def _photo(name: str = "astronaut.png", size: int = 96) -> torch.Tensor:
     """A real photo from the scikit-image wheel, centre crop size x size, [3,H,W] in [0, 1]."""
     import skimage
-
-    from pathlib import Path
 
     img = load_rgb(Path(skimage.__file__).parent / "data" / name)
     h, w = img.shape[-2:]
@@ -167,33 +167,44 @@ def test_consistency_is_mse_times_1e5_against_the_bicubic_downsample() -> None:
 
 
 # ---------------------------------------------------------------- LPIPS / FID weights (random stand-ins)
-def _save_random_weights(folder, lpips_net: str = "alex", fid: bool = True) -> None:
+def _save_random_weights(folder, lpips_net: str = "squeeze", fid: bool = True) -> None:
     """Random-initialised weights under the real file names (shared/offline.md): plumbing, not real values."""
     import torchvision
 
     folder.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(0)
     ctor = {"alex": torchvision.models.alexnet, "squeeze": torchvision.models.squeezenet1_1}[lpips_net]
-    torch.save(ctor(weights=None).state_dict(), folder / metrics.LPIPS_FILES[lpips_net][0])
+    if lpips_net:
+        torch.save(ctor(weights=None).state_dict(), folder / metrics.LPIPS_FILES[lpips_net][0])
     if fid:
-        net = torchvision.models.inception_v3(weights=None, aux_logits=False, init_weights=True, num_classes=1008)
-        torch.save(net.state_dict(), folder / metrics.FID_FILE)
-        # calibrate the BatchNorm statistics on noise so that random features stay O(1) instead of exploding
-        feats = metrics.InceptionFeatures(weights_dir=folder, batch=4)
-        for m in feats.net.modules():
+        # pytorch-fid's layout; BatchNorm statistics calibrated on noise so that random features stay O(1)
+        net = metrics._build_fid_inception()
+        for m in net.modules():
             if isinstance(m, torch.nn.BatchNorm2d):
                 m.reset_running_stats()
                 m.momentum = None
-        feats.net.train()
-        feats(torch.rand(4, 3, 32, 32))
-        torch.save(feats.net.state_dict(), folder / metrics.FID_FILE)
+        with torch.no_grad():
+            metrics.InceptionFeatures._pool3(SimpleNamespace(net=net.train()), torch.rand(2, 3, 160, 160) * 2 - 1)
+        torch.save(net.state_dict(), folder / metrics.FID_FILE)
+
+
+def random_weights_home(request, tmp_path_factory) -> Path:
+    """A TORCH_HOME holding random squeezenet + FID Inception weights under the real names; kept in pytest's
+    cache between runs (the files take seconds to make on two busy cores), else in a temporary folder."""
+    cache = getattr(request.config, "cache", None)
+    home = Path(cache.mkdir("dreamsr-random-metric-weights-v1")) if cache is not None \
+        else tmp_path_factory.mktemp("torch_home")
+    folder = home / "hub" / "checkpoints"
+    marker = folder / "complete"
+    if not marker.is_file() or marker.read_text() != torch.__version__:
+        _save_random_weights(folder)
+        marker.write_text(torch.__version__)
+    return home
 
 
 @pytest.fixture(scope="module")
-def random_weights(tmp_path_factory):
-    home = tmp_path_factory.mktemp("torch_home")
-    _save_random_weights(home / "hub" / "checkpoints")
-    return home
+def random_weights(request, tmp_path_factory) -> Path:
+    return random_weights_home(request, tmp_path_factory)
 
 
 @pytest.fixture
@@ -216,12 +227,16 @@ def test_missing_weights_are_reported_unavailable_with_the_file_to_fetch(empty_t
 
 
 @pytest.mark.filterwarnings("ignore::UserWarning")  # lpips passes torchvision's deprecated pretrained=
-def test_lpips_matches_the_lpips_package_fed_minus_one_to_one(torch_home) -> None:
+@pytest.mark.parametrize("net", ["squeeze", pytest.param("alex", marks=pytest.mark.slow)])
+def test_lpips_matches_the_lpips_package_fed_minus_one_to_one(net, torch_home, tmp_path, monkeypatch) -> None:
     import lpips
 
-    ours = metrics.LPIPS("alex")
+    if net != "squeeze":  # the shared folder holds squeezenet (4.8 MB); alexnet (233 MB) goes to a temporary one
+        _save_random_weights(tmp_path / "hub" / "checkpoints", lpips_net=net, fid=False)
+        monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    ours = metrics.LPIPS(net)
     # the package's own loader finds the same (random) backbone in $TORCH_HOME and never downloads
-    ref = lpips.LPIPS(net="alex", verbose=False).eval()
+    ref = lpips.LPIPS(net=net, verbose=False).eval()
     sr, hr = _pair(size=64)
     want = ref(hr.unsqueeze(0) * 2 - 1, sr.unsqueeze(0) * 2 - 1).item()
     assert ours(sr, hr) == pytest.approx(want, rel=1e-5)
@@ -230,7 +245,7 @@ def test_lpips_matches_the_lpips_package_fed_minus_one_to_one(torch_home) -> Non
 
 
 def test_lpips_weights_from_a_metric_weights_dir(tmp_path, empty_torch_home) -> None:
-    _save_random_weights(tmp_path / "w", lpips_net="squeeze", fid=False)
+    _save_random_weights(tmp_path / "w", fid=False)
     d = metrics.LPIPS("squeeze", weights_dir=tmp_path / "w")
     sr, hr = _pair(size=48)
     assert d(sr, hr) > 0 and d(hr, hr) == 0.0
@@ -277,9 +292,9 @@ def test_fid_features_and_distance_through_the_real_file_path(torch_home) -> Non
     imgs = torch.stack([_photo(name, size=64) for name in ("astronaut.png", "coffee.png")])
     f = feats(imgs)
     assert f.shape == (2, 2048) and np.isfinite(f).all()
-    np.testing.assert_allclose(feats(imgs[1])[0], f[1], rtol=1e-4, atol=1e-5)  # batching does not matter
     assert metrics.fid_from_features(f, f) == pytest.approx(0.0, abs=1e-6)
-    g = feats(imgs.flip(-1))
+    g = feats([imgs[1].flip(-1), imgs[0].flip(-1)])  # a list of [3,H,W] works too
+    assert g.shape == (2, 2048)
     assert metrics.fid_from_features(f, g) > 0
     assert "biased" in metrics.fid_warning(2) and metrics.fid_warning(2048) is None
 
@@ -314,5 +329,18 @@ def test_frechet_distance_matches_scipy_sqrtm_on_non_commuting_covariances() -> 
     assert metrics.fid_from_features(x, y) == pytest.approx(want, rel=1e-8)
     # rank-deficient (fewer samples than dimensions): finite, non-negative, 0 against itself
     z = rng.normal(size=(5, 8))
-    assert metrics.fid_from_features(z, z) == pytest.approx(0.0, abs=1e-6)
+    assert metrics.fid_from_features(z, z) == pytest.approx(0.0, abs=1e-9)
     assert metrics.fid_from_features(z, x) > 0
+
+
+def test_small_set_fid_in_sample_space_equals_the_covariance_formula() -> None:
+    linalg = pytest.importorskip("scipy.linalg")
+    rng = np.random.default_rng(2)
+    a, b = rng.normal(size=(6, 32)), rng.normal(size=(9, 32)) * 1.5 + 0.3  # N < D: the nuclear-norm route
+    s1, s2 = np.cov(a, rowvar=False), np.cov(b, rowvar=False)
+    via_cov = metrics.frechet_distance(a.mean(0), s1, b.mean(0), s2)
+    d = a.mean(0) - b.mean(0)
+    via_scipy = d @ d + np.trace(s1) + np.trace(s2) - 2 * np.trace(linalg.sqrtm(s1 @ s2).real)
+    # (the eigen route takes square roots of rounding-level eigenvalues of the rank-deficient product: ~1e-8)
+    assert metrics.fid_from_features(a, b) == pytest.approx(via_cov, rel=1e-7)
+    assert metrics.fid_from_features(a, b) == pytest.approx(via_scipy, rel=1e-6)

@@ -1,10 +1,215 @@
-"""`dreamsr evaluate` (not implemented yet)."""
+"""`dreamsr eval`: paper-comparable metrics of any upscaler (bicubic included) on a named set, and `--compare`.
+
+All the work is in :mod:`dreamsr.evaluate`; this module parses options, shows progress and prints tables.
+Exit codes: 0 all files evaluated, 1 some files failed (the report is still written), 2 bad usage.
+"""
 
 from __future__ import annotations
 
-from dreamsr.cli.common import EXIT_USAGE, fail
+import shlex
+import sys
+from pathlib import Path
+from typing import Any, List, Optional
+
+import typer
+from rich.table import Table
+from rich.text import Text
+
+from dreamsr.cli.common import EXIT_FAILED, EXIT_OK, console, exit_code_for, is_tty, out
+from dreamsr.errors import ConfigError, DreamSRError
+
+_SETS = "div2k-val, celebahq, set5, set14, bsd100, urban100, cat, lsun-bedroom, lsun-tower, folder, paired"
 
 
-def evaluate() -> None:
-    """Not implemented yet."""
-    fail("not implemented yet", EXIT_USAGE)
+
+def _error(message: str, code: int) -> None:
+    console.print(Text.assemble(("error:", "red"), " ", message), soft_wrap=True)
+    raise typer.Exit(code)
+
+
+def _parse_metrics(text: str) -> tuple[str, ...]:
+    from dreamsr.evaluate import METRICS
+
+    names = [t.strip().lower() for t in text.split(",") if t.strip()]
+    if names == ["all"]:
+        return METRICS
+    bad = [n for n in names if n not in METRICS]
+    if bad or not names:
+        raise ConfigError(f"--metrics: unknown {', '.join(bad) or '(empty)'}; choose from {', '.join(METRICS)} "
+                          "(comma-separated) or all")
+    return tuple(dict.fromkeys(names))
+
+
+def _fmt(v: Any, metric: str) -> str:
+    from dreamsr.evaluate import _fmt as fmt
+
+    return fmt(v, metric)
+
+
+def _summary_table(summary: dict[str, Any]) -> Table:
+    from dreamsr.evaluate import _label
+
+    model = summary["model"]
+    title = f"{model.get('name')} on {summary['set']} ×{summary['scale']} — {summary['count']}/{summary['images']} images"
+    t = Table(title=title, title_justify="left")
+    t.add_column("metric")
+    t.add_column("mean", justify="right")
+    t.add_column("std", justify="right")
+    t.add_column("count", justify="right")
+    t.add_column("convention")
+    for e in summary["metrics"]:
+        if e.get("available") is False:
+            t.add_row(_label(e), Text("unavailable", "yellow"), "", "", Text("see warning below", "yellow"))
+            continue
+        std = _fmt(e.get("std"), e["metric"])
+        if std != "-" and e.get("std_over", "").startswith(tuple("0123456789")):
+            std += " (seeds)"
+        t.add_row(_label(e), _fmt(e["mean"], e["metric"]), std, str(e["count"]),
+                  e.get("convention_short", ""))
+    return t
+
+
+def _compare(paths: List[Path]) -> int:
+    from dreamsr.evaluate import compare
+
+    table = compare([str(p) for p in paths])
+    t = Table(title="dreamsr eval --compare", title_justify="left")
+    t.add_column("metric")
+    for r in table["runs"]:
+        t.add_column(f"{r['label']}\n{r['set']} ×{r['scale']}, n={r['count']}", justify="right")
+    for row in table["rows"]:
+        cells = []
+        for v in row["values"]:
+            if v is None:
+                cells.append("-")
+                continue
+            mean, std = v
+            s = _fmt(mean, row["metric"])
+            sd = _fmt(std, row["metric"])
+            cells.append(s if sd == "-" else f"{s} ± {sd}")
+        t.add_row(row["label"], *cells)
+    out.print(t)
+    for w in table["warnings"]:
+        console.print(Text.assemble(("warning:", "yellow"), " ", w), soft_wrap=True)
+    return EXIT_OK
+
+
+class _Bar:
+    """A rich progress bar over (image, seed) runs, with the network calls of the current run."""
+
+    def __init__(self, live: bool) -> None:
+        self.live = live
+        self.progress: Any = None
+        self.task: Any = None
+
+    def __enter__(self) -> "_Bar":
+        if self.live:
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+            self.progress = Progress(TextColumn("[bold]eval"), BarColumn(), MofNCompleteColumn(),
+                                     TimeElapsedColumn(), TextColumn("{task.fields[info]}"), console=console)
+            self.progress.__enter__()
+            self.task = self.progress.add_task("eval", total=None, info="listing files")
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        if self.progress is not None:
+            self.progress.__exit__(*exc)
+
+    def __call__(self, ev: Any) -> None:
+        if self.progress is not None:
+            info = ev.item if not ev.calls_total else f"{ev.item} ({ev.calls}/{ev.calls_total} calls)"
+            if ev.stage == "fid":
+                info = "FID"
+            self.progress.update(self.task, total=ev.total, completed=ev.done, info=info)
+        elif ev.stage in ("done", "error"):
+            console.print(f"eval {ev.done}/{ev.total} {ev.item}" + (" (error)" if ev.stage == "error" else ""),
+                          markup=False, highlight=False)
+
+
+def evaluate(
+    summaries: Optional[List[Path]] = typer.Argument(None, help="With --compare: summary.json files (or run folders).",
+                                                     show_default=False),
+    set_name: str = typer.Option("folder", "--set", help=f"Evaluation set: {_SETS}."),
+    data_dir: Optional[Path] = typer.Option(None, "--data-dir", help="Root of the sets \\[default: $DREAMSR_DATA]; "
+                                            "for folder/paired, the folder itself."),
+    limit: Optional[int] = typer.Option(None, "--limit", min=1, help="Evaluate only the first N images."),
+    model: str = typer.Option("bicubic", "--model", "-m", help="bicubic | nearest | a registry name | hf:// URL."),
+    weights: Optional[Path] = typer.Option(None, "--weights", "-w", help="A dreamsr .safetensors checkpoint "
+                                           "(overrides --model)."),
+    scale: Optional[int] = typer.Option(None, "--scale", "-s", min=1, help="Factor \\[default: the model's, or the "
+                                        "set's (celebahq 8, others 4) for bicubic/nearest]."),
+    metrics: str = typer.Option("psnr,ssim,consistency", "--metrics",
+                                help="Comma-separated: psnr, ssim, consistency, lpips, fid (or all)."),
+    convention: str = typer.Option("both", "--convention", help="PSNR/SSIM on rgb (whole image, SR3/DREAM code), "
+                                   "y (BT.601 Y, border cropped, BasicSR) or both."),
+    crop_border: Optional[int] = typer.Option(None, "--crop-border", min=0, help="Border cropped for the Y "
+                                              "convention \\[default: the scale]."),
+    steps: int = typer.Option(50, "--steps", min=1, help="Sampler steps (diffusion models)."),
+    sampler: str = typer.Option("ddim", "--sampler", help="ddim | ddpm."),
+    eta: Optional[float] = typer.Option(None, "--eta", min=0.0, help="Sampler noise \\[default: 0 DDIM, 1 DDPM]."),
+    seed: int = typer.Option(0, "--seed", help="First seed; sample k uses seed + k."),
+    samples: int = typer.Option(1, "--samples", "-k", min=1, help="Super-resolutions per image; the summary gives "
+                                "mean and std over the K seeds."),
+    merge: Optional[str] = typer.Option(None, "--merge", help="Tile merge: step | end \\[default: the protocol's, "
+                                        "end = paper Sec. 6.2]."),
+    batch: int = typer.Option(4, "--batch", min=1, help="Tiles per network call (does not change results)."),
+    metric_weights: Optional[Path] = typer.Option(None, "--metric-weights", help="Folder with the LPIPS/FID backbone "
+                                                  "files \\[default: $TORCH_HOME/hub/checkpoints]."),
+    lpips_net: str = typer.Option("alex", "--lpips-net", help="LPIPS backbone: alex | vgg | squeeze."),
+    out_dir: Optional[Path] = typer.Option(None, "--out", "-o", help="Report folder \\[default: "
+                                           "eval/<set>-<model>-x<scale>]."),
+    grids: int = typer.Option(4, "--grids", min=0, help="Comparison grids for the first N images."),
+    save_images: bool = typer.Option(False, "--save-images", help="Also write the SR images to <out>/sr/."),
+    device: str = typer.Option("auto", "--device", help="auto | cpu | cuda | cuda:N | mps."),
+    precision: str = typer.Option("auto", "--precision", help="auto | fp32 | bf16 | fp16."),
+    compare_runs: bool = typer.Option(False, "--compare", help="Print the given summary.json files side by side."),
+) -> None:
+    """Measure PSNR/SSIM (RGB and Y conventions), consistency, LPIPS and FID of an upscaler on a set, and write
+    metrics.csv, summary.json, summary.md and comparison grids (LR | bicubic | SR | HR).
+
+    \b
+    Examples:
+      dreamsr eval --set folder --data-dir photos/ --model bicubic --scale 4
+      dreamsr eval --set celebahq --model NAME --metrics psnr,ssim,consistency,fid --out runs/faces
+      dreamsr eval --set div2k-val --weights my.safetensors --steps 100 --samples 3 --convention y
+      dreamsr eval --compare runs/bicubic/summary.json runs/faces/summary.json
+    """
+    try:
+        if compare_runs:
+            if not summaries:
+                raise ConfigError("--compare needs one or more summary.json files")
+            raise typer.Exit(_compare(summaries))
+        if summaries:
+            raise ConfigError(f"unexpected argument {summaries[0]} (summary files go with --compare)")
+        from dreamsr.evaluate import EvalConfig
+        from dreamsr.evaluate import evaluate as run_eval
+
+        cfg = EvalConfig(set=set_name, data_dir=str(data_dir) if data_dir else None, limit=limit, model=model,
+                         weights=str(weights) if weights else None, scale=scale, metrics=_parse_metrics(metrics),
+                         convention=convention, crop_border=crop_border, steps=steps, sampler=sampler,  # type: ignore[arg-type]
+                         eta=eta, seed=seed, samples=samples, merge=merge, batch=batch,
+                         metric_weights=str(metric_weights) if metric_weights else None, lpips_net=lpips_net,
+                         device=device, precision=precision, grids=grids, save_images=save_images,
+                         command=shlex.join(["dreamsr", *sys.argv[1:]]))
+        cfg.validate()
+        if out_dir is None:
+            who = Path(weights).stem if weights else model.replace("/", "_").replace(":", "_")
+            out_dir = Path("eval") / (f"{set_name}-{who}" + (f"-x{scale}" if scale else ""))
+        with _Bar(is_tty()) as bar:
+            report = run_eval(cfg, out_dir, progress=bar)
+    except DreamSRError as err:
+        _error(str(err), exit_code_for(err))
+        return
+    s = report.summary
+    out.print(_summary_table(s))
+    out.print(f"RGB: {s['conventions']['rgb']}", markup=False, highlight=False, soft_wrap=True)
+    out.print(f"Y:   {s['conventions']['y']}", markup=False, highlight=False, soft_wrap=True)
+    for w in s["warnings"]:
+        console.print(Text.assemble(("warning:", "yellow"), " ", w), soft_wrap=True)
+    for e in s["errors"]:
+        console.print(Text.assemble(("error:", "red"), f" {e['image']}: {e['error']}"), soft_wrap=True)
+    out.print(f"report: {report.out_dir} (metrics.csv, summary.json, summary.md"
+              + (", grids/" if "grids" in report.files else "") + ")", markup=False, highlight=False)
+    if s["n_errors"]:
+        raise typer.Exit(EXIT_FAILED)

@@ -1,0 +1,306 @@
+"""Evaluation tests: end-to-end reports on real photos, per-file errors, LPIPS/FID plumbing, the pipeline path."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from dreamsr import metrics as M
+from dreamsr.errors import ConfigError, DatasetError
+from dreamsr.evaluate import EvalConfig, compare, compare_markdown, evaluate, resolve_set
+from dreamsr.images import downsample, load_rgb, upsample
+from tests.photos import load_photo
+
+PHOTOS = ("astronaut.png", "coffee.png", "chelsea.png", "china.jpg", "flower.jpg")
+
+
+def _save(x: torch.Tensor, path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(x.clamp(0, 1).mul(255).round().byte().permute(1, 2, 0).numpy()).save(path)
+    return path
+
+
+def _photo_folder(root: Path, names=PHOTOS, size: tuple[int, int] = (70, 90)) -> Path:
+    """Centre crops (h, w) of real photos (not multiples of 4: exercises the GTmod crop), saved as PNG."""
+    for n in names:
+        img = load_photo(n)
+        h, w = img.shape[-2:]
+        t, l = (h - size[0]) // 2, (w - size[1]) // 2
+        _save(img[:, t:t + size[0], l:l + size[1]], root / (Path(n).stem + ".png"))
+    return root
+
+
+def _read_csv(path: Path) -> list[dict[str, str]]:
+    with open(path, newline="", encoding="utf-8") as f:
+        return list(csv.DictReader(f))
+
+
+def _q(x: torch.Tensor) -> torch.Tensor:
+    return x.clamp(0, 1).mul(255).round().div(255)
+
+
+def _entry(summary: dict, metric: str, convention: str = "rgb") -> dict:
+    return next(e for e in summary["metrics"] if e["metric"] == metric and e.get("convention") == convention)
+
+
+# ---------------------------------------------------------------------------------------------- bicubic end to end
+def test_bicubic_eval_on_real_photos_writes_every_report_file(tmp_path: Path) -> None:
+    data = _photo_folder(tmp_path / "photos")
+    cfg = EvalConfig(set="folder", data_dir=str(data), model="bicubic", scale=4, grids=2, command="dreamsr eval x")
+    events = []
+    rep = evaluate(cfg, tmp_path / "out", progress=events.append)
+    out = tmp_path / "out"
+    for name in ("metrics.csv", "summary.json", "summary.md"):
+        assert (out / name).is_file()
+    assert sorted(p.name for p in (out / "grids").iterdir()) == ["astronaut.png", "chelsea.png"]
+    with Image.open(out / "grids" / "astronaut.png") as g:  # 4 panels of 88 px + padding, full row + zoom row
+        assert g.size[0] == 4 * 88 + 5 * 4 and g.size[1] > 68 + 64
+
+    rows = _read_csv(out / "metrics.csv")
+    summary = json.loads((out / "summary.json").read_text())
+    assert [r["image"] for r in rows] == ["astronaut", "chelsea", "china", "coffee", "flower"]
+    assert summary["count"] == 5 and summary["n_errors"] == 0 and summary["scale"] == 4
+    assert summary["crop_border"] == 4 and summary["seed"] == 0 and summary["command"] == "dreamsr eval x"
+    assert summary["model"]["name"] == "bicubic" and summary["dreamsr_version"]
+    assert "BT.601" in summary["conventions"]["y"] and "crop_border = 4" in summary["conventions"]["y"]
+    # CSV rows match the summary means (and stds over images)
+    for col, metric, conv in [("psnr_rgb", "psnr", "rgb"), ("psnr_y", "psnr", "y"), ("ssim_rgb", "ssim", "rgb"),
+                              ("ssim_y", "ssim", "y"), ("consistency", "consistency", "rgb")]:
+        vals = np.array([float(r[col]) for r in rows])
+        e = _entry(summary, metric, conv)
+        assert e["mean"] == pytest.approx(vals.mean(), rel=1e-12) and e["count"] == 5
+        assert e["std"] == pytest.approx(vals.std(ddof=1), rel=1e-9)
+    # each number is the metric of (bicubic(LR), HR) computed here independently: GTmod crop to 68x88,
+    # LR by antialiased bicubic rounded to 8 bits
+    hr = load_rgb(data / "coffee.png")[:, :68, :88]
+    lr = _q(downsample(hr, 4))
+    sr = _q(upsample(lr, 4))
+    row = next(r for r in rows if r["image"] == "coffee")
+    assert row["lr_size"] == "22x17" and row["hr_size"] == "88x68"
+    assert float(row["psnr_rgb"]) == pytest.approx(M.psnr(sr, hr), abs=1e-9)
+    assert float(row["psnr_y"]) == pytest.approx(M.psnr(sr, hr, crop_border=4, y_channel=True), abs=1e-9)
+    assert float(row["ssim_y"]) == pytest.approx(M.ssim(sr, hr, crop_border=4, y_channel=True), abs=1e-9)
+    assert float(row["consistency"]) == pytest.approx(M.consistency(sr, lr), rel=1e-9)
+    # the Markdown states the conventions and carries the same means
+    md = (out / "summary.md").read_text()
+    assert "BT.601" in md and "crop_border = 4" in md and f"{_entry(summary, 'psnr', 'y')['mean']:.2f}" in md
+    # progress: one "done" per image, counting up to the total
+    done = [e.done for e in events if e.stage == "done"]
+    assert done == [1, 2, 3, 4, 5] and all(e.total == 5 for e in events)
+    assert rep.errors == []
+
+
+def test_nearest_is_worse_than_bicubic_and_the_y_crop_border_is_honoured(tmp_path: Path) -> None:
+    data = _photo_folder(tmp_path / "photos", names=PHOTOS[:2])
+    bic = evaluate(EvalConfig(set="folder", data_dir=str(data), scale=4, grids=0, crop_border=2), tmp_path / "b")
+    near = evaluate(EvalConfig(set="folder", data_dir=str(data), model="nearest", scale=4, grids=0), tmp_path / "n")
+    assert _entry(near.summary, "psnr", "rgb")["mean"] < _entry(bic.summary, "psnr", "rgb")["mean"]
+    assert bic.summary["crop_border"] == 2 and _entry(bic.summary, "psnr", "y")["crop_border"] == 2
+    hr = load_rgb(data / "astronaut.png")[:, :68, :88]
+    sr = _q(upsample(_q(downsample(hr, 4)), 4))
+    got = float(_read_csv(tmp_path / "b" / "metrics.csv")[0]["psnr_y"])
+    assert got == pytest.approx(M.psnr(sr, hr, crop_border=2, y_channel=True), abs=1e-9)
+
+
+def test_identical_images_are_reported_as_inf(tmp_path: Path) -> None:
+    # a flat image survives bicubic down/up exactly: PSNR inf (reported as such), SSIM 1
+    _save(torch.full((3, 32, 32), 100 / 255), tmp_path / "flat" / "grey.png")
+    rep = evaluate(EvalConfig(set="folder", data_dir=str(tmp_path / "flat"), scale=4, grids=0), tmp_path / "o")
+    row = _read_csv(tmp_path / "o" / "metrics.csv")[0]
+    assert row["psnr_rgb"] == "inf" and float(row["ssim_rgb"]) == pytest.approx(1.0)
+    data = json.loads((tmp_path / "o" / "summary.json").read_text())
+    assert _entry(data, "psnr", "rgb")["mean"] == "inf"
+    assert "| PSNR (RGB) | inf |" in (tmp_path / "o" / "summary.md").read_text()
+    assert _entry(rep.summary, "psnr", "rgb")["mean"] == math.inf
+
+
+# ---------------------------------------------------------------------------------------------- bad input
+def test_paired_set_with_bad_files_reports_each_and_counts_them(tmp_path: Path) -> None:
+    root = tmp_path / "pairs"
+    hr = load_photo("astronaut.png")[:, 200:264, 200:264]
+    _save(hr, root / "HR" / "good.png")
+    _save(_q(downsample(hr, 4)), root / "LR" / "good.png")
+    _save(hr, root / "HR" / "no_lr.png")  # missing LR partner
+    _save(_q(downsample(hr, 4)), root / "LR" / "no_hr.png")  # missing HR partner
+    _save(hr, root / "HR" / "wrong_size.png")
+    _save(_q(downsample(hr, 2)), root / "LR" / "wrong_size.png")  # x2 LR in a x4 evaluation
+    (root / "HR" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really a png")
+    _save(_q(downsample(hr, 4)), root / "LR" / "broken.png")
+
+    rep = evaluate(EvalConfig(set="paired", data_dir=str(root), scale=4, grids=1), tmp_path / "out")
+    s = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert s["images"] == 5 and s["count"] == 1 and s["n_errors"] == 4
+    errs = {e["image"]: e["error"] for e in s["errors"]}
+    assert "no LR partner" in errs["no_lr"] and "no HR partner" in errs["no_hr"]
+    assert "wrong_size.png" in errs["wrong_size"] and "32x32" in errs["wrong_size"] and "64x64" in errs["wrong_size"]
+    assert "broken.png" in errs["broken"] and "cannot read" in errs["broken"]
+    rows = _read_csv(tmp_path / "out" / "metrics.csv")
+    assert sorted(r["image"] for r in rows if r["error"]) == ["broken", "no_hr", "no_lr", "wrong_size"]
+    good = [r for r in rows if not r["error"]]
+    assert len(good) == 1 and _entry(s, "psnr", "rgb")["mean"] == pytest.approx(float(good[0]["psnr_rgb"]))
+    assert _entry(s, "psnr", "rgb")["count"] == 1
+    assert any("4 of 5" in w for w in s["warnings"])
+    assert "## Errors" in (tmp_path / "out" / "summary.md").read_text()
+    assert len(rep.errors) == 4
+
+
+def test_missing_sets_name_the_expected_layout(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.delenv("DREAMSR_DATA", raising=False)
+    with pytest.raises(DatasetError, match="DREAMSR_DATA is not set"):
+        resolve_set("set5")
+    with pytest.raises(DatasetError, match=r"Set5/HR/\*\.png"):
+        resolve_set("set5", tmp_path)
+    with pytest.raises(DatasetError, match="Need HR/ and LR/"):
+        resolve_set("paired", tmp_path)
+    with pytest.raises(ConfigError, match="unknown set"):
+        resolve_set("set6", tmp_path)
+    # a named benchmark layout, found by name under the root, via DREAMSR_DATA, with --limit
+    _photo_folder(tmp_path / "Set14" / "HR", names=PHOTOS[:3], size=(24, 24))
+    monkeypatch.setenv("DREAMSR_DATA", str(tmp_path))
+    assert [i.name for i in resolve_set("set14", limit=2)] == ["astronaut", "chelsea"]
+
+
+def test_bad_options_are_config_errors(tmp_path: Path) -> None:
+    data = _photo_folder(tmp_path / "p", names=PHOTOS[:1], size=(24, 24))
+    with pytest.raises(ConfigError, match="unknown metric"):
+        evaluate(EvalConfig(set="folder", data_dir=str(data), metrics=("psnr", "niqe")), tmp_path / "o")
+    with pytest.raises(ConfigError, match="samples"):
+        evaluate(EvalConfig(set="folder", data_dir=str(data), samples=0), tmp_path / "o")
+
+
+def test_faces_protocol_resizes_to_128_and_evaluates_16_to_128(tmp_path: Path) -> None:
+    # celebahq: the last 100 sorted files are the held-out split (the same rule as training's validation)
+    root = tmp_path / "data" / "celeba_hq"
+    face = load_photo("astronaut.png")[:, :256, 128:384]
+    for i in range(101):
+        _save(face if i >= 99 else torch.zeros(3, 8, 8), root / f"{i:05d}.png")
+    rep = evaluate(EvalConfig(set="celebahq", data_dir=str(tmp_path / "data"), limit=2, grids=0), tmp_path / "o")
+    rows = _read_csv(tmp_path / "o" / "metrics.csv")
+    assert [r["image"] for r in rows] == ["00001", "00002"]  # 00000 is training data
+    s = rep.summary
+    assert s["scale"] == 8 and s["protocol"]["hr_size"] == 128 and s["crop_border"] == 8
+    assert rows[0]["lr_size"] == "16x16" and rows[0]["hr_size"] == "128x128"
+
+
+# ---------------------------------------------------------------------------------------------- LPIPS / FID
+@pytest.fixture(scope="module")
+def metric_home(request, tmp_path_factory) -> Path:
+    from tests.test_metrics import random_weights_home
+
+    return random_weights_home(request, tmp_path_factory)
+
+
+def test_lpips_and_fid_through_random_weights_in_torch_home(tmp_path: Path, metric_home: Path, monkeypatch) -> None:
+    monkeypatch.setenv("TORCH_HOME", str(metric_home))
+    data = _photo_folder(tmp_path / "p", names=PHOTOS[:2], size=(48, 48))
+    rep = evaluate(EvalConfig(set="folder", data_dir=str(data), metrics=("psnr", "lpips", "fid"), grids=0,
+                              convention="rgb", lpips_net="squeeze"), tmp_path / "o")
+    s = json.loads((tmp_path / "o" / "summary.json").read_text())
+    rows = _read_csv(tmp_path / "o" / "metrics.csv")
+    lp = _entry(s, "lpips")
+    assert lp["mean"] == pytest.approx(np.mean([float(r["lpips"]) for r in rows]), rel=1e-12) and lp["mean"] > 0
+    # the row's LPIPS is the metric's value on the same images
+    hr = load_rgb(data / "astronaut.png")
+    sr = _q(upsample(_q(downsample(hr, 4)), 4))
+    assert float(rows[0]["lpips"]) == pytest.approx(M.LPIPS("squeeze")(sr, hr), rel=1e-6)
+    assert "squeeze" in lp["convention_text"]
+    fid = _entry(s, "fid")
+    assert fid["count"] == 2 and fid["mean"] > 0 and "biased" in fid["warning"]
+    assert any("biased" in w for w in s["warnings"])
+    assert [c for c in rows[0] if c.startswith(("psnr", "ssim"))] == ["psnr_rgb"]
+    assert rep.summary["n_errors"] == 0
+
+
+def test_absent_metric_weights_are_unavailable_and_the_rest_still_runs(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "empty"))
+    data = _photo_folder(tmp_path / "p", names=PHOTOS[:2], size=(32, 32))
+    rep = evaluate(EvalConfig(set="folder", data_dir=str(data), metrics=("psnr", "lpips", "fid"), grids=0),
+                   tmp_path / "o")
+    s = rep.summary
+    lp = next(e for e in s["metrics"] if e["metric"] == "lpips")
+    fid = next(e for e in s["metrics"] if e["metric"] == "fid")
+    assert lp["available"] is False and "alexnet-owt-7be5be79.pth" in lp["reason"]
+    assert fid["available"] is False and "pt_inception-2015-12-05-6726825d.pth" in fid["reason"]
+    assert _entry(s, "psnr", "rgb")["count"] == 2 and s["n_errors"] == 0
+    assert "lpips" not in _read_csv(tmp_path / "o" / "metrics.csv")[0]
+    assert "| LPIPS | unavailable |" in (tmp_path / "o" / "summary.md").read_text()
+
+
+# ---------------------------------------------------------------------------------------------- diffusion models
+def test_diffusion_model_goes_through_the_pipeline_with_k_seeds(tmp_path: Path, tiny_checkpoint: Path) -> None:
+    from dreamsr.pipeline import Upscaler
+
+    root = tmp_path / "p"
+    hr_full = load_photo("chelsea.png")[:, 100:132, 150:186]
+    _save(hr_full, root / "cat.png")
+    cfg = EvalConfig(set="folder", data_dir=str(root), weights=str(tiny_checkpoint), steps=1, samples=2, seed=7,
+                     device="cpu", precision="fp32", grids=1, metrics=("psnr", "consistency"))
+    rep = evaluate(cfg, tmp_path / "o")
+    rows = _read_csv(tmp_path / "o" / "metrics.csv")
+    assert [(r["sample"], r["seed"]) for r in rows] == [("0", "7"), ("1", "8")]
+    # each row is the metric of the pipeline's own output for that seed under the div2k protocol
+    up = Upscaler.from_checkpoint(tiny_checkpoint, device="cpu", precision="fp32")
+    hr = load_rgb(root / "cat.png")
+    lr = _q(downsample(hr, 4))
+    for r in rows:
+        sr = _q(up.upscale(lr, steps=1, seed=int(r["seed"]), tile=40, overlap=5, merge="end"))
+        assert float(r["psnr_rgb"]) == pytest.approx(M.psnr(sr, hr), abs=1e-6)
+    s = rep.summary
+    e = _entry(s, "psnr", "rgb")
+    per_seed = [float(r["psnr_rgb"]) for r in rows]
+    assert e["mean"] == pytest.approx(np.mean(per_seed)) and e["std"] == pytest.approx(np.std(per_seed, ddof=1))
+    assert e["samples"] == 2 and "seeds" in e["std_over"]
+    m = s["model"]
+    assert m["kind"] == "diffusion" and m["weights"] == str(tiny_checkpoint) and len(m["sha256"]) == 64
+    assert m["sampling"]["tile"] == 40 and m["sampling"]["merge"] == "end" and s["steps"] == 1
+    assert (tmp_path / "o" / "grids" / "cat.png").is_file()
+    with pytest.raises(ConfigError, match="serves x4 only"):
+        evaluate(EvalConfig(set="folder", data_dir=str(root), weights=str(tiny_checkpoint), scale=2, device="cpu"),
+                 tmp_path / "o2")
+
+
+# ---------------------------------------------------------------------------------------------- compare and CLI
+def test_compare_lines_up_runs_and_warns_on_different_sets(tmp_path: Path) -> None:
+    data = _photo_folder(tmp_path / "p", names=PHOTOS[:3], size=(40, 40))
+    a = evaluate(EvalConfig(set="folder", data_dir=str(data), grids=0), tmp_path / "bic")
+    b = evaluate(EvalConfig(set="folder", data_dir=str(data), model="nearest", limit=2, grids=0), tmp_path / "near")
+    table = compare([tmp_path / "bic" / "summary.json", tmp_path / "near"])
+    assert [r["label"] for r in table["runs"]] == ["bicubic (bic)", "nearest (near)"]
+    row = next(r for r in table["rows"] if r["metric"] == "psnr" and r["convention"] == "y")
+    assert row["values"][0][0] == pytest.approx(_entry(a.summary, "psnr", "y")["mean"])
+    assert row["values"][1][0] == pytest.approx(_entry(b.summary, "psnr", "y")["mean"])
+    assert any("count" in w for w in table["warnings"])
+    md = compare_markdown(table)
+    assert md.startswith("| metric | bicubic (bic) | nearest (near) |") and "PSNR (Y)" in md
+
+
+def test_cli_eval_and_compare(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from dreamsr.cli import app
+
+    data = _photo_folder(tmp_path / "p", names=PHOTOS[:2], size=(40, 40))
+    runner = CliRunner()
+    res = runner.invoke(app, ["eval", "--set", "folder", "--data-dir", str(data), "--scale", "4", "--metrics",
+                              "psnr,ssim", "--convention", "y", "--out", str(tmp_path / "o")])
+    assert res.exit_code == 0, res.output
+    s = json.loads((tmp_path / "o" / "summary.json").read_text())
+    assert [e["column"] for e in s["metrics"]] == ["psnr_y", "ssim_y"]
+    assert s["command"].startswith("dreamsr")
+    assert "PSNR (Y)" in res.output and f"{s['metrics'][0]['mean']:.2f}" in res.output
+    res = runner.invoke(app, ["eval", "--compare", str(tmp_path / "o" / "summary.json"), str(tmp_path / "o")])
+    assert res.exit_code == 0, res.output
+    assert "PSNR (Y)" in res.output
+    res = runner.invoke(app, ["eval", "--set", "folder", "--data-dir", str(data), "--metrics", "psnr,niqe"])
+    assert res.exit_code == 2 and "niqe" in res.output
+    # a failed file: report written, exit code 1
+    (data / "bad.png").write_bytes(b"garbage")
+    res = runner.invoke(app, ["eval", "--set", "folder", "--data-dir", str(data), "--out", str(tmp_path / "o2")])
+    assert res.exit_code == 1 and (tmp_path / "o2" / "summary.json").is_file() and "bad" in res.output
