@@ -205,17 +205,21 @@ def resolve_set(name: str, data_dir: str | os.PathLike | None = None, *, limit: 
             else:
                 items.append(EvalItem(key, hr_by[key], lr_by[key]))
     else:
-        folder = None
-        for d in spec.dirs:
-            cand = root if d == "." else root / d
-            if cand.is_dir() and _find_images(cand):
-                folder = cand
-                break
-        if folder is None and name != "folder" and root.name.lower() in {d.split("/")[0].lower() for d in spec.dirs}:
-            folder = root / "HR" if (root / "HR").is_dir() else root  # data_dir pointing at the set itself
-        if folder is None or not _find_images(folder):
+        if name == "folder":
+            folder: Path | None = root if _find_images(root) else None
+            recursive = True
+        else:
+            # the set's folder under the root, or the root itself being the set's folder (--data-dir .../Set5)
+            cands = [root / d for d in spec.dirs]
+            for d in spec.dirs:
+                top, _, rest = d.partition("/")
+                if root.name.lower() == top.lower():
+                    cands.append(root / rest if rest else root)
+            folder = next((c for c in cands if c.is_dir() and _find_images(c, recursive=False)), None)
+            recursive = False
+        if folder is None:
             raise _missing(spec, root, "No images found.")
-        items = [EvalItem(_stem(p, folder), p) for p in _find_images(folder)]
+        items = [EvalItem(_stem(p, folder), p) for p in _find_images(folder, recursive)]
     return items[:limit] if limit else items
 
 
@@ -538,6 +542,7 @@ def evaluate(config: EvalConfig, out_dir: str | os.PathLike, *, progress: Progre
         except M.MetricUnavailableError as err:
             unavailable["fid"] = str(err)
     cols = [c for c in _columns(cfg.metrics, cfg.convention) if c[1] not in unavailable]
+    sr_name = str(run.metadata().get("name") or "SR")
 
     rows: list[dict[str, Any]] = []
     errors: list[dict[str, str]] = []
@@ -556,9 +561,10 @@ def evaluate(config: EvalConfig, out_dir: str | os.PathLike, *, progress: Progre
         label = item.name
         try:
             lr, hr = _prepare_pair(item, scale, protocol)
-            if min(hr.shape[-2:]) - 2 * crop < 11 and any(c[1] == "ssim" for c in cols):
-                raise InputError(f"{item.hr}: {hr.shape[-1]}x{hr.shape[-2]} leaves under 11x11 px for SSIM after "
-                                 f"cropping {crop} px")
+            border = crop if any(c[2] == "y" for c in cols) else 0
+            if min(hr.shape[-2:]) - 2 * border < 11 and any(c[1] == "ssim" for c in cols):
+                raise InputError(f"{item.hr or item.lr}: {hr.shape[-1]}x{hr.shape[-2]} leaves under 11x11 px for "
+                                 f"SSIM after cropping {border} px")
         except DreamSRError as err:
             errors.append({"image": label, "error": str(err)})
             rows.append({"image": label, "sample": "", "seed": "", "error": str(err)})
@@ -630,10 +636,10 @@ def evaluate(config: EvalConfig, out_dir: str | os.PathLike, *, progress: Progre
                     sr_val = r0[c]
                     b = M.psnr(_quantize(bic), hr, crop_border=crop if c == "psnr_y" else 0,
                                y_channel=c == "psnr_y")
-                    cap = {"bicubic": f"{b:.2f} dB", "SR": f"{sr_val:.2f} dB"}
+                    cap = {"bicubic": f"{b:.2f} dB", sr_name: f"{sr_val:.2f} dB"}
                     break
             gp = out / "grids" / f"{label.replace('/', '__')}.png"
-            _write_grid(gp, lr, bic, sr0, hr, "SR", cap)
+            _write_grid(gp, lr, bic, sr0, hr, sr_name, cap)
             grid_paths.append(gp)
 
     # ----------------------------------------------------------------------------- aggregate
@@ -704,7 +710,9 @@ def evaluate(config: EvalConfig, out_dir: str | os.PathLike, *, progress: Progre
         "set": cfg.set,
         "data_dir": str(_data_root(cfg.data_dir)),
         "protocol": {**asdict(protocol), **({"tile": run.kwargs["tile"], "overlap": run.kwargs["overlap"],
-                                             "merge": run.kwargs["merge"]} if isinstance(run, _Diffusion) else {})},
+                                             "merge": run.kwargs["merge"]} if isinstance(run, _Diffusion)
+                                            else {"tile": 0, "overlap": 0, "note": "reference upscalers run on "
+                                                  "the whole image (tiling does not apply)"})},
         "scale": scale,
         "model": run.metadata(),
         "seed": cfg.seed,
@@ -797,7 +805,8 @@ def _markdown(s: dict[str, Any]) -> str:
         lines.append(f"- weights: {model.get('weights')} (sha256 {str(model.get('sha256'))[:12]})")
     else:
         lines.append(f"- reference upscaler: {model.get('description')}")
-    lines.append(f"- protocol: {s['protocol']['name']} — {s['protocol']['description']}")
+    lines.append(f"- protocol: {s['protocol']['name']} — {s['protocol']['description']}"
+                 + (f" ({s['protocol']['note']})" if s["protocol"].get("note") else ""))
     lines.append(f"- RGB convention: {s['conventions']['rgb']}")
     lines.append(f"- Y convention: {s['conventions']['y']}")
     lines.append(f"- {s['conventions']['sr_quantized']}")

@@ -165,6 +165,11 @@ def test_missing_sets_name_the_expected_layout(tmp_path: Path, monkeypatch) -> N
     _photo_folder(tmp_path / "Set14" / "HR", names=PHOTOS[:3], size=(24, 24))
     monkeypatch.setenv("DREAMSR_DATA", str(tmp_path))
     assert [i.name for i in resolve_set("set14", limit=2)] == ["astronaut", "chelsea"]
+    # --data-dir pointing at the set itself; BasicSR's GTmod12 beside LRbicx4 takes only the HR files
+    _photo_folder(tmp_path / "Set5" / "GTmod12", names=PHOTOS[:2], size=(24, 24))
+    _photo_folder(tmp_path / "Set5" / "LRbicx4", names=PHOTOS[2:4], size=(6, 6))
+    items = resolve_set("set5", tmp_path / "Set5")
+    assert [i.hr.parent.name for i in items] == ["GTmod12", "GTmod12"]
 
 
 def test_bad_options_are_config_errors(tmp_path: Path) -> None:
