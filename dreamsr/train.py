@@ -22,7 +22,8 @@ metadata (JSON strings) ``format = dreamsr.train-state``, ``config``, ``step``, 
 non-tensor state), ``scaler``, ``unet``, ``diffusion``. No pickles anywhere.
 
 Library code never prints: progress goes to ``callback(TrainEvent)``; a callback returning True asks the loop
-to stop after the current step (a checkpoint and the export are written first).
+to stop after the current step (after the next one for a "val" event); a checkpoint and the export are
+written first.
 """
 
 from __future__ import annotations
@@ -638,7 +639,10 @@ def train(config: TrainConfig, callback: Callback | None = None) -> TrainResult:
     cfg = config
     dist_ctx = _init_distributed(cfg.device)
     try:
-        return _train(cfg, dist_ctx, callback)
+        # the loop re-seeds the global generators (weights init, per-step dropout): give the caller theirs back
+        cuda_devices = [torch.cuda.current_device()] if torch.cuda.is_initialized() else []
+        with torch.random.fork_rng(devices=cuda_devices):
+            return _train(cfg, dist_ctx, callback)
     finally:
         if dist_ctx.owns_group:
             import torch.distributed as dist
@@ -735,8 +739,8 @@ def _train(cfg: TrainConfig, dctx: _Dist, callback: Callback | None) -> TrainRes
     metrics_path = run_dir / "metrics.jsonl"
     if dctx.main:
         ckpt_dir.mkdir(parents=True, exist_ok=True)
-        for stale in ckpt_dir.glob(".step_*.tmp"):
-            stale.unlink(missing_ok=True)
+        for stale in [*ckpt_dir.glob(".step_*.tmp"), *run_dir.glob(".model.safetensors.*.tmp")]:
+            stale.unlink(missing_ok=True)  # left by a run killed while saving
         from dreamsr import __version__
 
         resolved = {"config": cfg.to_dict(), "unet": unet_cfg.to_dict(), "diffusion": cfg.diffusion_config().to_dict(),
@@ -789,16 +793,17 @@ def _train(cfg: TrainConfig, dctx: _Dist, callback: Callback | None) -> TrainRes
         _publish_mode(written)
         return written
 
-    def validate(step_done: int) -> None:
+    def validate(step_done: int) -> bool:
         nonlocal last_val
         if not val_images:
-            return
+            return False
         res = _validate(ema, cfg, val_images, device, precision, channels_last, step_done, run_dir / "val")
         last_val = res
         _append_jsonl(metrics_path, {"event": "val", "step": step_done, **res})
-        emit("val", step_done, res)
+        return emit("val", step_done, res)
 
     acc_loss, acc_n, acc_data, t_log = 0.0, 0, 0.0, time.perf_counter()
+    pending_stop = False
     it = iter(loader)
     try:
         for k in range(start_step, cfg.steps):
@@ -883,6 +888,7 @@ def _train(cfg: TrainConfig, dctx: _Dist, callback: Callback | None) -> TrainRes
                 stop = False
             if cfg.time_limit and time.perf_counter() - t_start >= cfg.time_limit:
                 stop = True
+            stop = stop or pending_stop
             if dctx.enabled:
                 flag = torch.tensor([1.0 if stop else 0.0], device=device)
                 dist.all_reduce(flag)  # any rank asking to stop stops all of them at the same step
@@ -892,7 +898,7 @@ def _train(cfg: TrainConfig, dctx: _Dist, callback: Callback | None) -> TrainRes
             if dctx.main and (last or stop or (cfg.save_every and step % cfg.save_every == 0)):
                 save(step)
             if dctx.main and cfg.val_every and (last or step % cfg.val_every == 0) and not stop:
-                validate(step)
+                pending_stop = validate(step)  # honoured at the next step, on every rank
             if stop:
                 stopped = True
                 break

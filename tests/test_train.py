@@ -73,19 +73,19 @@ def _assert_same_state(a: Path, b: Path) -> None:
 
 @pytest.mark.parametrize("p", [1.0, math.inf])
 def test_resume_is_bit_exact(photos: Path, tmp_path: Path, p: float) -> None:
-    """3 steps + resume + 3 steps == 6 steps in one go: model, EMA and Adam moments bit for bit."""
-    full = train(tiny_config(photos, tmp_path / "full", p=p))
-    first = tiny_config(photos, tmp_path / "split", p=p, steps=3)
+    """2 steps + resume + 2 steps == 4 steps in one go: model, EMA and Adam moments bit for bit."""
+    full = train(tiny_config(photos, tmp_path / "full", p=p, steps=4, save_every=2))
+    first = tiny_config(photos, tmp_path / "split", p=p, steps=2, save_every=2)
     train(first)
-    resumed = train(dataclasses.replace(first, steps=6, resume="auto"))
-    assert resumed.step == full.step == 6
-    _assert_same_state(tmp_path / "full/checkpoints/step_00000006.safetensors",
-                       tmp_path / "split/checkpoints/step_00000006.safetensors")
+    resumed = train(dataclasses.replace(first, steps=4, resume="auto"))
+    assert resumed.step == full.step == 4
+    _assert_same_state(tmp_path / "full/checkpoints/step_00000004.safetensors",
+                       tmp_path / "split/checkpoints/step_00000004.safetensors")
     # the weights did move (the test would be vacuous otherwise)
-    s3 = _state(tmp_path / "split/checkpoints/step_00000003.safetensors")
-    s6 = _state(tmp_path / "split/checkpoints/step_00000006.safetensors")
-    assert not torch.equal(s3["model/head.weight"], s6["model/head.weight"])
-    assert float(s6["optim/0/step"]) == 6.0
+    s2 = _state(tmp_path / "split/checkpoints/step_00000002.safetensors")
+    s4 = _state(tmp_path / "split/checkpoints/step_00000004.safetensors")
+    assert not torch.equal(s2["model/head.weight"], s4["model/head.weight"])
+    assert float(s4["optim/0/step"]) == 4.0
     # the per-step losses logged after the resume equal the uninterrupted run's
     def losses(run: str) -> dict[int, float]:
         recs = [json.loads(l) for l in (tmp_path / run / "metrics.jsonl").read_text().splitlines()]
@@ -94,22 +94,22 @@ def test_resume_is_bit_exact(photos: Path, tmp_path: Path, p: float) -> None:
 
 
 def test_resume_from_older_checkpoint_with_workers(photos: Path, tmp_path: Path) -> None:
-    """Resuming from step 3 of a 6-step run (loader in 2 worker processes) lands on the same step-6 state."""
-    full = tiny_config(photos, tmp_path / "a", workers=2)
+    """Resuming from step 2 of a 4-step run (loader in 2 worker processes) lands on the same step-4 state."""
+    full = tiny_config(photos, tmp_path / "a", workers=2, steps=4, save_every=2)
     train(full)
-    ckpt3 = tmp_path / "a/checkpoints/step_00000003.safetensors"
-    again = dataclasses.replace(full, run_dir=str(tmp_path / "b"), resume=str(ckpt3))
+    ckpt2 = tmp_path / "a/checkpoints/step_00000002.safetensors"
+    again = dataclasses.replace(full, run_dir=str(tmp_path / "b"), resume=str(ckpt2))
     r = train(again)
-    assert r.step == 6
-    _assert_same_state(tmp_path / "a/checkpoints/step_00000006.safetensors",
-                       tmp_path / "b/checkpoints/step_00000006.safetensors")
+    assert r.step == 4
+    _assert_same_state(tmp_path / "a/checkpoints/step_00000004.safetensors",
+                       tmp_path / "b/checkpoints/step_00000004.safetensors")
 
 
 def test_resume_refuses_changed_settings(photos: Path, tmp_path: Path) -> None:
-    cfg = tiny_config(photos, tmp_path, steps=3)
+    cfg = tiny_config(photos, tmp_path, steps=1)
     train(cfg)
     with pytest.raises(TrainingError, match=r"p: checkpoint 1.0 vs now inf"):
-        train(dataclasses.replace(cfg, steps=6, p=math.inf, resume="auto"))
+        train(dataclasses.replace(cfg, steps=2, p=math.inf, resume="auto"))
     with pytest.raises(CheckpointError, match="no such checkpoint"):
         train(dataclasses.replace(cfg, resume=str(tmp_path / "nope.safetensors")))
     # the settings of a run come back from its checkpoint
@@ -119,16 +119,16 @@ def test_resume_refuses_changed_settings(photos: Path, tmp_path: Path) -> None:
 # --- checkpoints and export ---------------------------------------------------------------------------------
 
 def test_checkpoints_keep_last_k_and_export_loads(photos: Path, tmp_path: Path) -> None:
-    cfg = tiny_config(photos, tmp_path, steps=5, save_every=1, keep=2, export_dtype="fp16")
+    cfg = tiny_config(photos, tmp_path, steps=4, save_every=1, keep=2, export_dtype="fp16")
     res = train(cfg)
     names = sorted(p.name for p in (tmp_path / "checkpoints").iterdir())
-    assert names == ["step_00000004.safetensors", "step_00000005.safetensors"]
-    assert latest_checkpoint(tmp_path) == tmp_path / "checkpoints/step_00000005.safetensors"
+    assert names == ["step_00000003.safetensors", "step_00000004.safetensors"]
+    assert latest_checkpoint(tmp_path) == tmp_path / "checkpoints/step_00000004.safetensors"
     model, info = load_checkpoint(res.export)
-    assert info.diffusion.target == "residual" and info.scale == 4 and info.training["steps"] == 5
+    assert info.diffusion.target == "residual" and info.scale == 4 and info.training["steps"] == 4
     assert info.training["p"] == 1.0 and info.training["ema"] is True
     # the export holds the EMA weights (fp16-rounded), not the raw ones
-    st = load_file(str(tmp_path / "checkpoints/step_00000005.safetensors"))
+    st = load_file(str(tmp_path / "checkpoints/step_00000004.safetensors"))
     ema_w = st["ema/head.weight"].half().float()
     assert torch.equal(model.state_dict()["head.weight"], ema_w)
     assert not torch.equal(st["ema/head.weight"], st["model/head.weight"])
@@ -198,7 +198,7 @@ _KILL_SCRIPT = textwrap.dedent("""
 
 
 def test_kill_during_save_leaves_no_half_written_checkpoint(photos: Path, tmp_path: Path) -> None:
-    cfg = tiny_config(photos, tmp_path / "run", steps=6, save_every=2)
+    cfg = tiny_config(photos, tmp_path / "run", steps=4, save_every=2)
     proc = subprocess.run([sys.executable, "-c", _KILL_SCRIPT, json.dumps(cfg.to_dict())], cwd=REPO,
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == -9, proc.stderr[-2000:]
@@ -212,7 +212,7 @@ def test_kill_during_save_leaves_no_half_written_checkpoint(photos: Path, tmp_pa
     train(dataclasses.replace(cfg, resume="auto"))
     assert not list(ckpts.glob(".step_*.tmp"))
     train(dataclasses.replace(cfg, run_dir=str(tmp_path / "ref")))
-    _assert_same_state(ckpts / "step_00000006.safetensors", tmp_path / "ref/checkpoints/step_00000006.safetensors")
+    _assert_same_state(ckpts / "step_00000004.safetensors", tmp_path / "ref/checkpoints/step_00000004.safetensors")
 
 
 def test_callback_can_stop_cleanly(photos: Path, tmp_path: Path) -> None:
@@ -359,3 +359,30 @@ def test_cli_rejects_bad_options(photos: Path, tmp_path: Path) -> None:
     assert r.exit_code == 2 and "target must be image or residual" in r.output
     r = _cli("--dataset", "div2k", "--data-dir", str(tmp_path), "--run-dir", str(tmp_path / "r"))
     assert r.exit_code == 1 and "DIV2K_train_HR" in r.output
+
+
+# --- precision ----------------------------------------------------------------------------------------------
+
+def test_bf16_autocast_on_cpu_keeps_fp32_master_weights(photos: Path, tmp_path: Path) -> None:
+    """bf16 autocast changes the arithmetic, not the stored state: fp32 weights/moments, loss near fp32's."""
+    ref = train(tiny_config(photos, tmp_path / "fp32", steps=2, log_every=1))
+    res = train(tiny_config(photos, tmp_path / "bf16", steps=2, log_every=1, precision="bf16", channels_last=True))
+    st = load_file(str(tmp_path / "bf16/checkpoints/step_00000002.safetensors"))
+    assert all(v.dtype == torch.float32 for k, v in st.items() if k.startswith(("model/", "ema/", "optim/")))
+    first = lambda run: json.loads((tmp_path / run / "metrics.jsonl").read_text().splitlines()[0])["loss"]
+    assert first("bf16") == pytest.approx(first("fp32"), rel=0.05)
+    assert res.last_loss is not None and ref.last_loss is not None
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs an NVIDIA GPU")
+@pytest.mark.parametrize("precision", ["bf16", "fp16"])
+def test_cuda_mixed_precision_trains_and_resumes(photos: Path, tmp_path: Path, precision: str) -> None:
+    cfg = tiny_config(photos, tmp_path, steps=4, save_every=2, precision=precision, device="cuda")
+    res = train(cfg)
+    assert res.last_loss is not None and math.isfinite(res.last_loss)
+    st = load_file(str(tmp_path / "checkpoints/step_00000004.safetensors"))
+    assert all(v.dtype == torch.float32 for k, v in st.items() if k.startswith(("model/", "ema/")))
+    train(dataclasses.replace(cfg, steps=6, resume="auto"))
+    model, _ = load_checkpoint(tmp_path / "model.safetensors")
+    assert all(torch.isfinite(p).all() for p in model.parameters())
