@@ -359,16 +359,21 @@ class SRTrainDataset(torch.utils.data.Dataset):
         return item
 
     def preload(self) -> bool:
-        """Decode every image into the cache now if the whole set fits ``cache_mb``; returns whether it did.
+        """Decode images into the cache now, in file order, until ``cache_mb`` is used; True if all fitted.
 
-        Call it before the DataLoader starts its workers: forked workers then share the decoded pages.
+        Call it before the DataLoader starts its workers: forked workers then share the decoded pages (the
+        budget is spent here, so workers do not keep private copies; images that did not fit are decoded
+        on demand).
         """
-        if self.decoded_bytes() > self.config.cache_mb * (1 << 20):
-            return False
         self._budget = self.config.cache_mb * (1 << 20)
         for i in range(len(self)):
+            h, w = self.sizes[i]
+            if self._cache_bytes + 3 * h * w > self._budget:
+                break
             self.image(i)
-        return True
+        fitted = len(self._cache) == len(self)
+        self._budget = self._cache_bytes  # nothing more is cached, in this process or in forked workers
+        return fitted
 
     # -- sampling --
     def file_index(self, g: int) -> int:

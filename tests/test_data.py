@@ -193,9 +193,15 @@ def test_cache_preload_and_budget(photos: Path) -> None:
     assert ds.decoded_bytes() == sum(3 * h * w for h, w in ds.sizes) and ds.preload()
     assert len(ds._cache) == 4
     small = SRTrainDataset(DataConfig(dataset="folder", data_dir=str(photos), patch=32, cache_mb=1))
-    assert not small.preload()  # 4 photos take ~2.6 MB decoded
-    small[0]
-    assert small._cache_bytes <= 1 << 20
+    assert not small.preload()  # 4 photos take 2.8 MB decoded: astronaut (786 kB) fits, chelsea does not
+    assert list(small._cache) == [0] and small._cache_bytes == 3 * 512 * 512
+    for g in range(8):
+        small[g]
+    assert list(small._cache) == [0]  # the rest is decoded on demand, never cached past the budget
+    lazy = SRTrainDataset(DataConfig(dataset="folder", data_dir=str(photos), patch=32, cache_mb=1), workers=1)
+    for g in range(8):
+        lazy[g]
+    assert lazy._cache_bytes <= 1 << 20 and len(lazy._cache) >= 1
 
 
 def test_hr_downscale_and_too_small_images(tmp_path: Path, photos: Path) -> None:

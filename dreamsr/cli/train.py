@@ -128,93 +128,93 @@ class _Display:
 
 def train(
     dataset: Optional[str] = typer.Option(None, "--dataset", help="Data set layout: div2k, flickr2k, df2k, ffhq, "
-                                          "celebahq, folder, paired. [default: folder]", rich_help_panel="Data"),
+                                          "celebahq, folder, paired. (default: folder)", rich_help_panel="Data"),
     data_dir: Optional[Path] = typer.Option(None, "--data-dir", help="Root of the data set (default: $DREAMSR_DATA); "
                                             "for 'folder', the folder of HR images.", rich_help_panel="Data"),
     val_dir: Optional[Path] = typer.Option(None, "--val-dir", help="Folder of held-out HR images for validation.",
                                            rich_help_panel="Data"),
     val_dataset: Optional[str] = typer.Option(None, "--val-dataset", help="Use this layout's val split for "
                                               "validation (e.g. div2k).", rich_help_panel="Data"),
-    scale: Optional[int] = typer.Option(None, "--scale", min=1, help="Upscaling factor. [default: 4]",
+    scale: Optional[int] = typer.Option(None, "--scale", min=1, help="Upscaling factor. (default: 4)",
                                         rich_help_panel="Data"),
     patch: Optional[int] = typer.Option(None, "--patch", min=0, help="HR crop size (0: 160, faces 128). "
-                                        "[default: 0]", rich_help_panel="Data"),
+                                        "(default: 0)", rich_help_panel="Data"),
     hr_downscale: Optional[int] = typer.Option(None, "--hr-downscale", min=1, help="Shrink training HR images by "
-                                               "this factor first (clears JPEG artefacts). [default: 1]",
+                                               "this factor first (clears JPEG artefacts). (default: 1)",
                                                rich_help_panel="Data"),
     augment: Optional[bool] = typer.Option(None, "--augment/--no-augment", help="Random flips/rotations. "
-                                           "[default: augment]", rich_help_panel="Data"),
-    workers: Optional[int] = typer.Option(None, "--workers", min=0, help="Loader processes. [default: 2]",
+                                           "(default: augment)", rich_help_panel="Data"),
+    workers: Optional[int] = typer.Option(None, "--workers", min=0, help="Loader processes. (default: 2)",
                                           rich_help_panel="Data"),
     cache_mb: Optional[int] = typer.Option(None, "--cache-mb", min=0, help="Decoded-image cache (MiB). "
-                                           "[default: 4096]", rich_help_panel="Data"),
+                                           "(default: 4096)", rich_help_panel="Data"),
     preset: Optional[str] = typer.Option(None, "--preset", help="UNet preset: tiny, small, base, sr3-div2k, "
-                                         "sr3-face. [default: small]", rich_help_panel="Model"),
+                                         "sr3-face. (default: small)", rich_help_panel="Model"),
     dropout: Optional[float] = typer.Option(None, "--dropout", min=0.0, max=0.99, help="Override the preset's "
                                             "dropout.", rich_help_panel="Model"),
     embed_scale: Optional[float] = typer.Option(None, "--embed-scale", help="Override the preset's noise-level "
                                                 "embedding scale.", rich_help_panel="Model"),
     target: Optional[str] = typer.Option(None, "--target", help="What is diffused: image (the paper) or residual "
-                                         "(HR - bicubic; use it for small CPU-trained models). [default: image]",
+                                         "(HR - bicubic; use it for small CPU-trained models). (default: image)",
                                          rich_help_panel="Model"),
     residual_scale: Optional[float] = typer.Option(None, "--residual-scale", help="Residual multiplier. "
-                                                   "[default: 1.5]", rich_help_panel="Model"),
+                                                   "(default: 1.5)", rich_help_panel="Model"),
     p: Optional[str] = typer.Option(None, "--p", help="DREAM exponent: 0 (DRM), 1 (DREAM), 2, ..., inf (standard "
-                                    "training). [default: 1]", rich_help_panel="Objective"),
+                                    "training). (default: 1)", rich_help_panel="Objective"),
     independent_noise: Optional[bool] = typer.Option(None, "--independent-noise/--same-noise", help="Fresh noise "
-                                                     "for the rectified input (Eq. 13). [default: same-noise]",
+                                                     "for the rectified input (Eq. 13). (default: same-noise)",
                                                      rich_help_panel="Objective"),
-    loss: Optional[str] = typer.Option(None, "--loss", help="l1 or l2. [default: l1]", rich_help_panel="Objective"),
-    steps: Optional[int] = typer.Option(None, "--steps", min=0, help="Total optimizer steps. [default: 100000]",
+    loss: Optional[str] = typer.Option(None, "--loss", help="l1 or l2. (default: l1)", rich_help_panel="Objective"),
+    steps: Optional[int] = typer.Option(None, "--steps", min=0, help="Total optimizer steps. (default: 100000)",
                                         rich_help_panel="Optimisation"),
     batch_size: Optional[int] = typer.Option(None, "--batch-size", min=1, help="Global batch (split over GPUs). "
-                                             "[default: 8]", rich_help_panel="Optimisation"),
-    lr: Optional[float] = typer.Option(None, "--lr", min=0.0, help="Adam learning rate. [default: 1e-4]",
+                                             "(default: 8)", rich_help_panel="Optimisation"),
+    lr: Optional[float] = typer.Option(None, "--lr", min=0.0, help="Adam learning rate. (default: 1e-4)",
                                        rich_help_panel="Optimisation"),
-    lr_warmup: Optional[int] = typer.Option(None, "--lr-warmup", min=0, help="Linear warm-up steps. [default: 0]",
+    lr_warmup: Optional[int] = typer.Option(None, "--lr-warmup", min=0, help="Linear warm-up steps. (default: 0)",
                                             rich_help_panel="Optimisation"),
-    lr_schedule: Optional[str] = typer.Option(None, "--lr-schedule", help="constant or cosine. [default: constant]",
+    lr_schedule: Optional[str] = typer.Option(None, "--lr-schedule", help="constant or cosine. (default: constant)",
                                               rich_help_panel="Optimisation"),
     grad_clip: Optional[float] = typer.Option(None, "--grad-clip", min=0.0, help="Max gradient norm (0: off). "
-                                              "[default: 1.0]", rich_help_panel="Optimisation"),
+                                              "(default: 1.0)", rich_help_panel="Optimisation"),
     ema_decay: Optional[float] = typer.Option(None, "--ema-decay", min=0.0, max=0.999999, help="EMA decay. "
-                                              "[default: 0.9999]", rich_help_panel="Optimisation"),
-    seed: Optional[int] = typer.Option(None, "--seed", help="Seed of data, noise and weights. [default: 0]",
+                                              "(default: 0.9999)", rich_help_panel="Optimisation"),
+    seed: Optional[int] = typer.Option(None, "--seed", help="Seed of data, noise and weights. (default: 0)",
                                        rich_help_panel="Optimisation"),
-    device: Optional[str] = typer.Option(None, "--device", help="auto, cpu, cuda, cuda:N, mps. [default: auto]",
+    device: Optional[str] = typer.Option(None, "--device", help="auto, cpu, cuda, cuda:N, mps. (default: auto)",
                                          rich_help_panel="Hardware"),
     precision: Optional[str] = typer.Option(None, "--precision", help="auto, fp32, bf16, fp16 (CUDA). "
-                                            "[default: auto]", rich_help_panel="Hardware"),
+                                            "(default: auto)", rich_help_panel="Hardware"),
     channels_last: Optional[bool] = typer.Option(None, "--channels-last/--no-channels-last", help="NHWC layout "
                                                  "(default: on CUDA only).", rich_help_panel="Hardware"),
-    run_dir: Optional[Path] = typer.Option(None, "--run-dir", help="Output folder. [default: runs/dreamsr]",
+    run_dir: Optional[Path] = typer.Option(None, "--run-dir", help="Output folder. (default: runs/dreamsr)",
                                            rich_help_panel="Run"),
     resume: Optional[str] = typer.Option(None, "--resume", help="Continue exactly from a checkpoint file, a run "
                                          "folder (its latest checkpoint) or 'auto' (--run-dir's, if any).",
                                          rich_help_panel="Run"),
     save_every: Optional[int] = typer.Option(None, "--save-every", min=0, help="Checkpoint interval. "
-                                             "[default: 1000]", rich_help_panel="Run"),
-    keep: Optional[int] = typer.Option(None, "--keep", min=1, help="Checkpoints kept. [default: 3]",
+                                             "(default: 1000)", rich_help_panel="Run"),
+    keep: Optional[int] = typer.Option(None, "--keep", min=1, help="Checkpoints kept. (default: 3)",
                                        rich_help_panel="Run"),
-    log_every: Optional[int] = typer.Option(None, "--log-every", min=1, help="Metrics interval. [default: 10]",
+    log_every: Optional[int] = typer.Option(None, "--log-every", min=1, help="Metrics interval. (default: 10)",
                                             rich_help_panel="Run"),
     time_limit: Optional[float] = typer.Option(None, "--time-limit", min=0.0, help="Stop cleanly after this many "
                                                "minutes (0: none).", rich_help_panel="Run"),
     export_dtype: Optional[str] = typer.Option(None, "--export-dtype", help="fp32, fp16 or bf16 for "
-                                               "model.safetensors. [default: fp32]", rich_help_panel="Run"),
+                                               "model.safetensors. (default: fp32)", rich_help_panel="Run"),
     export_ema: Optional[bool] = typer.Option(None, "--export-ema/--export-raw", help="Export EMA or raw weights. "
-                                              "[default: export-ema]", rich_help_panel="Run"),
+                                              "(default: export-ema)", rich_help_panel="Run"),
     export_only: bool = typer.Option(False, "--export-only", help="Only write model.safetensors from the --resume "
                                      "checkpoint, then exit.", rich_help_panel="Run"),
     val_every: Optional[int] = typer.Option(None, "--val-every", min=0, help="Validation interval (0: never). "
-                                            "[default: 1000]", rich_help_panel="Validation"),
-    val_count: Optional[int] = typer.Option(None, "--val-count", min=0, help="Validation images. [default: 4]",
+                                            "(default: 1000)", rich_help_panel="Validation"),
+    val_count: Optional[int] = typer.Option(None, "--val-count", min=0, help="Validation images. (default: 4)",
                                             rich_help_panel="Validation"),
     val_crop: Optional[int] = typer.Option(None, "--val-crop", min=0, help="Centre crop of each validation image "
-                                           "(HR px, 0: whole). [default: 128]", rich_help_panel="Validation"),
-    val_steps: Optional[int] = typer.Option(None, "--val-steps", min=1, help="Sampler steps. [default: 20]",
+                                           "(HR px, 0: whole). (default: 128)", rich_help_panel="Validation"),
+    val_steps: Optional[int] = typer.Option(None, "--val-steps", min=1, help="Sampler steps. (default: 20)",
                                             rich_help_panel="Validation"),
-    val_sampler: Optional[str] = typer.Option(None, "--val-sampler", help="ddim or ddpm. [default: ddim]",
+    val_sampler: Optional[str] = typer.Option(None, "--val-sampler", help="ddim or ddpm. (default: ddim)",
                                               rich_help_panel="Validation"),
 ) -> None:
     """Train a DREAM super-resolution model (resumable, validated, DDP under torchrun).
