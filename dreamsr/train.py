@@ -802,7 +802,7 @@ def _train(cfg: TrainConfig, dctx: _Dist, callback: Callback | None) -> TrainRes
         _append_jsonl(metrics_path, {"event": "val", "step": step_done, **res})
         return emit("val", step_done, res)
 
-    acc_loss, acc_n, acc_data, t_log = 0.0, 0, 0.0, time.perf_counter()
+    acc_loss, acc_n, acc_data, t_log, t_other = 0.0, 0, 0.0, time.perf_counter(), 0.0
     pending_stop = False
     it = iter(loader)
     try:
@@ -875,7 +875,7 @@ def _train(cfg: TrainConfig, dctx: _Dist, callback: Callback | None) -> TrainRes
                 if device.type == "cuda":
                     torch.cuda.synchronize(device)
                 now = time.perf_counter()
-                step_time = (now - t_log) / acc_n
+                step_time = (now - t_log - t_other) / acc_n  # checkpoint and validation time left out
                 last_loss = acc_loss / acc_n
                 rec = {"step": step, "loss": last_loss, "lr": lr_now, "step_time": step_time,
                        "data_time": acc_data / acc_n, "images_per_s": cfg.batch_size / step_time,
@@ -883,7 +883,7 @@ def _train(cfg: TrainConfig, dctx: _Dist, callback: Callback | None) -> TrainRes
                 if dctx.main:
                     _append_jsonl(metrics_path, rec)
                 stop = emit("step", step, rec)
-                acc_loss, acc_n, acc_data, t_log = 0.0, 0, 0.0, now
+                acc_loss, acc_n, acc_data, t_log, t_other = 0.0, 0, 0.0, now, 0.0
             else:
                 stop = False
             if cfg.time_limit and time.perf_counter() - t_start >= cfg.time_limit:
@@ -895,10 +895,12 @@ def _train(cfg: TrainConfig, dctx: _Dist, callback: Callback | None) -> TrainRes
                 stop = bool(flag.item() > 0)
 
             last = step == cfg.steps
+            t_aside = time.perf_counter()
             if dctx.main and (last or stop or (cfg.save_every and step % cfg.save_every == 0)):
                 save(step)
             if dctx.main and cfg.val_every and (last or step % cfg.val_every == 0) and not stop:
                 pending_stop = validate(step)  # honoured at the next step, on every rank
+            t_other += time.perf_counter() - t_aside
             if stop:
                 stopped = True
                 break
