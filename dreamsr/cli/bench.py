@@ -1,10 +1,306 @@
-"""`dreamsr bench` (not implemented yet)."""
+"""`dreamsr bench`: sampling speed, DREAM training overhead, memory and efficiency of the real code paths.
+
+All measuring is in :mod:`dreamsr.bench`; this module parses options, shows progress on stderr, prints rich
+tables on stdout and writes the JSON report. Exit codes: 0 done, 1 a measurement failed, 2 bad usage.
+"""
 
 from __future__ import annotations
 
-from dreamsr.cli.common import EXIT_USAGE, fail
+import json
+import math
+import os
+import shlex
+import sys
+import tempfile
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.table import Table
+from rich.text import Text
+
+from dreamsr.cli.common import EXIT_USAGE, console, exit_code_for, fail, is_tty, out
+from dreamsr.errors import ConfigError, DreamSRError
+
+_PRECISIONS = ("fp32", "bf16", "fp16")
 
 
-def bench() -> None:
-    """Not implemented yet."""
-    fail("not implemented yet", EXIT_USAGE)
+def _split(text: str, what: str) -> list[str]:
+    items = [t.strip() for t in text.split(",") if t.strip()]
+    if not items:
+        fail(f"{what}: give at least one value", EXIT_USAGE)
+    return items
+
+
+def _parse_precisions(text: str) -> tuple[str, ...]:
+    """'all' -> () (every precision the device supports); 'auto' stays for the library to resolve."""
+    items = [t.lower() for t in _split(text, "--precision")]
+    if items == ["all"]:
+        return ()
+    bad = [t for t in items if t not in (*_PRECISIONS, "auto")]
+    if bad:
+        fail(f"--precision: unknown {', '.join(bad)}; use all, auto, fp32, bf16 or fp16 (comma-separated)", EXIT_USAGE)
+    return tuple(dict.fromkeys(items))
+
+
+def _parse_batches(text: str) -> tuple[int, ...]:
+    try:
+        vals = tuple(int(t) for t in _split(text, "--batch"))
+    except ValueError:
+        fail(f"--batch: expected integers (comma-separated), got {text!r}", EXIT_USAGE)
+    if any(v < 1 for v in vals):
+        fail(f"--batch: every value must be at least 1, got {text}", EXIT_USAGE)
+    return tuple(dict.fromkeys(vals))
+
+
+def _parse_sections(text: str) -> tuple[str, ...]:
+    from dreamsr.bench import SECTIONS
+
+    items = [t.lower() for t in _split(text, "--sections")]
+    if items == ["all"]:
+        return SECTIONS
+    bad = [t for t in items if t not in SECTIONS]
+    if bad:
+        fail(f"--sections: unknown {', '.join(bad)}; choose from {', '.join(SECTIONS)} (comma-separated) or all",
+             EXIT_USAGE)
+    return tuple(dict.fromkeys(items))
+
+
+def _s(x: float | None) -> str:
+    if x is None or not math.isfinite(x):
+        return "-"
+    if x >= 100:
+        return f"{x:.0f}"
+    if x >= 10:
+        return f"{x:.1f}"
+    if x >= 0.01:
+        return f"{x:.3f}"
+    return f"{x:.2e}"
+
+
+def _spread(t: dict) -> str:
+    return f"{_s(t['min_s'])}–{_s(t['max_s'])}" if t["n"] > 1 else "-"
+
+
+def _mem(m: dict | None) -> str:
+    return "-" if not m else f"{m['peak_mib']:.0f}"
+
+
+def _header(r: dict) -> Text:
+    m, mod = r["machine"], r["model"]
+    load = "" if m.get("load_avg_1m") is None else f", load {m['load_avg_1m']} → {m.get('load_avg_1m_end')}"
+    lines = [
+        ("dreamsr bench", "bold"), f"  {r['date']}\n",
+        f"CPU: {m['cpu']} ({m['cpu_count']} logical, {m['threads']} torch threads{load})\n",
+        "GPU: " + (f"{m['gpu']} ({m['gpu_memory_gib']} GiB, CUDA {m['cuda']})" if m.get("gpu") else "none") + "\n",
+        f"torch {m['torch']}, Python {m['python']}, device {m['device']}\n",
+        f"model: {mod['source']}, {mod['parameters'] / 1e6:.2f} M parameters, x{mod['scale']}, {mod['target']} target",
+    ]
+    return Text.assemble(*lines)
+
+
+def _sampling_table(sp: dict) -> Table:
+    h, w = sp["lr_size"]
+    oh, ow = sp["out_size"]
+    title = (f"sampling: {w}x{h} -> {ow}x{oh} (x{sp['scale']}), {sp['steps']} {sp['sampler']} steps, "
+             f"tile {sp['tile']}/{sp['overlap']} ({sp['tiles']} tiles of {sp['tile_hr'][1]}x{sp['tile_hr'][0]} HR)")
+    t = Table(title=title, title_justify="left", caption="default: step-blend tiling, channels_last; naive: fp32, "
+              "1 tile per call, tiles merged at the end, no channels_last", caption_justify="left")
+    for col in ("run", "median s", "min–max s", "tiles/s", "s/out MP", "peak MiB", "vs naive"):
+        t.add_column(col, justify="left" if col == "run" else "right", no_wrap=col == "run")
+    for r in sp["runs"]:
+        sp_up = r.get("speedup_vs_naive")
+        t.add_row(_run_label(r), _s(r["time"]["median_s"]), _spread(r["time"]), _s(r["tiles_per_s"]),
+                  _s(r["s_per_out_mp"]), _mem(r["memory"]), "-" if sp_up is None else f"{sp_up:.2f}x")
+    return t
+
+
+def _run_label(r: dict) -> str:
+    return f"{r['path']} {r['precision']} b{r['batch']}"
+
+
+def _training_table(tr: dict) -> Table:
+    title = (f"training ({tr['preset']}): batch {tr['batch']}, patch {tr['patch']}, {tr['precision']}; "
+             f"{tr['steps_per_run']} timed steps x {tr['rounds']} round(s) after {tr['warmup_steps']} warm-up")
+    t = Table(title=title, title_justify="left")
+    for col, just in (("objective", "left"), ("p", "right"), ("step s", "right"), ("min–max s", "right"),
+                      ("images/s", "right"), ("data s", "right"), ("peak MiB", "right")):
+        t.add_column(col, justify=just)  # type: ignore[arg-type]
+    for r in tr["runs"]:
+        t.add_row(r["objective"], str(r["p"]), _s(r["step"]["median_s"]), _spread(r["step"]),
+                  _s(r["images_per_s"]), _s(r["data"]["median_s"]), _mem(r["memory"]))
+    t.caption = f"DREAM / standard step: {tr['dream_over_standard']:.3f}"
+    t.caption_justify = "left"
+    return t
+
+
+def _efficiency_table(ef: dict) -> Table:
+    th, tw = ef["tile_hr"]
+    t = Table(title=f"efficiency: {ef['gflops_per_tile_forward']:.2f} GFLOP per {tw}x{th} tile forward",
+              title_justify="left")
+    for col in ("measurement", "GFLOP/call", "TFLOP/s", "peak TFLOP/s", "of peak"):
+        t.add_column(col, justify="left" if col == "measurement" else "right")
+    for e in ef["sampling"]:
+        t.add_row(f"sampling {_run_label(e)}", _s(e["flops_per_call"] / 1e9),
+                  _s(e["achieved_tflops"]), _s(e["peak_tflops"]),
+                  "-" if e["fraction_of_peak"] is None else f"{100 * e['fraction_of_peak']:.1f}%")
+    tr = ef.get("training")
+    if tr:
+        flops = {"standard": tr["flops_per_step_standard"], "dream": tr["flops_per_step_dream"]}
+        runs = {r["objective"]: r for r in tr["runs"]}
+        for key, f in flops.items():
+            r = runs.get(key)
+            t.add_row(f"train {key} b{tr['batch']} {tr['patch']}px", _s(f / 1e9),
+                      _s(r["achieved_tflops"]) if r else "-", _s(r["peak_tflops"]) if r else "-",
+                      "-" if not r or r["fraction_of_peak"] is None else f"{100 * r['fraction_of_peak']:.1f}%")
+    return t
+
+
+def _targets_table(targets: list[dict]) -> Table:
+    t = Table(title="targets (issue 7)", title_justify="left")
+    for col in ("target", "value", "wanted", "met", "detail"):
+        t.add_column(col)
+    for g in targets:
+        met = g["met"]
+        mark = Text("-", "dim") if met is None else Text("yes", "green") if met else Text("NO", "red")
+        wanted = "-" if g["target"] is None else f"{g['op']} {g['target']:g}"
+        value = f"{g['value']:.3f}"
+        t.add_row(g["name"], value, wanted, mark, g.get("detail", ""))
+    return t
+
+
+def print_report(r: dict) -> None:
+    """The whole report as rich tables on stdout."""
+    out.print(_header(r))
+    if r.get("sampling"):
+        out.print(_sampling_table(r["sampling"]))
+    if r.get("training"):
+        out.print(_training_table(r["training"]))
+    if r.get("loader"):
+        ld = r["loader"]
+        over = "" if ld["over_dream_step"] is None else f", {ld['over_dream_step']:.1f}x the DREAM step's rate"
+        out.print(Text(f"data loader: {ld['images_per_s']:.1f} images/s on {ld['data_dir']} ({ld['images']} images, "
+                       f"{ld['workers']} workers, batch {ld['batch']}, patch {ld['patch']}){over}"))
+    if r.get("efficiency"):
+        out.print(_efficiency_table(r["efficiency"]))
+    if r.get("targets"):
+        out.print(_targets_table(r["targets"]))
+    out.print(Text(f"{r['seconds']:.0f} s in all", "dim"))
+
+
+def _write_json(path: Path, report: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            json.dump(report, fh, indent=2)
+            fh.write("\n")
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def bench(
+    model: Optional[str] = typer.Option(None, "--model", "-m", help="Registry name or hf:// URL of the weights.",
+                                        show_default=False),
+    weights: Optional[Path] = typer.Option(None, "--weights", "-w", help="A dreamsr .safetensors checkpoint.",
+                                           show_default=False),
+    preset: Optional[str] = typer.Option(None, "--preset", "-p", help="Random-init UNet preset (tiny, small, base, "
+                                         "sr3-div2k, sr3-face). Default: small, when no --model/--weights.",
+                                         show_default=False),
+    scale: int = typer.Option(4, "--scale", help="Native scale of a --preset model."),
+    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:N or mps."),
+    precision: str = typer.Option("all", "--precision", help="Sampling precision(s): all (every one the device "
+                                  "supports), auto, fp32, bf16, fp16, or a comma-separated list."),
+    lr_size: int = typer.Option(128, "--lr-size", help="Side of the square synthetic LR input (px)."),
+    image: Optional[Path] = typer.Option(None, "--image", help="Upscale this image file instead of the synthetic "
+                                         "one.", show_default=False),
+    steps: int = typer.Option(50, "--steps", help="Sampler steps."),
+    sampler: str = typer.Option("ddim", "--sampler", help="ddim or ddpm."),
+    tile: int = typer.Option(40, "--tile", help="LR tile side (0: no tiling)."),
+    overlap: int = typer.Option(5, "--overlap", help="LR tile overlap."),
+    batch: str = typer.Option("4", "--batch", help="Tiles per network call on the default path; a comma-separated "
+                              "list times each."),
+    repeats: int = typer.Option(3, "--repeats", help="Timed repeats of each sampling path (after a 1-step warm-up); "
+                                "the paths take turns each round."),
+    naive: bool = typer.Option(True, "--naive/--no-naive", help="Also time the naive reference path (fp32, one "
+                               "tile per call, merged at the end, no channels_last) for the speed-up."),
+    sections: str = typer.Option("all", "--sections", help="sampling, training, efficiency (comma-separated) "
+                                 "or all."),
+    train_batch: int = typer.Option(8, "--train-batch", help="Batch of the timed training steps."),
+    train_patch: int = typer.Option(64, "--train-patch", help="HR crop side of the timed training steps."),
+    train_steps: int = typer.Option(6, "--train-steps", help="Timed training steps per run."),
+    train_warmup: int = typer.Option(2, "--train-warmup", help="Training steps dropped at the start of each run."),
+    train_rounds: int = typer.Option(2, "--train-rounds", help="Runs per objective (p=inf and p=1 alternate)."),
+    train_precision: str = typer.Option("auto", "--train-precision", help="As `dreamsr train --precision`."),
+    data_dir: Optional[Path] = typer.Option(None, "--data-dir", help="Also measure data-loader throughput on this "
+                                            "training folder.", show_default=False),
+    dataset: str = typer.Option("folder", "--dataset", help="Layout of --data-dir (as `dreamsr train`)."),
+    loader_workers: int = typer.Option(2, "--loader-workers", help="Loader processes for the throughput run."),
+    threads: int = typer.Option(0, "--threads", help="torch CPU threads (0: torch's default). On a busy machine "
+                                "1 thread avoids OpenMP threads waiting on each other."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the preset's weights, the image and the noise."),
+    json_path: Optional[Path] = typer.Option(None, "--json", help="Write the whole report to this JSON file.",
+                                             show_default=False),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No tables and no progress; errors only."),
+) -> None:
+    """Measure what users pay: sampling speed (vs the naive path), DREAM vs standard training steps, memory,
+    FLOPs and efficiency, through the real pipeline and training loop.
+
+    Examples:
+
+      dreamsr bench                                         # small preset, 128 -> 512, 50 steps, all sections
+
+      dreamsr bench --preset sr3-div2k --device cuda --precision bf16 --lr-size 512 --steps 20 --batch 64
+
+      dreamsr bench -w model.safetensors --sections sampling --json bench.json
+
+      dreamsr bench --sections training --train-batch 8 --train-patch 64 --data-dir photos/
+    """
+    from dreamsr.bench import BenchConfig, run_bench
+
+    if sum(x is not None for x in (model, weights, preset)) > 1:
+        fail("give only one of --model, --weights or --preset", EXIT_USAGE)
+    if model is None and weights is None and preset is None:
+        preset = "small"
+    try:
+        config = BenchConfig(
+            device=device, precisions=_parse_precisions(precision), sections=_parse_sections(sections), seed=seed,
+            threads=threads, lr_size=lr_size, image=None if image is None else str(image), steps=steps,
+            sampler=sampler, tile=tile, overlap=overlap, batches=_parse_batches(batch), repeats=repeats, naive=naive,
+            train_batch=train_batch, train_patch=train_patch, train_steps=train_steps, train_warmup=train_warmup,
+            train_rounds=train_rounds, train_precision=train_precision,
+            data_dir=None if data_dir is None else str(data_dir), dataset=dataset, loader_workers=loader_workers)
+        if sampler not in ("ddim", "ddpm"):
+            raise ConfigError(f"--sampler must be ddim or ddpm, got {sampler!r}")
+        live = is_tty() and not quiet
+        status = console.status("starting", spinner="dots") if live else None
+
+        def progress(msg: str) -> None:
+            if quiet:
+                return
+            if status is not None:
+                status.update(msg)
+            else:
+                console.print(Text(f"... {msg}"), soft_wrap=True)
+
+        if status is not None:
+            status.start()
+        try:
+            report = run_bench(config, model=model, weights=None if weights is None else str(weights),
+                               preset=preset, scale=scale, progress=progress)
+        finally:
+            if status is not None:
+                status.stop()
+    except DreamSRError as err:
+        fail(str(err), exit_code_for(err))
+    report["command"] = "dreamsr " + shlex.join(sys.argv[1:]) if sys.argv[1:2] == ["bench"] else None
+    if json_path is not None:
+        _write_json(json_path, report)
+    if not quiet:
+        print_report(report)
+        if json_path is not None:
+            console.print(Text(f"report written to {json_path}"))
+    raise typer.Exit(0)
+

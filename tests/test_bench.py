@@ -1,0 +1,320 @@
+"""`dreamsr bench`: the report's structure and arithmetic, FLOP counts against an independent count, memory
+measurement, model loading and the CLI. Timings are never asserted: only how reported numbers relate.
+
+One tiny benchmark (tiny preset, 12x12 LR, 2 steps, 1 thread) is run once per module and inspected by many tests.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from dreamsr import bench
+from dreamsr.bench import BenchConfig, PeakMemory, forward_flops, run_bench, train_step_flops
+from dreamsr.errors import ConfigError, ModelNotFoundError
+from dreamsr.tiling import make_grid
+from dreamsr.unet import PRESETS, UNet, UNetConfig
+
+TINY = dict(lr_size=12, steps=2, tile=8, overlap=2, batches=(3,), repeats=2, train_batch=2, train_patch=16,
+            train_steps=2, train_warmup=1, train_rounds=1, threads=1, loader_workers=0, loader_batches=2)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread() -> Iterator[None]:
+    """Tiny models run fastest on one thread, and a busy machine makes OpenMP threads wait on each other."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def loader_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    folder = tmp_path_factory.mktemp("bench-data")
+    bench._write_train_images(folder, count=3, size=40, seed=1)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def report(loader_dir: Path) -> dict:
+    return run_bench(BenchConfig(device="cpu", data_dir=str(loader_dir), **TINY), preset="tiny")
+
+
+# --- the report -----------------------------------------------------------------------------------------------
+
+def test_report_has_every_section_and_is_json(report: dict) -> None:
+    assert report["schema"] == bench.SCHEMA
+    for key in ("date", "machine", "model", "config", "sampling", "training", "loader", "efficiency", "memory",
+                "targets", "seconds"):
+        assert key in report, key
+    for key in ("cpu", "cpu_count", "threads", "torch", "gpu", "device", "load_avg_1m", "load_avg_1m_end"):
+        assert key in report["machine"], key
+    assert report["machine"]["threads"] == 1 and report["machine"]["gpu"] is None
+    assert report["model"]["preset"] == "tiny" and report["model"]["parameters"] == UNet(PRESETS["tiny"]).num_parameters()
+    assert json.loads(json.dumps(report)) == report  # plain JSON types only
+
+
+def test_thread_count_restored() -> None:
+    before = torch.get_num_threads()
+    run_bench(BenchConfig(device="cpu", sections=("efficiency",), lr_size=12, tile=8, overlap=2, train_batch=2,
+                          train_patch=16, threads=before + 1), preset="tiny")
+    assert torch.get_num_threads() == before
+
+
+def test_sampling_fields_and_arithmetic(report: dict) -> None:
+    sp = report["sampling"]
+    grid = make_grid(12, 12, 8, 2)
+    assert sp["tiles"] == len(grid) == 4
+    assert sp["out_size"] == [48, 48] and sp["tile_hr"] == [32, 32]
+    assert sp["out_megapixels"] == pytest.approx(48 * 48 / 1e6)
+    paths = [(r["path"], r["precision"], r["batch"], r["merge"], r["channels_last"]) for r in sp["runs"]]
+    assert paths == [("default", "fp32", 3, "step", True), ("default", "bf16", 3, "step", True),
+                     ("naive", "fp32", 1, "end", False)]
+    naive = sp["runs"][-1]
+    for r in sp["runs"]:
+        t = r["time"]
+        assert t["n"] == 2 and len(t["all_s"]) == 2
+        assert t["min_s"] <= t["median_s"] <= t["max_s"]
+        assert t["median_s"] == pytest.approx(sum(t["all_s"]) / 2)  # median of two
+        assert r["tile_forwards"] == 4 * 2
+        assert r["model_calls"] == 2 * math.ceil(4 / r["batch"])
+        assert r["tiles_per_s"] == pytest.approx(r["tile_forwards"] / t["median_s"], rel=1e-12)
+        assert r["s_per_out_mp"] == pytest.approx(t["median_s"] / sp["out_megapixels"], rel=1e-12)
+        assert r["speedup_vs_naive"] == pytest.approx(naive["time"]["median_s"] / t["median_s"], rel=1e-12)
+        assert r["memory"]["kind"] == "peak_rss" and r["memory"]["peak_mib"] >= r["memory"]["start_mib"] > 0
+    hl = sp["headline"]
+    bf16 = sp["runs"][1]
+    assert (hl["precision"], hl["batch"]) == ("bf16", 3)
+    assert hl["speedup_vs_naive"] == bf16["speedup_vs_naive"]
+
+
+def test_training_fields_and_ratio(report: dict) -> None:
+    tr = report["training"]
+    assert (tr["batch"], tr["patch"], tr["preset"], tr["precision"]) == (2, 16, "tiny", "fp32")
+    std, dream = tr["runs"]
+    assert (std["objective"], std["p"], dream["objective"], dream["p"]) == ("standard", "inf", "dream", 1.0)
+    for r in (std, dream):
+        assert r["step"]["n"] == 2  # train_steps x rounds, warm-up excluded
+        assert r["loss_finite"] is True
+        assert r["images_per_s"] == pytest.approx(2 / r["step"]["median_s"], rel=1e-12)
+        for a, w, d in zip(r["step"]["all_s"], r["wall_step"]["all_s"], r["data"]["all_s"]):
+            assert a == pytest.approx(w - d, abs=1e-12)  # compute = loop's step_time - data_time
+    assert tr["dream_over_standard"] == pytest.approx(dream["step"]["median_s"] / std["step"]["median_s"], rel=1e-12)
+
+
+def test_loader_throughput_relates_to_dream_step(report: dict, loader_dir: Path) -> None:
+    ld = report["loader"]
+    assert ld["images"] == 3 and ld["data_dir"] == str(loader_dir) and ld["images_per_s"] > 0
+    dream = report["training"]["runs"][1]["images_per_s"]
+    assert ld["over_dream_step"] == pytest.approx(ld["images_per_s"] / dream, rel=1e-12)
+
+
+def test_efficiency_arithmetic(report: dict) -> None:
+    ef = report["efficiency"]
+    per_tile = forward_flops(PRESETS["tiny"], 1, 32, 32)
+    assert ef["flops_per_tile_forward"] == per_tile
+    for e, r in zip(ef["sampling"], report["sampling"]["runs"]):
+        assert (e["path"], e["precision"], e["batch"]) == (r["path"], r["precision"], r["batch"])
+        assert e["flops_per_call"] == per_tile * r["batch"]
+        assert e["flops_total"] == per_tile * r["tile_forwards"]
+        assert e["achieved_tflops"] == pytest.approx(e["flops_total"] / r["time"]["median_s"] / 1e12, rel=1e-12)
+        assert e["peak_tflops"] is None and e["fraction_of_peak"] is None  # no known peak on a CPU
+    tr = ef["training"]
+    assert tr["flops_per_step_standard"] == train_step_flops(PRESETS["tiny"], 2, 16, math.inf)
+    assert tr["flops_per_step_dream"] == train_step_flops(PRESETS["tiny"], 2, 16, 1.0)
+    for e, r, f in zip(tr["runs"], report["training"]["runs"],
+                       (tr["flops_per_step_standard"], tr["flops_per_step_dream"])):
+        assert e["achieved_tflops"] == pytest.approx(f / r["step"]["median_s"] / 1e12, rel=1e-12)
+
+
+def test_memory_summary_and_targets(report: dict) -> None:
+    peaks = report["memory"]["peak"]
+    for r in report["sampling"]["runs"]:
+        assert peaks[f"sampling/{r['path']}/{r['precision']}/b{r['batch']}"] == r["memory"]["peak_mib"]
+    for r in report["training"]["runs"]:
+        assert peaks[f"training/{r['objective']}"] == r["memory"]["peak_mib"]
+    by_name = {t["name"]: t for t in report["targets"]}
+    sp = by_name["sampling speed-up over the naive path"]
+    assert sp["value"] == report["sampling"]["headline"]["speedup_vs_naive"] and sp["target"] == 1.8
+    assert sp["met"] == (sp["value"] >= 1.8)
+    dr = by_name["DREAM / standard training step"]
+    assert dr["value"] == report["training"]["dream_over_standard"] and dr["met"] == (dr["value"] <= 1.35)
+
+
+def test_check_targets_on_synthetic_reports() -> None:
+    samp = {"headline": {"precision": "bf16", "batch": 4, "speedup_vs_naive": 2.0}}
+    tr = {"dream_over_standard": 1.4, "batch": 8, "patch": 64, "precision": "fp32"}
+    eff = {"sampling": [{"path": "default", "batch": 64, "precision": "bf16", "fraction_of_peak": 0.45,
+                         "achieved_tflops": 355.0}]}
+    out = bench.check_targets(torch.device("cpu"), {"preset": "small"},
+                              {"sampling": samp, "training": tr, "efficiency": eff})
+    assert [(t["value"], t["met"]) for t in out] == [(2.0, True), (1.4, False)]  # no peak target off sr3-div2k
+    out = bench.check_targets(torch.device("cuda"), {"preset": "sr3-div2k"},
+                              {"sampling": samp, "training": tr, "efficiency": eff})
+    assert [(t["target"], t["met"]) for t in out] == [(5.0, False), (None, None), (0.40, True)]
+
+
+# --- FLOPs ------------------------------------------------------------------------------------------------------
+
+def _hook_flops(config: UNetConfig, batch: int, h: int, w: int) -> int:
+    """Independent count: 2 x MACs of every Conv2d and Linear (from their shapes, by forward hooks on a real
+    CPU forward) plus the two attention matmuls of each SelfAttention (q k^T and attn v: 2 x B x N^2 x C each)."""
+    from dreamsr.unet import SelfAttention
+
+    torch.manual_seed(0)
+    model = UNet(config).eval()
+    total = 0
+
+    def conv(mod: torch.nn.Conv2d, inp: tuple, out: torch.Tensor) -> None:
+        nonlocal total
+        kh, kw = mod.kernel_size
+        total += 2 * out.numel() * (mod.in_channels // mod.groups) * kh * kw
+
+    def lin(mod: torch.nn.Linear, inp: tuple, out: torch.Tensor) -> None:
+        nonlocal total
+        total += 2 * out.numel() * mod.in_features
+
+    def attn(mod: SelfAttention, inp: tuple, out: torch.Tensor) -> None:
+        nonlocal total
+        b, c, hh, ww = inp[0].shape
+        n = hh * ww
+        total += 2 * (2 * b * n * n * c)
+
+    for mod in model.modules():
+        if isinstance(mod, torch.nn.Conv2d):
+            mod.register_forward_hook(conv)
+        elif isinstance(mod, torch.nn.Linear):
+            mod.register_forward_hook(lin)
+        elif isinstance(mod, SelfAttention):
+            mod.register_forward_hook(attn)
+    with torch.no_grad():
+        model(torch.randn(batch, 3, h, w), torch.randn(batch, 3, h, w), torch.rand(batch))
+    return total
+
+
+@pytest.mark.parametrize("config, batch, h, w", [
+    (PRESETS["tiny"], 2, 16, 16),
+    (UNetConfig(inner_channels=4, channel_mults=(1, 2, 2), res_blocks=2, attention_levels=(1,), dropout=0.0,
+                norm_groups=2), 3, 16, 24),
+])
+def test_forward_flops_equal_independent_count(config: UNetConfig, batch: int, h: int, w: int) -> None:
+    assert forward_flops(config, batch, h, w) == _hook_flops(config, batch, h, w)
+
+
+def test_tiny_forward_flops_pinned() -> None:
+    # tiny preset, 2 x 16x16: 4,121,920 conv+linear FLOPs (hooks) + 262,144 attention FLOPs (8x8 tokens, 8 ch)
+    assert forward_flops(PRESETS["tiny"], 2, 16) == 4_384_064
+
+
+def test_dream_step_costs_one_more_forward() -> None:
+    cfg = PRESETS["tiny"]
+    std, dream = train_step_flops(cfg, 2, 16, math.inf), train_step_flops(cfg, 2, 16, 1.0)
+    assert dream - std == forward_flops(cfg, 2, 16)  # Alg. 3: the extra no-grad pass
+    assert 2.5 < std / forward_flops(cfg, 2, 16) < 3.0  # forward + backward (no grad w.r.t. the input images)
+
+
+# --- memory, timing helpers, model -------------------------------------------------------------------------------
+
+def test_peak_memory_sees_a_known_allocation() -> None:
+    with PeakMemory(torch.device("cpu"), interval=0.001) as mem:
+        x = torch.ones(64 * 2 ** 20, dtype=torch.float32)  # 256 MiB, every page touched
+        x.add_(1)
+        del x
+    assert mem.kind == "peak_rss"
+    assert mem.peak_bytes - mem.start_bytes >= 250 * 2 ** 20
+    d = mem.as_dict()
+    assert d["peak_mib"] - d["start_mib"] >= 250
+
+
+def test_summarize() -> None:
+    s = bench.summarize([3.0, 1.0, 2.0])
+    assert (s["median_s"], s["min_s"], s["max_s"], s["n"], s["all_s"]) == (2.0, 1.0, 3.0, 3, [3.0, 1.0, 2.0])
+    with pytest.raises(ValueError):
+        bench.summarize([])
+
+
+def test_bench_image_deterministic_in_range() -> None:
+    a, b = bench.bench_image(20, seed=3), bench.bench_image(20, seed=3)
+    assert a.shape == (3, 20, 20) and torch.equal(a, b)
+    assert float(a.min()) >= 0.0 and float(a.max()) <= 1.0 and float(a.std()) > 0.05
+
+
+def test_load_model_sources(tiny_checkpoint: Path) -> None:
+    net, info, desc = bench.load_model(weights=str(tiny_checkpoint))
+    assert desc["preset"] == "tiny" and desc["source"].startswith("weights:") and info.scale == 4
+    assert desc["parameters"] == net.num_parameters()
+    net2, info2, desc2 = bench.load_model(preset="small", scale=2, seed=5)
+    assert desc2["preset"] == "small" and info2.scale == 2
+    net3, _, _ = bench.load_model(preset="small", scale=2, seed=5)
+    assert all(torch.equal(a, b) for a, b in zip(net2.state_dict().values(), net3.state_dict().values()))
+    with pytest.raises(ConfigError, match="exactly one"):
+        bench.load_model(preset="tiny", weights=str(tiny_checkpoint))
+    with pytest.raises(ConfigError, match="exactly one"):
+        bench.load_model()
+    with pytest.raises(ConfigError, match="unknown UNet preset"):
+        bench.load_model(preset="huge")
+    with pytest.raises(ModelNotFoundError):
+        bench.load_model(weights=str(tiny_checkpoint.parent / "missing.safetensors"))
+
+
+def test_match_preset() -> None:
+    import dataclasses
+
+    assert bench.match_preset(dataclasses.replace(PRESETS["small"], dropout=0.1, embed_scale=1000.0)) == "small"
+    assert bench.match_preset(dataclasses.replace(PRESETS["small"], inner_channels=64)) is None
+
+
+def test_bad_options_fail_before_work() -> None:
+    with pytest.raises(ConfigError, match="unknown section"):
+        BenchConfig(sections=("speed",))
+    with pytest.raises(ConfigError, match="batch"):
+        BenchConfig(batches=(0,))
+    with pytest.raises(ConfigError, match="fp16"):
+        run_bench(BenchConfig(device="cpu", precisions=("fp16",)), preset="tiny")
+
+
+# --- CLI ----------------------------------------------------------------------------------------------------------
+
+def _cli(args: list[str]):
+    from dreamsr.cli import app
+
+    return CliRunner().invoke(app, ["bench", *args])
+
+
+def test_cli_writes_json_and_prints_tables(tmp_path: Path) -> None:
+    out = tmp_path / "sub" / "bench.json"
+    res = _cli(["--preset", "tiny", "--device", "cpu", "--precision", "fp32", "--lr-size", "12", "--steps", "1",
+                "--tile", "8", "--overlap", "2", "--batch", "2,4", "--repeats", "1", "--sections",
+                "sampling,efficiency", "--train-batch", "2", "--train-patch", "16", "--threads", "1",
+                "--json", str(out)])
+    assert res.exit_code == 0, res.output
+    data = json.loads(out.read_text())
+    assert [(r["path"], r["batch"]) for r in data["sampling"]["runs"]] == [("default", 2), ("default", 4),
+                                                                            ("naive", 1)]
+    assert data["training"] is None and data["efficiency"]["training"]["flops_per_step_dream"] > 0
+    assert "sampling" in res.stdout and "efficiency" in res.stdout and "targets" in res.stdout
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--precision", "fp64"], "--precision"),
+    (["--sections", "speed"], "--sections"),
+    (["--batch", "two"], "--batch"),
+    (["--preset", "tiny", "--weights", "x.safetensors"], "only one"),
+    (["--preset", "tiny", "--device", "cpu", "--precision", "fp16"], "fp16"),
+    (["--preset", "tiny", "--repeats", "0"], "repeats"),
+])
+def test_cli_usage_errors_exit_2(args: list[str], message: str) -> None:
+    res = _cli(args)
+    assert res.exit_code == 2, res.output
+    assert message in res.output
+
+
+def test_cli_missing_weights_exit_1(tmp_path: Path) -> None:
+    res = _cli(["--weights", str(tmp_path / "none.safetensors"), "--sections", "efficiency"])
+    assert res.exit_code == 1 and "not found" in res.output
