@@ -224,7 +224,7 @@ def upscale(
         _usage("give either --model or --weights, not both")
     ext_n = _normalise_ext(ext)
     try:
-        suffix_s = suffix.format(scale="{scale}")  # validates the template
+        suffix.format(scale="x")  # validates the template before any work
     except (KeyError, IndexError, ValueError):
         _usage(f"--suffix {suffix!r}: the only placeholder allowed is {{scale}}")
 
@@ -233,8 +233,11 @@ def upscale(
     found = collect_inputs(inputs, recursive, errors)
     for msg in errors:
         _error(msg)
+    from dreamsr.images import WRITE_FORMATS
+
+    # -o names the output file itself only for one input file and an image extension; otherwise a folder
     single_target = (output is not None and len(found) == 1 and len(inputs) == 1 and not inputs[0].is_dir()
-                     and output.suffix != "" and not output.is_dir())
+                     and output.suffix.lower() in WRITE_FORMATS and not output.is_dir())
 
     jobs: list[Job] = []
     t_start = time.perf_counter()
@@ -271,9 +274,14 @@ def upscale(
                                + (f"/{overlap}" if tile else "") + f", merge {merge}, seed {seed}"
                                + (f", start {start}" if start else "") + (", back-projection" if back_project else "")
                                + f"; {up.device} {up.precision}"), soft_wrap=True)
-        _run_jobs(up, jobs, out_scale=out_scale, overwrite=overwrite, max_pixels=max_pixels, quiet=quiet,
-                  options=dict(steps=steps, sampler=sampler, eta=eta, seed=seed, tile=tile, overlap=overlap,
-                               batch=batch, merge=merge, start=start, back_project=back_project))
+        try:
+            _run_jobs(up, jobs, out_scale=out_scale, overwrite=overwrite, max_pixels=max_pixels, quiet=quiet,
+                      options=dict(steps=steps, sampler=sampler, eta=eta, seed=seed, tile=tile, overlap=overlap,
+                                   batch=batch, merge=merge, start=start, back_project=back_project))
+        except KeyboardInterrupt:  # the image being written leaves no temporary file behind
+            done = sum(j.status == "ok" for j in jobs)
+            _error(f"interrupted; {done} image(s) written")
+            raise typer.Exit(130) from None
 
     # ---- summary -----------------------------------------------------------------------------------------
     n_ok = sum(j.status == "ok" for j in jobs)
@@ -324,7 +332,7 @@ def _run_jobs(up: Any, jobs: list[Job], *, out_scale: float, overwrite: bool, ma
         images_task = progress.add_task("images", total=len(pending))
         steps_task = progress.add_task("steps", total=steps)
         for n, job in enumerate(pending, 1):
-            progress.update(steps_task, completed=0, description=f"steps  {job.src.name} ({n}/{len(pending)})")
+            progress.reset(steps_task, total=steps, description=f"steps  {job.src.name} ({n}/{len(pending)})")
 
             def on_progress(done: int, total: int) -> None:
                 progress.update(steps_task, completed=done * steps / total)
