@@ -87,11 +87,16 @@ def test_sampling_fields_and_arithmetic(report: dict) -> None:
         assert r["tiles_per_s"] == pytest.approx(r["tile_forwards"] / t["median_s"], rel=1e-12)
         assert r["s_per_out_mp"] == pytest.approx(t["median_s"] / sp["out_megapixels"], rel=1e-12)
         assert r["speedup_vs_naive"] == pytest.approx(naive["time"]["median_s"] / t["median_s"], rel=1e-12)
+        c = r["cpu_time"]
+        assert c["n"] == 2 and c["min_s"] <= c["median_s"] <= c["max_s"]
+        assert r["speedup_vs_naive_cpu_time"] == pytest.approx(naive["cpu_time"]["median_s"] / c["median_s"],
+                                                               rel=1e-12)
         assert r["memory"]["kind"] == "peak_rss" and r["memory"]["peak_mib"] >= r["memory"]["start_mib"] > 0
     hl = sp["headline"]
     bf16 = sp["runs"][1]
     assert (hl["precision"], hl["batch"]) == ("bf16", 3)
     assert hl["speedup_vs_naive"] == bf16["speedup_vs_naive"]
+    assert hl["speedup_vs_naive_cpu_time"] == bf16["speedup_vs_naive_cpu_time"]
 
 
 def test_training_fields_and_ratio(report: dict) -> None:
@@ -100,12 +105,15 @@ def test_training_fields_and_ratio(report: dict) -> None:
     std, dream = tr["runs"]
     assert (std["objective"], std["p"], dream["objective"], dream["p"]) == ("standard", "inf", "dream", 1.0)
     for r in (std, dream):
-        assert r["step"]["n"] == 2  # train_steps x rounds, warm-up excluded
+        assert r["step"]["n"] == r["cpu_step"]["n"] == 2  # train_steps x rounds, warm-up excluded
+        assert r["cpu_step"]["min_s"] > 0
         assert r["loss_finite"] is True
         assert r["images_per_s"] == pytest.approx(2 / r["step"]["median_s"], rel=1e-12)
         for a, w, d in zip(r["step"]["all_s"], r["wall_step"]["all_s"], r["data"]["all_s"]):
             assert a == pytest.approx(w - d, abs=1e-12)  # compute = loop's step_time - data_time
     assert tr["dream_over_standard"] == pytest.approx(dream["step"]["median_s"] / std["step"]["median_s"], rel=1e-12)
+    assert tr["dream_over_standard_cpu_time"] == pytest.approx(
+        dream["cpu_step"]["median_s"] / std["cpu_step"]["median_s"], rel=1e-12)
 
 
 def test_loader_throughput_relates_to_dream_step(report: dict, loader_dir: Path) -> None:
@@ -145,6 +153,8 @@ def test_memory_summary_and_targets(report: dict) -> None:
     assert sp["met"] == (sp["value"] >= 1.8)
     dr = by_name["DREAM / standard training step"]
     assert dr["value"] == report["training"]["dream_over_standard"] and dr["met"] == (dr["value"] <= 1.35)
+    assert dr["value_cpu_time"] == report["training"]["dream_over_standard_cpu_time"]
+    assert sp["value_cpu_time"] == report["sampling"]["headline"]["speedup_vs_naive_cpu_time"]
 
 
 def test_check_targets_on_synthetic_reports() -> None:

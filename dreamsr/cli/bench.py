@@ -106,12 +106,14 @@ def _sampling_table(sp: dict) -> Table:
              f"tile {sp['tile']}/{sp['overlap']} ({sp['tiles']} tiles of {sp['tile_hr'][1]}x{sp['tile_hr'][0]} HR)")
     t = Table(title=title, title_justify="left", caption="default: step-blend tiling, channels_last; naive: fp32, "
               "1 tile per call, tiles merged at the end, no channels_last", caption_justify="left")
-    for col in ("run", "median s", "min–max s", "tiles/s", "s/out MP", "peak MiB", "vs naive"):
+    for col in ("run", "median s", "min–max s", "cpu s", "tiles/s", "s/out MP", "peak MiB", "vs naive",
+                "(cpu)"):
         t.add_column(col, justify="left" if col == "run" else "right", no_wrap=col == "run")
     for r in sp["runs"]:
-        sp_up = r.get("speedup_vs_naive")
-        t.add_row(_run_label(r), _s(r["time"]["median_s"]), _spread(r["time"]), _s(r["tiles_per_s"]),
-                  _s(r["s_per_out_mp"]), _mem(r["memory"]), "-" if sp_up is None else f"{sp_up:.2f}x")
+        sp_up, sp_cpu = r.get("speedup_vs_naive"), r.get("speedup_vs_naive_cpu_time")
+        t.add_row(_run_label(r), _s(r["time"]["median_s"]), _spread(r["time"]), _s(r["cpu_time"]["median_s"]),
+                  _s(r["tiles_per_s"]), _s(r["s_per_out_mp"]), _mem(r["memory"]),
+                  "-" if sp_up is None else f"{sp_up:.2f}x", "-" if sp_cpu is None else f"{sp_cpu:.2f}x")
     return t
 
 
@@ -124,12 +126,13 @@ def _training_table(tr: dict) -> Table:
              f"{tr['steps_per_run']} timed steps x {tr['rounds']} round(s) after {tr['warmup_steps']} warm-up")
     t = Table(title=title, title_justify="left")
     for col, just in (("objective", "left"), ("p", "right"), ("step s", "right"), ("min–max s", "right"),
-                      ("images/s", "right"), ("data s", "right"), ("peak MiB", "right")):
+                      ("cpu s", "right"), ("images/s", "right"), ("data s", "right"), ("peak MiB", "right")):
         t.add_column(col, justify=just)  # type: ignore[arg-type]
     for r in tr["runs"]:
         t.add_row(r["objective"], str(r["p"]), _s(r["step"]["median_s"]), _spread(r["step"]),
-                  _s(r["images_per_s"]), _s(r["data"]["median_s"]), _mem(r["memory"]))
-    t.caption = f"DREAM / standard step: {tr['dream_over_standard']:.3f}"
+                  _s(r["cpu_step"]["median_s"]), _s(r["images_per_s"]), _s(r["data"]["median_s"]), _mem(r["memory"]))
+    t.caption = (f"DREAM / standard step: {tr['dream_over_standard']:.3f} (wall), "
+                 f"{tr['dream_over_standard_cpu_time']:.3f} (CPU time)")
     t.caption_justify = "left"
     return t
 
@@ -165,6 +168,8 @@ def _targets_table(targets: list[dict]) -> Table:
         mark = Text("-", "dim") if met is None else Text("yes", "green") if met else Text("NO", "red")
         wanted = "-" if g["target"] is None else f"{g['op']} {g['target']:g}"
         value = f"{g['value']:.3f}"
+        if g.get("value_cpu_time") is not None:
+            value += f" ({g['value_cpu_time']:.3f} CPU time)"
         t.add_row(g["name"], value, wanted, mark, g.get("detail", ""))
     return t
 
@@ -224,6 +229,8 @@ def bench(
                               "list times each."),
     repeats: int = typer.Option(3, "--repeats", help="Timed repeats of each sampling path (after a 1-step warm-up); "
                                 "the paths take turns each round."),
+    warmup: bool = typer.Option(True, "--warmup/--no-warmup", help="A one-step upscale on every path before "
+                                "timing (--no-warmup: for memory-only runs)."),
     naive: bool = typer.Option(True, "--naive/--no-naive", help="Also time the naive reference path (fp32, one "
                                "tile per call, merged at the end, no channels_last) for the speed-up."),
     sections: str = typer.Option("all", "--sections", help="sampling, training, efficiency (comma-separated) "
@@ -268,7 +275,8 @@ def bench(
         config = BenchConfig(
             device=device, precisions=_parse_precisions(precision), sections=_parse_sections(sections), seed=seed,
             threads=threads, lr_size=lr_size, image=None if image is None else str(image), steps=steps,
-            sampler=sampler, tile=tile, overlap=overlap, batches=_parse_batches(batch), repeats=repeats, naive=naive,
+            sampler=sampler, tile=tile, overlap=overlap, batches=_parse_batches(batch), repeats=repeats,
+            warmup=warmup, naive=naive,
             train_batch=train_batch, train_patch=train_patch, train_steps=train_steps, train_warmup=train_warmup,
             train_rounds=train_rounds, train_precision=train_precision,
             data_dir=None if data_dir is None else str(data_dir), dataset=dataset, loader_workers=loader_workers)
