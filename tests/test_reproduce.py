@@ -1,0 +1,285 @@
+"""scripts/reproduce.py: the CI-sized profile end to end (every JSON, figure and the report, resumed runs
+skipped), and the analysis pinned by hand-computed numbers (speed-ups, paired differences, E4's MSEs)."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+import re
+import shutil
+import sys
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+SKIMAGE_DATA = Path(__import__("skimage").__file__).parent / "data"
+EXPERIMENTS = ("e1_p_sweep", "e2_convergence", "e3_sampling_steps", "e4_discrepancy", "e5_residual")
+
+
+def _load() -> ModuleType:
+    name = "dreamsr_reproduce_script"
+    if name in sys.modules:
+        return sys.modules[name]
+    spec = importlib.util.spec_from_file_location(name, ROOT / "scripts" / "reproduce.py")
+    assert spec is not None and spec.loader is not None
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[name] = mod  # dataclasses look their module up while the class is built
+    spec.loader.exec_module(mod)
+    return mod
+
+
+R = _load()
+
+
+@pytest.fixture(autouse=True)
+def _one_thread() -> object:
+    """Tiny models gain nothing from threads, and on a shared 2-core machine two torch threads per process
+    oversubscribe the cores (spinning threads made the CI profile ten times slower)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def _corpus(root: Path, train: tuple[str, ...] = ("chelsea.png", "coffee.png"),
+            val: tuple[str, ...] = ("astronaut.png",)) -> Path:
+    for sub, names in (("train", train), ("val", val)):
+        (root / sub).mkdir(parents=True, exist_ok=True)
+        for n in names:
+            shutil.copy(SKIMAGE_DATA / n, root / sub / n)
+    return root
+
+
+# ------------------------------------------------------------------------------------------- pure analysis
+def _write_jsonl(path: Path, records: list[dict]) -> Path:
+    path.write_text("".join(json.dumps(r) + "\n" for r in records))
+    return path
+
+
+def test_speedup_from_synthetic_metrics_jsonl(tmp_path: Path) -> None:
+    # p = inf: final validation PSNR 23.0 at step 400. p = 1 first reaches 23.0 at step 300 -> 400 / 300.
+    ref = _write_jsonl(tmp_path / "inf.jsonl", [
+        {"step": 10, "loss": 0.5, "elapsed": 10.0},
+        {"event": "val", "step": 100, "psnr": 20.0, "psnr_rgb": 19.0},
+        {"event": "val", "step": 200, "psnr": 21.0, "psnr_rgb": 20.0},
+        {"step": 200, "loss": 0.4, "elapsed": 20.0},
+        {"event": "resume", "step": 200, "from": "x"},
+        {"event": "val", "step": 300, "psnr": 22.0, "psnr_rgb": 21.0},
+        {"step": 300, "loss": 0.3, "elapsed": 5.0},
+        {"event": "val", "step": 400, "psnr": 23.0, "psnr_rgb": 22.0},
+        {"step": 400, "loss": 0.3, "elapsed": 15.0},
+    ])
+    fast = _write_jsonl(tmp_path / "p1.jsonl", [
+        {"event": "val", "step": 100, "psnr": 21.0, "psnr_rgb": 20.0},
+        {"event": "val", "step": 200, "psnr": 22.5, "psnr_rgb": 21.0},
+        {"event": "val", "step": 300, "psnr": 22.9, "psnr_rgb": 21.5},  # superseded by the resumed run's repeat
+        {"event": "resume", "step": 200, "from": "x"},
+        {"event": "val", "step": 300, "psnr": 23.1, "psnr_rgb": 21.5},
+        {"event": "val", "step": 400, "psnr": 24.0, "psnr_rgb": 22.5},
+    ])
+    c_ref, c_fast = R.read_val_curve(ref), R.read_val_curve(fast)
+    assert c_fast == [(100, 21.0), (200, 22.5), (300, 23.1), (400, 24.0)]
+    sp = R.convergence_speedup(c_fast, c_ref)
+    assert sp == {"ref_final_step": 400, "ref_final": 23.0, "reach_step": 300, "speedup": pytest.approx(4 / 3)}
+    # RGB: p = inf ends at 22.0; p = 1 gets there at step 400 -> no speed-up
+    sp_rgb = R.convergence_speedup(R.read_val_curve(fast, "psnr_rgb"), R.read_val_curve(ref, "psnr_rgb"))
+    assert (sp_rgb["reach_step"], sp_rgb["speedup"]) == (400, 1.0)
+    # never reached
+    assert R.convergence_speedup([(100, 1.0)], c_ref)["speedup"] is None
+    # training time: 20 s before the resume + 15 s after it
+    assert R.train_seconds(ref) == pytest.approx(35.0)
+
+
+def test_steps_to_match() -> None:
+    ref = {5: 19.0, 100: 21.5, 1000: 22.0}
+    m = R.steps_to_match({5: 20.0, 10: 21.0, 100: 22.5, 1000: 23.0}, ref)
+    assert m == {"ref_steps": 1000, "ref_value": 22.0, "match_steps": 100, "speedup": 10.0}
+    assert R.steps_to_match({5: 20.0, 1000: 21.9}, ref)["speedup"] is None
+
+
+def test_paired_difference() -> None:
+    d = R.paired_difference({"a": 1.0, "b": 3.0, "c": 5.0, "only_a": 9.0}, {"a": 0.0, "b": 1.0, "c": 2.0})
+    # differences 1, 2, 3: mean 2, sample std 1, SE 1/sqrt(3); 2 > 2 SE
+    assert d["n"] == 3 and d["mean"] == pytest.approx(2.0) and d["se"] == pytest.approx(1 / math.sqrt(3))
+    assert d["significant"] is True
+    assert R.paired_difference({"a": 1.0}, {"a": 0.5})["significant"] is None
+
+
+def test_held_out_crops_round_robin(tmp_path: Path) -> None:
+    val = _corpus(tmp_path / "c", train=(), val=("astronaut.png", "chelsea.png")) / "val"
+    crops = R.held_out_crops(val, 3, 64)
+    # astronaut 512x512: cells at multiples of 64, the four nearest the centre (224, 224) 32 px away in y and x,
+    # ties broken by position; chelsea 451x300: a 7x4 grid offset by (22, 1), nearest (118, 193.5): y 86 or 150
+    assert [n for n, _ in crops] == ["000_astronaut_192_192", "001_chelsea_86_193", "002_astronaut_192_256"]
+    from dreamsr.images import load_rgb
+
+    assert torch.equal(crops[0][1], load_rgb(val / "astronaut.png")[:, 192:256, 192:256])
+
+
+# ------------------------------------------------------------------------------------------- E4
+@pytest.mark.parametrize("target", ["image", "residual"])
+def test_e4_final_step_matches_direct_computation(tmp_path: Path, target: str) -> None:
+    from dreamsr.checkpoint import CheckpointInfo, load_checkpoint, save_checkpoint
+    from dreamsr.diffusion import DiffusionConfig, Schedule
+    from dreamsr.images import downsample, to_model, upsample
+    from dreamsr.samplers import ddpm_sample
+    from dreamsr.unet import PRESETS, UNet
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        net = UNet(PRESETS["tiny"])
+    ckpt = save_checkpoint(tmp_path / "m.safetensors", net,
+                           CheckpointInfo(unet=net.config, diffusion=DiffusionConfig(target=target), scale=4))
+    val = _corpus(tmp_path / "c", train=(), val=("coffee.png",)) / "val"
+    images = [img for _, img in R.held_out_crops(val, 2, 16)]
+    res = R.discrepancy(ckpt, images, steps=3, seed=0, device="cpu", precision="fp32")
+    assert res["t"] == [1, 1000, 2000] and res["images"] == 2
+
+    model, info = load_checkpoint(ckpt)
+    diff = info.diffusion
+    sched = Schedule(diff).respace(3)
+    hr = torch.stack(images)
+    lr = downsample(hr, 4).clamp(0, 1).mul(255).round().div(255)
+    x0 = upsample(to_model(lr), 4)
+    y0 = diff.to_target(to_model(hr), x0)
+    with torch.no_grad():
+        # "training" at the final step t = 1: Eq. (3) from the ground truth, then Eq. (8), clipped
+        gamma = torch.full((2,), float(sched.alpha_bar[0]) ** 0.5)
+        eps = torch.stack([R.e4_train_noise(0, 0, i, (3, 16, 16)) for i in range(2)])
+        y_t = gamma.view(-1, 1, 1, 1) * y0 + (1 - gamma.view(-1, 1, 1, 1) ** 2).sqrt() * eps
+        y0_hat = ((y_t - (1 - gamma.view(-1, 1, 1, 1) ** 2).sqrt() * model(y_t, x0, gamma))
+                  / gamma.view(-1, 1, 1, 1)).clamp(-1, 1)
+        mse = ((diff.from_target(y0_hat, x0) - to_model(hr)) / 2).pow(2).mean(dim=(1, 2, 3))
+        assert res["train_mean"][0] == pytest.approx(float(mse.mean()), rel=1e-5)
+        assert res["train_std"][0] == pytest.approx(float(mse.std()), rel=1e-4)
+        # "sampling" at the final step is the sampler's output itself (the last posterior mean is x0_hat)
+        gens = R.e4_sample_generators(0, 2)
+        noise = torch.stack([torch.randn((3, 16, 16), generator=g) for g in gens])
+        out = ddpm_sample(lambda y, g: model(y, x0, g), noise, Schedule(diff), 3, generator=gens)
+        mse_s = ((diff.from_target(out, x0) - to_model(hr)) / 2).pow(2).mean(dim=(1, 2, 3))
+    assert res["sample_mean"][0] == pytest.approx(float(mse_s.mean()), rel=1e-5)
+    s = res["summary"]
+    assert s["gap_mean_over_t"] == pytest.approx(
+        sum(a - b for a, b in zip(res["sample_mean"], res["train_mean"])) / 3)
+
+
+# ------------------------------------------------------------------------------------------- end to end
+def _table(md: str, heading: str) -> list[list[str]]:
+    """Rows (cells) of the first Markdown table after ``heading``, header and separator dropped."""
+    part = md.split(heading, 1)[1]
+    rows, started = [], False
+    for line in part.splitlines():
+        if line.startswith("|"):
+            started = True
+            rows.append([c.strip() for c in line.strip("|").split("|")])
+        elif started:
+            break
+    return rows[2:]
+
+
+def _cell(entry: dict | None, digits: int) -> str:
+    if not entry or entry.get("mean") is None:
+        return "-"
+    s = f"{entry['mean']:.{digits}f}"
+    return s + (f" ± {entry['std']:.{digits}f}" if entry.get("std") is not None else "")
+
+
+DIG = {"psnr_rgb": 2, "psnr_y": 2, "ssim_rgb": 4, "ssim_y": 4, "consistency": 3, "lpips": 4, "fid": 2}
+
+
+def test_ci_profile_end_to_end(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    data = _corpus(tmp_path / "corpus")
+    out = tmp_path / "out"
+    logs: list[str] = []
+    res = R.reproduce(R.PROFILES["ci"], out, data, device="cpu", log=logs.append, command="test")
+
+    # every JSON, figure and the report
+    for name in EXPERIMENTS:
+        assert (out / f"{name}.json").is_file()
+    info = json.loads((out / "run_info.json").read_text())
+    has_mpl = importlib.util.find_spec("matplotlib") is not None
+    assert set(info["figures"]) == {"e1", "e2", "e3", "e4", "e5"}
+    for fig in info["figures"].values():
+        assert (fig is not None) == has_mpl
+        if fig:
+            assert (out / fig).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    doc = res["doc"]
+    assert doc == out / "reproduction.md"
+    md = doc.read_text()
+    assert "This is a `ci` run" in md and "The full profile was not run in this session" in md
+    assert "python scripts/reproduce.py --profile full" in md
+
+    # the numbers in the report are the JSONs'
+    e1 = json.loads((out / "e1_p_sweep.json").read_text())
+    rows = _table(md, "## E1")
+    assert [r[0] for r in rows] == ["0 (DRM)", "1 (DREAM)", "2 (DREAM)", "∞ (standard)", "bicubic"]
+    for cells, row in zip(rows, e1["rows"]):
+        assert cells[1:8] == [_cell(row["metrics"].get(c), DIG[c]) for c in DIG]
+    psnr = {r["p"]: r["metrics"]["psnr_rgb"]["mean"] for r in e1["rows"] if r["p"]}
+    best = max(psnr, key=psnr.get)
+    assert e1["checks"][0]["holds"] == (best == "0")
+    assert f"| {e1['checks'][0]['claim']} | **{'yes' if best == '0' else 'no'}** |" in md
+
+    e2 = json.loads((out / "e2_convergence.json").read_text())
+    (row2,) = _table(md, "## E2")
+    sp = e2["speedup"]
+    assert row2[1:] == [str(sp["ref_final_step"]), f"{sp['ref_final']:.2f}", str(sp["reach_step"] or "never"),
+                        f"×{sp['speedup']:.2f}" if sp["speedup"] else "-"]
+    assert [s for s, _ in e2["curves"]["p=1"]] == [12, 24]  # val_every 12 over 24 steps
+
+    e3 = json.loads((out / "e3_sampling_steps.json").read_text())
+    rows3 = _table(md, "## E3")
+    assert len(rows3) == 4
+    for cells, c in zip(rows3, e3["curves"]):
+        assert cells[2:] == [f"{c['values'][str(s)]['psnr_rgb']:.2f} / {c['values'][str(s)]['ssim_rgb']:.4f}"
+                             for s in (2, 4)]
+
+    e4 = json.loads((out / "e4_discrepancy.json").read_text())
+    rows4 = _table(md, "## E4")
+    for cells, m in zip(rows4, e4["models"]):
+        s = m["summary"]
+        assert cells[:4] == [m["p"], f"{s['train_mean_over_t']:.3e}", f"{s['sample_mean_over_t']:.3e}",
+                             f"{s['gap_mean_over_t']:.3e}"]
+        assert len(m["t"]) == 4 and m["t"][0] == 1 and m["t"][-1] == 2000
+
+    e5 = json.loads((out / "e5_residual.json").read_text())
+    rows5 = _table(md, "## E5")
+    assert [r[0] for r in rows5] == ["1 (DREAM), image", "∞ (standard), image", "1 (DREAM), residual",
+                                     "∞ (standard), residual"]
+    for cells, row in zip(rows5, e5["rows"]):
+        assert cells[1:6] == [_cell(row["metrics"].get(c), DIG[c]) for c in list(DIG)[:5]]
+    g = e5["gain_psnr_rgb"]["residual"]
+    assert f"residual target {g['mean']:.3f} ± {g['se']:.3f} dB" in md
+
+    # resumed: nothing is retrained or re-evaluated unless its result is gone; without matplotlib the figures
+    # are skipped with a note instead of failing
+    (out / "evals" / "table" / "image_p2" / "done.json").unlink()
+    monkeypatch.setattr(R, "_pyplot", lambda: None)
+    logs.clear()
+    R.reproduce(R.PROFILES["ci"], out, data, device="cpu", log=logs.append, command="test again")
+    ran = [m for m in logs if not m.endswith("skipped") and not m.startswith("  ")]
+    assert ran == ["eval image_p2: ddim 2 steps on 2 crop(s)"]
+    again = json.loads((out / "e1_p_sweep.json").read_text())["rows"]
+    assert [(r["metrics"], r["per_image"]) for r in again] == [(r["metrics"], r["per_image"]) for r in e1["rows"]]
+    info = json.loads((out / "run_info.json").read_text())
+    assert len(info["invocations"]) == 2 and not any(info["figures"].values())
+    md2 = (out / "reproduction.md").read_text()
+    assert md2.count(R.NO_PLOT) == 5
+    assert _table(md2, "## E1") == rows
+
+    # a report elsewhere gets the figures copied beside it (re-render only)
+    monkeypatch.undo()
+    if has_mpl:
+        R._figures(out, *(json.loads((out / f"{n}.json").read_text()) for n in EXPERIMENTS))
+        info["figures"] = {k: f"{n}.png" for k, n in zip(("e1", "e2", "e3", "e4", "e5"), EXPERIMENTS)}
+        (out / "run_info.json").write_text(json.dumps(info))
+    doc2 = R._render(out, tmp_path / "docs" / "reproduction.md")
+    text = doc2.read_text()
+    if has_mpl:
+        assert "](reproduction/e1_p_sweep.png)" in text
+        assert (tmp_path / "docs" / "reproduction" / "e4_discrepancy.png").is_file()
+    assert re.search(r"wall time: .*`ci` \d+s; .*`ci` \d+s", text)
