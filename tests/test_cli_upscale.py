@@ -297,3 +297,12 @@ def test_console_script_exit_codes_without_traceback(tmp_path: Path, ckpt: Path)
     assert p.stderr.splitlines() == [f"error: {tmp_path / 'b.png'}: empty file (0 bytes)",
                                      "error: 1 of 2 input(s) failed; 1 written"]
     assert (tmp_path / "a_x2.png").is_file()
+
+
+def test_cli_pixel_limit_default_is_the_library_default() -> None:
+    import inspect
+
+    from dreamsr.cli.upscale import upscale
+    from dreamsr.images import DEFAULT_MAX_PIXELS
+
+    assert inspect.signature(upscale).parameters["max_pixels"].default.default == DEFAULT_MAX_PIXELS

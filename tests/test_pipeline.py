@@ -24,7 +24,8 @@ def _bicubic(lr: torch.Tensor, s: int) -> torch.Tensor:
 @pytest.fixture(scope="module")
 def tiny_residual(tmp_path_factory: pytest.TempPathFactory) -> Upscaler:
     ck = write_tiny_checkpoint(tmp_path_factory.mktemp("ck") / "tiny.safetensors", scale=2, target="residual")
-    return Upscaler.from_checkpoint(ck, device="cpu", precision="fp32")
+    # channels_last off: on the CPU each new tile shape costs oneDNN a one-off kernel build with it on
+    return Upscaler.from_checkpoint(ck, device="cpu", precision="fp32", channels_last=False)
 
 
 # ---- the exact model: tiling must not change anything -------------------------------------------------------
