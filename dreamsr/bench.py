@@ -124,6 +124,11 @@ class BenchConfig:
         for ok, msg in checks:
             if not ok:
                 raise ConfigError(msg)
+        if self.sampler not in ("ddim", "ddpm"):
+            raise ConfigError(f"sampler must be ddim or ddpm, got {self.sampler!r}")
+        from dreamsr.tiling import validate_tiling
+
+        validate_tiling(self.tile, self.overlap)
 
 
 # --- machine, timing, memory ---------------------------------------------------------------------------------
@@ -503,6 +508,22 @@ def _train_config(info: CheckpointInfo, preset_name: str, device: torch.device, 
         save_every=0, keep=1, log_every=1, val_every=0, val_count=0)
 
 
+def _check_training(info: CheckpointInfo, device: torch.device, config: BenchConfig) -> str:
+    """ConfigError unless the training section can run (before any work); returns the preset name."""
+    preset_name = match_preset(info.unet)
+    if preset_name is None:
+        raise ConfigError("the training section needs a preset architecture (tiny, small, base, sr3-div2k, "
+                          "sr3-face); this checkpoint's UNet is none of them: use --sections sampling,efficiency")
+    patch = config.train_patch
+    mult = math.lcm(info.scale, info.unet.size_multiple)
+    if patch % mult:
+        raise ConfigError(f"train patch {patch} must be a multiple of the scale {info.scale} and of "
+                          f"{info.unet.size_multiple} (the UNet's size multiple); e.g. {mult * max(1, patch // mult)}")
+    if resolve_precision(config.train_precision, device) == "fp16" and device.type != "cuda":
+        raise ConfigError("fp16 training needs a CUDA device; use --train-precision bf16 or fp32")
+    return preset_name
+
+
 def bench_training(info: CheckpointInfo, device: torch.device, config: BenchConfig, *,
                    progress: ProgressFn | None = None) -> dict[str, Any]:
     """Time training steps of :func:`dreamsr.train.train` with p = inf (standard) and p = 1 (DREAM).
@@ -511,15 +532,8 @@ def bench_training(info: CheckpointInfo, device: torch.device, config: BenchConf
     the loop writes after its last step fall outside the timed steps. Returns the "training" section."""
     from dreamsr.train import train
 
-    preset_name = match_preset(info.unet)
-    if preset_name is None:
-        raise ConfigError("the training benchmark needs a preset architecture (tiny, small, base, sr3-div2k, "
-                          "sr3-face); this checkpoint's UNet is none of them: use --sections sampling,efficiency")
+    preset_name = _check_training(info, device, config)
     patch = config.train_patch
-    mult = info.scale * info.unet.size_multiple
-    if patch % info.scale or patch % info.unet.size_multiple:
-        raise ConfigError(f"train patch {patch} must be a multiple of the scale {info.scale} and of "
-                          f"{info.unet.size_multiple} (the UNet's size multiple); e.g. {mult * max(1, patch // mult)}")
     objectives = [("standard", math.inf), ("dream", 1.0)]
     steps: dict[str, list[float]] = {k: [] for k, _ in objectives}
     walls: dict[str, list[float]] = {k: [] for k, _ in objectives}
@@ -718,9 +732,8 @@ def run_bench(config: BenchConfig, *, model: str | None = None, weights: str | N
     for p in config.precisions:
         resolve_precision(p, device)
     net, info, desc = load_model(model=model, weights=weights, preset=preset, scale=scale, seed=config.seed)
-    if "training" in config.sections and match_preset(info.unet) is None:
-        raise ConfigError("the training section needs a preset architecture (this checkpoint's UNet is none of "
-                          f"{', '.join(PRESETS)}); use --sections sampling,efficiency")
+    if "training" in config.sections:
+        _check_training(info, device, config)
     old_threads = torch.get_num_threads()
     if config.threads:
         torch.set_num_threads(config.threads)

@@ -287,6 +287,14 @@ def test_bad_options_fail_before_work() -> None:
         BenchConfig(batches=(0,))
     with pytest.raises(ConfigError, match="fp16"):
         run_bench(BenchConfig(device="cpu", precisions=("fp16",)), preset="tiny")
+    with pytest.raises(ConfigError, match="sampler"):
+        BenchConfig(sampler="euler")
+    with pytest.raises(ConfigError, match="twice the overlap"):
+        BenchConfig(tile=8, overlap=5)
+    with pytest.raises(ConfigError, match="fp16"):
+        run_bench(BenchConfig(device="cpu", train_precision="fp16"), preset="tiny")
+    with pytest.raises(ConfigError, match="train patch 18"):
+        run_bench(BenchConfig(device="cpu", train_patch=18), preset="tiny")
 
 
 # --- CLI ----------------------------------------------------------------------------------------------------------

@@ -20,7 +20,7 @@ from rich.table import Table
 from rich.text import Text
 
 from dreamsr.cli.common import EXIT_USAGE, console, exit_code_for, fail, is_tty, out
-from dreamsr.errors import ConfigError, DreamSRError
+from dreamsr.errors import DreamSRError
 
 _PRECISIONS = ("fp32", "bf16", "fp16")
 
@@ -280,8 +280,6 @@ def bench(
             train_batch=train_batch, train_patch=train_patch, train_steps=train_steps, train_warmup=train_warmup,
             train_rounds=train_rounds, train_precision=train_precision,
             data_dir=None if data_dir is None else str(data_dir), dataset=dataset, loader_workers=loader_workers)
-        if sampler not in ("ddim", "ddpm"):
-            raise ConfigError(f"--sampler must be ddim or ddpm, got {sampler!r}")
         live = is_tty() and not quiet
         status = console.status("starting", spinner="dots") if live else None
 
