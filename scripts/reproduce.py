@@ -661,6 +661,9 @@ def plot_e3(e3: dict, path: Path) -> str | None:
             ax.plot([s for s, _ in pts], [v for _, v in pts], "o-" if curve["sampler"] == "ddpm" else "s--", ms=3,
                     label=f"p={curve['p']} {curve['sampler'].upper()}")
         ax.set_xscale("log")
+        steps = sorted({int(st) for curve in e3["curves"] for st in curve["values"]})
+        ax.set_xticks(steps, [str(st) for st in steps])
+        ax.minorticks_off()
         ax.set_xlabel("sampling steps")
         ax.set_ylabel(lab)
     axes[0].legend(fontsize=7)
@@ -959,7 +962,8 @@ def write_markdown(out: Path, doc: Path, fig_prefix: str = "") -> Path:
         L += [f"> **This is a `{prof['name']}` run: its numbers mean little.** The models trained for "
               f"{prof['steps']} steps on {prof['patch']} px crops (`{prof['preset']}` UNet), far too little for any "
               "claim below to be tested; the run only shows that every experiment, table and figure is produced "
-              "end to end. **The full profile was not run in this session.** To run it:", ">",
+              "end to end, and a \"yes\" below says no more than which objective learned faster in its first "
+              "steps. **The full profile was not run in this session.** To run it:", ">",
               "> ```", "> python scripts/reproduce.py --profile full --out runs/reproduce-full --device cuda "
               "--doc docs/reproduction.md", "> ```", ">",
               f"> Estimated cost of the full profile: {FULL_COST['cpu']}; {FULL_COST['h100']}.", ""]
@@ -1069,16 +1073,16 @@ def write_markdown(out: Path, doc: Path, fig_prefix: str = "") -> Path:
           f"{prof['patch']} px crops, against the paper's SR3 (about 100 M parameters) trained 400k-1M steps on "
           "DIV2K/CelebA-HQ. DREAM's effects are reported near convergence; early in training every curve is "
           "dominated by how fast the model learns the bicubic-like mean.",
-          "- Data: a few dozen wallpaper photos for training and crops of seven scikit-image/scikit-learn photos for "
-          "evaluation, not DIV2K; the held-out set is small, so differences of a few hundredths of a dB are within "
-          "the noise (see the paired standard errors).",
+          f"- Data: {last.get('train_images', '?')} photos for training and crops of {last.get('val_images', '?')} "
+          "other photos for evaluation, not DIV2K's 800 + 100; the held-out set is small, so small differences are "
+          "within the noise (see the paired standard errors).",
           "- Sampling: the tables use fewer sampler steps than the paper's 1000-2000 (E3 shows the dependence); "
           "each crop is sampled whole, without the paper's 40 px tiling.",
           "- LPIPS and FID need pretrained networks that cannot be downloaded here; where their weights are absent "
           "the perception side of the trade-off is not measured at all, and FID on a few dozen crops would be "
           "meaningless anyway.",
-          "- E2's validation PSNR comes from a handful of crops with a 20-step DDIM sampler, so the step at which "
-          "one curve crosses another is noisy.", ""]
+          f"- E2's validation PSNR comes from {e2['val']['count']} crops with a {e2['val']['steps']}-step DDIM "
+          "sampler, so the step at which one curve crosses another is noisy.", ""]
     doc.parent.mkdir(parents=True, exist_ok=True)
     doc.write_text("\n".join(L) + "\n", encoding="utf-8")
     return doc
@@ -1184,7 +1188,8 @@ def reproduce(profile: Profile, out: Path, data: Path, *, device: str = "auto", 
         "started": _dt.datetime.fromtimestamp(time.time() - (time.perf_counter() - t_start),
                                               _dt.timezone.utc).isoformat(timespec="seconds"),
         "command": command, "profile": profile.name, "device": str(resolve_device(device)), "precision": precision,
-        "data": str(data), "train_images": len(find_images(data / "train")), "hardware": hardware(),
+        "data": str(data), "train_images": len(find_images(data / "train")),
+        "val_images": len(find_images(data / "val")), "hardware": hardware(),
         "stages": stages, "wall_seconds": round(time.perf_counter() - t_start, 3)})
     _write_json(info_path, info)
     doc_path = _render(out, doc or out / "reproduction.md")
