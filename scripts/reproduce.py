@@ -61,9 +61,9 @@ import shutil
 import statistics
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 
@@ -412,9 +412,12 @@ def _run_finished(run_dir: Path, steps: int) -> bool:
 
     model = run_dir / "model.safetensors"
     ckpt = latest_checkpoint(run_dir)
+    if ckpt is not None and int(ckpt.name[5:13]) > steps:
+        raise SystemExit(f"{run_dir} was trained to {int(ckpt.name[5:13])} steps, more than the {steps} asked for; "
+                         "pass --steps to match it or use another --out")
     if not model.is_file() or ckpt is None or int(ckpt.name[5:13]) < steps:
         return False
-    return int(read_info(model).training.get("steps", -1)) >= steps
+    return int(read_info(model).training.get("steps", -1)) == steps
 
 
 def train_run(spec: RunSpec, prof: Profile, out: Path, data: Path, device: str, precision: str,

@@ -120,6 +120,15 @@ def test_held_out_crops_round_robin(tmp_path: Path) -> None:
     assert torch.equal(crops[0][1], load_rgb(val / "astronaut.png")[:, 192:256, 192:256])
 
 
+def test_a_run_trained_past_the_profile_is_refused(tmp_path: Path) -> None:
+    run = tmp_path / "runs" / "image_p1"
+    (run / "checkpoints").mkdir(parents=True)
+    (run / "checkpoints" / "step_00000048.safetensors").write_bytes(b"")
+    assert R._run_finished(run, 64) is False  # unfinished: train() resumes it
+    with pytest.raises(SystemExit, match="trained to 48 steps, more than the 24"):
+        R._run_finished(run, 24)
+
+
 # ------------------------------------------------------------------------------------------- E4
 @pytest.mark.parametrize("target", ["image", "residual"])
 def test_e4_final_step_matches_direct_computation(tmp_path: Path, target: str) -> None:
