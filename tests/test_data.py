@@ -31,6 +31,16 @@ def _png(path: Path, h: int, w: int, seed: int = 0) -> Path:
     return path
 
 
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """One intra-op thread: tiny models gain nothing from two, and on a shared 2-core machine spinning OpenMP
+    threads of several processes slow each other down by 10x or more."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
 @pytest.fixture(scope="module")
 def photos(tmp_path_factory: pytest.TempPathFactory) -> Path:
     d = tmp_path_factory.mktemp("photos")

@@ -32,6 +32,16 @@ def _skimage_photo(name: str) -> Path:
     return Path(os.path.dirname(skimage.__file__)) / "data" / name
 
 
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """One intra-op thread: tiny models gain nothing from two, and on a shared 2-core machine spinning OpenMP
+    threads of several processes slow each other down by 10x or more."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
 @pytest.fixture(scope="module")
 def photos(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A folder with four real photos (scikit-image wheel) for the 'folder' layout."""
@@ -200,7 +210,7 @@ _KILL_SCRIPT = textwrap.dedent("""
 def test_kill_during_save_leaves_no_half_written_checkpoint(photos: Path, tmp_path: Path) -> None:
     cfg = tiny_config(photos, tmp_path / "run", steps=4, save_every=2)
     proc = subprocess.run([sys.executable, "-c", _KILL_SCRIPT, json.dumps(cfg.to_dict())], cwd=REPO,
-                          capture_output=True, text=True, timeout=300)
+                          env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=300)
     assert proc.returncode == -9, proc.stderr[-2000:]
     ckpts = tmp_path / "run/checkpoints"
     assert [p.name for p in ckpts.glob("step_*.safetensors")] == ["step_00000002.safetensors"]
