@@ -343,7 +343,7 @@ def _cli(*args: str) -> _Run:
 
 def test_cli_trains_resumes_with_saved_settings_and_exports(photos: Path, tmp_path: Path) -> None:
     run = tmp_path / "run"
-    common = ["--workers", "0", "--log-every", "1", "--val-every", "0"]
+    common = ["--workers", "0", "--log-every", "1", "--val-every", "0", "--threads", "1"]
     r = _cli("--dataset", "folder", "--data-dir", str(photos), "--preset", "tiny", "--patch", "32",
              "--batch-size", "2", "--steps", "2", "--save-every", "1", "--target", "residual", "--p", "inf",
              "--lr", "2e-4", "--run-dir", str(run), *common)

@@ -187,6 +187,10 @@ def train(
                                             "(default: auto)", rich_help_panel="Hardware"),
     channels_last: Optional[bool] = typer.Option(None, "--channels-last/--no-channels-last", help="NHWC layout "
                                                  "(default: on CUDA only).", rich_help_panel="Hardware"),
+    threads: Optional[int] = typer.Option(None, "--threads", min=1, help="CPU threads for PyTorch (default: "
+                                          "PyTorch's choice). On a CPU shared with other jobs, 1 can be much "
+                                          "faster; keep the same value across --resume for bit-exact continuation.",
+                                          rich_help_panel="Hardware"),
     run_dir: Optional[Path] = typer.Option(None, "--run-dir", help="Output folder. (default: runs/dreamsr)",
                                            rich_help_panel="Run"),
     resume: Optional[str] = typer.Option(None, "--resume", help="Continue exactly from a checkpoint file, a run "
@@ -269,6 +273,10 @@ def train(
         return
 
     cfg = dataclasses.replace(base, **given)
+    if threads is not None:
+        import torch
+
+        torch.set_num_threads(threads)
     live = is_tty() and int(os.environ.get("RANK", "0")) == 0
     display = _Display(cfg.steps, live)
 
