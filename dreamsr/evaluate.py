@@ -246,6 +246,8 @@ class EvalConfig:
     overlap: int | None = None  # LR tile overlap; None: the protocol's
     merge: str | None = None  # "step" | "end"; None: the protocol's
     batch: int = 4  # tiles per network call (does not change results)
+    start: int | None = None  # truncated start: trained step t0 to begin from the noised condition
+    back_project: bool = False  # LR back-projection of every y0_hat (pipeline option)
     metric_weights: str | None = None  # folder with LPIPS/FID backbone files (else the torch hub cache)
     lpips_net: str = "alex"  # LPIPS backbone
     device: str = "auto"
@@ -337,7 +339,8 @@ class _Diffusion:
         self.kwargs = dict(steps=cfg.steps, sampler=cfg.sampler, eta=cfg.eta,
                            tile=protocol.tile if cfg.tile is None else cfg.tile,
                            overlap=protocol.overlap if cfg.overlap is None else cfg.overlap,
-                           merge=protocol.merge if cfg.merge is None else cfg.merge, batch=cfg.batch)
+                           merge=protocol.merge if cfg.merge is None else cfg.merge, batch=cfg.batch,
+                           start=cfg.start, back_project=cfg.back_project)
 
     def upscale(self, lr: torch.Tensor, seed: int, callback: Callable[[int, int], None] | None) -> torch.Tensor:
         return self.up.upscale(lr, seed=seed, callback=callback, **self.kwargs)

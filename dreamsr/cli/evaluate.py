@@ -154,6 +154,9 @@ def evaluate(
     merge: Optional[str] = typer.Option(None, "--merge", help="Tile merge: step | end \\[default: the protocol's, "
                                         "end = paper Sec. 6.2]."),
     batch: int = typer.Option(4, "--batch", min=1, help="Tiles per network call (does not change results)."),
+    start: Optional[int] = typer.Option(None, "--start", min=1,
+                                        help="Truncated start: begin at trained step t0 from the noised condition."),
+    back_project: bool = typer.Option(False, "--back-project", help="Correct every estimate to match the LR input."),
     metric_weights: Optional[Path] = typer.Option(None, "--metric-weights", help="Folder with the LPIPS/FID backbone "
                                                   "files \\[default: $TORCH_HOME/hub/checkpoints]."),
     lpips_net: str = typer.Option("alex", "--lpips-net", help="LPIPS backbone: alex | vgg | squeeze."),
@@ -188,7 +191,8 @@ def evaluate(
         cfg = EvalConfig(set=set_name, data_dir=str(data_dir) if data_dir else None, limit=limit, model=model,
                          weights=str(weights) if weights else None, scale=scale, metrics=_parse_metrics(metrics),
                          convention=convention, crop_border=crop_border, steps=steps, sampler=sampler,  # type: ignore[arg-type]
-                         eta=eta, seed=seed, samples=samples, merge=merge, batch=batch,
+                         eta=eta, seed=seed, samples=samples, merge=merge, batch=batch, start=start,
+                         back_project=back_project,
                          metric_weights=str(metric_weights) if metric_weights else None, lpips_net=lpips_net,
                          device=device, precision=precision, grids=grids, save_images=save_images,
                          command=shlex.join(["dreamsr", *sys.argv[1:]]))
