@@ -4,14 +4,16 @@
 #   bash scripts/gpu_check.sh OUT_DIR
 #
 # 1. the `cuda`-marked tests (python -m pytest -m cuda);
-# 2. `dreamsr bench` with the sr3-div2k preset (random init), bf16, 512x512 -> 2048x2048 at 20 steps: tile
-#    batches 25/75/225 against the naive path (fp32, one tile per call, merged at the end), plus the training
-#    section (p=inf vs p=1, batch 16, 128 px crops, the loop's own precision: bf16 on CUDA);
-# 3. the same at 100 steps (bf16, batches 75 and 225, no naive path: its ratio is measured at 20 steps).
+# 2. `dreamsr bench` with the sr3-div2k preset (random init), bf16, 512x512 -> 2048x2048 (225 tiles) at 20 steps:
+#    tile batches 75 and 225 against the naive path (fp32, one tile per call, merged at the end);
+# 3. the training section alone (p=inf vs p=1, batch 16, 128 px crops, the loop's own precision: bf16 on CUDA);
+# 4. sampling at 100 steps (bf16, batches 75 and 225, one repeat, no naive path: its ratio comes from part 2).
+# Each bench part is its own process with its own JSON, so a part that runs out of time loses only itself.
 #
-# Writes into OUT_DIR (flat, 7 files): env.txt, pytest.log, bench-20.json, bench-20.log, bench-100.json,
-# bench-100.log, summary.txt. Every part runs under `timeout`, and the whole stays within BUDGET_S (480 s =
-# 8 minutes) of wall time: a part only starts with the time left, and is skipped below 30 s.
+# Writes into OUT_DIR (flat, 8 files, the most the device tool returns): summary.txt (environment, exit codes and
+# a digest with the targets), pytest.log, bench-20.{json,log}, bench-train.{json,log}, bench-100.{json,log}.
+# Every part runs under `timeout`, and the whole stays within BUDGET_S (480 s = 8 minutes) of wall time: a part
+# only starts with the time left, and is skipped below 30 s.
 # Needs python3 with torch (CUDA), typer, rich, pillow, safetensors, huggingface_hub, pytest; the package is
 # used from this checkout (PYTHONPATH), nothing is installed or downloaded.
 # DRY_RUN=1 runs the same steps on the CPU at toy sizes (tiny preset): a check of this script, not of a GPU.
@@ -24,7 +26,7 @@ ROOT=$(cd "$(dirname "$0")/.." && pwd)
 mkdir -p "$OUT"
 OUT=$(cd "$OUT" && pwd)
 cd "$ROOT"
-DEV=cuda PRESET=sr3-div2k LR=512 TILES=(--tile 40 --overlap 5) S20=20 S100=100 B20=25,75,225 B100=75,225
+DEV=cuda PRESET=sr3-div2k LR=512 TILES=(--tile 40 --overlap 5) S20=20 S100=100 B20=75,225 B100=75,225
 TRAIN=(--train-batch 16 --train-patch 128 --train-steps 8 --train-warmup 3 --train-rounds 2) EXTRA=()
 export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1 COLUMNS=160
 export HF_HUB_OFFLINE=1 HF_HUB_DISABLE_TELEMETRY=1
@@ -72,8 +74,8 @@ for m in ("typer", "rich", "PIL", "safetensors", "huggingface_hub", "pytest", "n
     except Exception as e:  # noqa: BLE001
         print("MISSING", m, e)
 EOF
-} >"$OUT/env.txt"
-cat "$OUT/env.txt"
+} >>"$SUMMARY"
+cat "$SUMMARY"
 if [[ ${DRY_RUN:-0} == 1 ]]; then
   echo "DRY RUN on the CPU at toy sizes: these figures say nothing about a GPU" | tee -a "$SUMMARY"
   DEV=cpu PRESET=tiny LR=12 TILES=(--tile 8 --overlap 2) S20=2 S100=3 B20=2,4 B100=4
@@ -84,31 +86,35 @@ elif ! "$PY" -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else
 fi
 
 # 1. cuda-marked tests (collection errors in unrelated test files must not hide them; all skip without a GPU)
-run pytest 120 "$PY" -m pytest -m cuda -p no:cacheprovider --continue-on-collection-errors -q -rs tests
+run pytest 90 "$PY" -m pytest -m cuda -p no:cacheprovider --continue-on-collection-errors -q -rs tests
 tail -n 3 "$OUT/pytest.log" | sed 's/^/  /' | tee -a "$SUMMARY"
 
 BENCH=("$PY" -m dreamsr bench --preset "$PRESET" --device "$DEV" --precision bf16 --lr-size "$LR" "${TILES[@]}" "${EXTRA[@]}")
 
-# 2. 20 steps: the speed-up over the naive path, tile batch sizes, and the training section
-run bench-20 210 "${BENCH[@]}" --steps "$S20" --batch "$B20" --repeats 2 --sections sampling,training,efficiency \
-  "${TRAIN[@]}" --json "$OUT/bench-20.json"
+# 2. 20 steps: the speed-up over the naive path and the tile batch sizes
+run bench-20 170 "${BENCH[@]}" --steps "$S20" --batch "$B20" --repeats 2 --sections sampling,efficiency \
+  --json "$OUT/bench-20.json"
 
-# 3. 100 steps: the sampling loop's efficiency (fraction of the bf16 peak)
-run bench-100 150 "${BENCH[@]}" --steps "$S100" --batch "$B100" --repeats 2 --no-naive \
+# 3. training: DREAM vs standard steps
+run bench-train 110 "${BENCH[@]}" --sections training,efficiency "${TRAIN[@]}" --json "$OUT/bench-train.json"
+
+# 4. 100 steps: the sampling loop's efficiency (fraction of the bf16 peak)
+run bench-100 120 "${BENCH[@]}" --steps "$S100" --batch "$B100" --repeats 1 --no-naive \
   --sections sampling,efficiency --json "$OUT/bench-100.json"
 
 "$PY" - "$OUT" <<'EOF' 2>&1 | tee -a "$SUMMARY"
 import json, sys
 from pathlib import Path
 out = Path(sys.argv[1])
-for name in ("bench-20.json", "bench-100.json"):
+for name in ("bench-20.json", "bench-train.json", "bench-100.json"):
     p = out / name
     if not p.is_file():
         print(f"{name}: missing")
         continue
     r = json.loads(p.read_text())
     sp = r.get("sampling") or {}
-    print(f"{name}: {r['machine'].get('gpu')}, {sp.get('steps')} steps, {sp.get('lr_size')} -> {sp.get('out_size')}")
+    print(f"{name}: {r['machine'].get('gpu')}, {r['model']['source']}"
+          + (f", {sp['steps']} steps, {sp['lr_size']} -> {sp['out_size']}" if sp else ""))
     eff = {(e["path"], e["precision"], e["batch"]): e for e in (r.get("efficiency") or {}).get("sampling", [])}
     for run in sp.get("runs", []):
         e = eff.get((run["path"], run["precision"], run["batch"]), {})
