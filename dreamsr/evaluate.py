@@ -41,7 +41,6 @@ from __future__ import annotations
 
 import csv
 import datetime as _dt
-import hashlib
 import json
 import math
 import os
@@ -57,6 +56,7 @@ import torch.nn.functional as F
 from dreamsr import metrics as M
 from dreamsr.errors import ConfigError, DatasetError, DreamSRError, InputError
 from dreamsr.images import downsample, load_rgb, resize, upsample
+from dreamsr.weights import sha256_file
 
 __all__ = [
     "SETS", "SetSpec", "Protocol", "PROTOCOLS", "EvalItem", "EvalConfig", "Progress", "EvalReport",
@@ -353,13 +353,6 @@ class _Diffusion:
                 "precision": self.up.precision, "sampling": dict(self.kwargs)}
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
 
 def _make_upscaler(cfg: EvalConfig, protocol: Protocol, upscaler: Any | None) -> _Reference | _Diffusion:
     if upscaler is None and cfg.weights is None and cfg.model in REFERENCE_MODELS:
@@ -371,7 +364,7 @@ def _make_upscaler(cfg: EvalConfig, protocol: Protocol, upscaler: Any | None) ->
         path = resolve_weights(weights=cfg.weights, model=None if cfg.weights else cfg.model)
         upscaler = Upscaler.from_checkpoint(path, device=cfg.device, precision=cfg.precision)
         source = {"name": cfg.model if cfg.weights is None else Path(cfg.weights).stem, "weights": str(path),
-                  "sha256": _sha256(Path(path))}
+                  "sha256": sha256_file(Path(path))}
     else:
         source = {"name": cfg.model if cfg.model not in REFERENCE_MODELS else "custom", "weights": None}
     run = _Diffusion(upscaler, cfg, protocol, source)

@@ -52,7 +52,6 @@ import argparse
 import csv
 import dataclasses
 import datetime as _dt
-import hashlib
 import json
 import math
 import os
@@ -66,6 +65,8 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import torch
+
+from dreamsr.weights import sha256_file
 
 __all__ = ["Profile", "PROFILES", "RunSpec", "RUNS", "convergence_speedup", "steps_to_match", "paired_difference",
            "read_val_curve", "train_seconds", "discrepancy", "e4_train_noise", "prepare_eval_crops",
@@ -203,13 +204,6 @@ def _write_json(path: Path, data: Any) -> None:
 def _read_json(path: Path) -> Any:
     return json.loads(Path(path).read_text(encoding="utf-8"))
 
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _mean_std(values: Sequence[float]) -> tuple[float, float]:
@@ -457,7 +451,7 @@ def run_eval(name: str, out_dir: Path, *, weights: Path | None, crops: Path, ima
     evaluation of the same weights (sha256) finished before. Returns the summary plus per-image values."""
     from dreamsr.evaluate import EvalConfig, evaluate
 
-    key = {"weights_sha256": _sha256(weights) if weights is not None else "bicubic", "crops": str(crops),
+    key = {"weights_sha256": sha256_file(weights) if weights is not None else "bicubic", "crops": str(crops),
            "images": images, "steps": steps, "sampler": sampler, "metrics": list(metrics), "seed": 0,
            "metric_weights": metric_weights}
     done = out_dir / "done.json"
@@ -1160,7 +1154,7 @@ def reproduce(profile: Profile, out: Path, data: Path, *, device: str = "auto", 
     for s in (PINF, P1):
         path = out / "evals" / "discrepancy" / f"{s.name}.json"
         weights = Path(trained[s.name]["weights"])
-        key = {"weights_sha256": _sha256(weights), "steps": profile.e4_steps, "images": profile.e4_images,
+        key = {"weights_sha256": sha256_file(weights), "steps": profile.e4_steps, "images": profile.e4_images,
                "crop": profile.e4_crop, "seed": 0}
         if path.is_file() and _read_json(path).get("key") == key:
             log(f"E4 {s.name}: finished earlier, skipped")
