@@ -31,6 +31,7 @@ __all__ = ["CheckpointInfo", "save_checkpoint", "load_checkpoint", "load_state_s
 
 FORMAT = "dreamsr.checkpoint"
 FORMAT_VERSION = "1"
+SAMPLING_KEYS = frozenset({"steps", "sampler", "back_project"})
 _STORE_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 
@@ -44,6 +45,15 @@ class CheckpointInfo:
     color: str = "rgb"  # colour space of the model's input/output
     training: dict = field(default_factory=dict)  # p, steps, dataset, patch, lr, ... as trained
     dreamsr_version: str = ""
+    # recommended sampling defaults measured for this model ({"steps", "sampler", "back_project"}); `dreamsr
+    # upscale` uses them unless the user gives the option. Empty: the pipeline's own defaults.
+    sampling: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        unknown = set(self.sampling) - SAMPLING_KEYS
+        if unknown:
+            raise CheckpointError(f"unknown recommended sampling keys {sorted(unknown)}; "
+                                  f"allowed: {sorted(SAMPLING_KEYS)}")
 
     def to_metadata(self) -> dict[str, str]:
         return {
@@ -55,6 +65,7 @@ class CheckpointInfo:
             "color": self.color,
             "training": json.dumps(self.training, sort_keys=True),
             "dreamsr_version": self.dreamsr_version,
+            "sampling": json.dumps(self.sampling, sort_keys=True),
         }
 
     @classmethod
@@ -73,8 +84,9 @@ class CheckpointInfo:
                 color=meta.get("color", "rgb"),
                 training=json.loads(meta.get("training", "{}")),
                 dreamsr_version=meta.get("dreamsr_version", ""),
+                sampling=json.loads(meta.get("sampling", "{}")),
             )
-        except (KeyError, ValueError, TypeError, ConfigError) as err:
+        except (KeyError, ValueError, TypeError, ConfigError, CheckpointError) as err:
             raise CheckpointError(f"{source}: invalid checkpoint metadata ({err})") from None
 
 

@@ -550,7 +550,7 @@ def checkpoint_dict(path: str | os.PathLike) -> dict[str, Any]:
     return {"file": str(path), "sha256": sha256_file(path), "bytes": path.stat().st_size, "tensors": count,
             "params": numel, "dtypes": sorted(dtypes), "scale": info.scale, "color": info.color,
             "unet": info.unet.to_dict(), "diffusion": info.diffusion.to_dict(), "training": info.training,
-            "dreamsr_version": info.dreamsr_version}
+            "dreamsr_version": info.dreamsr_version, "sampling": info.sampling}
 
 
 def describe(file_or_name: str, *, cache_dir: str | os.PathLike | None = None) -> dict[str, Any]:

@@ -11,7 +11,8 @@ from torch import nn
 SKIMAGE_DATA = Path(__import__("skimage").__file__).parent / "data"
 
 
-def write_tiny_checkpoint(path: Path, *, scale: int = 2, target: str = "residual", seed: int = 0) -> Path:
+def write_tiny_checkpoint(path: Path, *, scale: int = 2, target: str = "residual", seed: int = 0,
+                          sampling: dict | None = None) -> Path:
     """A randomly initialised ``tiny`` UNet (seed ``seed``) saved as a dreamsr checkpoint at ``path``."""
     from dreamsr.checkpoint import CheckpointInfo, save_checkpoint
     from dreamsr.diffusion import DiffusionConfig
@@ -21,7 +22,7 @@ def write_tiny_checkpoint(path: Path, *, scale: int = 2, target: str = "residual
         torch.manual_seed(seed)
         model = UNet(PRESETS["tiny"])
     info = CheckpointInfo(unet=model.config, diffusion=DiffusionConfig(target=target), scale=scale,
-                          training={"steps": 0, "dataset": "none"}, dreamsr_version="test")
+                          training={"steps": 0, "dataset": "none"}, dreamsr_version="test", sampling=sampling or {})
     return save_checkpoint(path, model, info)
 
 

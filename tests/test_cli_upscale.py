@@ -306,3 +306,20 @@ def test_cli_pixel_limit_default_is_the_library_default() -> None:
     from dreamsr.images import DEFAULT_MAX_PIXELS
 
     assert inspect.signature(upscale).parameters["max_pixels"].default.default == DEFAULT_MAX_PIXELS
+
+
+def test_model_recommended_sampling_is_the_default_and_options_override_it(tmp_path: Path) -> None:
+    """A checkpoint's recommended steps/back-projection apply when the user gives neither; flags win."""
+    rec = write_tiny_checkpoint(tmp_path / "rec.safetensors", scale=2,
+                                sampling={"steps": 2, "back_project": True})
+    src = tmp_path / "in.png"
+    Image.fromarray(photo()).save(src)
+    outs = {}
+    for name, extra in (("default", []), ("explicit", ["--steps", "2", "--back-project"]),
+                        ("off", ["--steps", "2", "--no-back-project"])):
+        dst = tmp_path / f"{name}.png"
+        r = run(src, "-w", rec, "-o", dst, "--quiet", *extra)
+        assert r.exit_code == 0, r.output
+        outs[name] = np.asarray(Image.open(dst))
+    assert np.array_equal(outs["default"], outs["explicit"])
+    assert not np.array_equal(outs["default"], outs["off"])

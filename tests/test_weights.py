@@ -635,3 +635,19 @@ def test_cli_convert(tmp_path: Path) -> None:
     cfg.write_text("{not json")
     one_error_line(cli("convert", str(pth), str(out), "--config", str(cfg), "--scale", "4"), 2, "is not valid JSON")
     assert cli("convert", str(pth), str(out), "--preset", "tiny", "--scale", "0").exit_code == 2
+
+
+def test_recommended_sampling_round_trips_and_unknown_keys_fail(tmp_path):
+    """The model's measured sampling defaults travel in the metadata; a typo is an error, not ignored."""
+    from dreamsr.checkpoint import CheckpointInfo, load_checkpoint, save_checkpoint
+    from dreamsr.diffusion import DiffusionConfig
+    from dreamsr.errors import CheckpointError
+    from dreamsr.unet import UNet, preset
+
+    model = UNet(preset("tiny"))
+    info = CheckpointInfo(model.config, DiffusionConfig(), 4, sampling={"steps": 20, "back_project": True})
+    path = save_checkpoint(tmp_path / "m.safetensors", model, info)
+    _, loaded = load_checkpoint(path)
+    assert loaded.sampling == {"steps": 20, "back_project": True}
+    with pytest.raises(CheckpointError, match="back_projection"):
+        CheckpointInfo(model.config, DiffusionConfig(), 4, sampling={"back_projection": True})

@@ -150,7 +150,8 @@ def upscale(
     scale: Optional[float] = typer.Option(None, "--scale", "-s", help="Output factor. Default: the model's native "
                                           "factor; any other is reached by a final bicubic resize.",
                                           show_default=False),
-    steps: int = typer.Option(50, "--steps", help="Sampling steps (respaced over the trained schedule)."),
+    steps: Optional[int] = typer.Option(None, "--steps", help="Sampling steps (respaced over the trained schedule). "
+                                        "Default: the model's recommendation, else 50.", show_default=False),
     sampler: Literal["ddim", "ddpm"] = typer.Option("ddim", "--sampler", help="ddim (deterministic at eta 0) or "
                                                      "ddpm (ancestral)."),
     eta: Optional[float] = typer.Option(None, "--eta", help="Noise of each step: 0 for DDIM and 1 for DDPM unless "
@@ -165,8 +166,10 @@ def upscale(
     start: Optional[int] = typer.Option(None, "--start", help="Truncated start: begin at this trained step from "
                                         "the noised bicubic image instead of pure noise (e.g. 500).",
                                         show_default=False),
-    back_project: bool = typer.Option(False, "--back-project", help="After every step, correct the estimate so "
-                                      "its bicubic downsample matches the input."),
+    back_project: Optional[bool] = typer.Option(None, "--back-project/--no-back-project", help="After every step, "
+                                                "correct the estimate so its bicubic downsample matches the input. "
+                                                "Default: the model's recommendation, else off.",
+                                                show_default=False),
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:N or mps."),
     precision: Literal["auto", "fp32", "bf16", "fp16"] = typer.Option("auto", "--precision", help="auto = bf16/fp16 "
                                                                      "on CUDA, fp32 on CPU."),
@@ -205,8 +208,6 @@ def upscale(
     # ---- usage checks: before touching any file or loading the model --------------------------------------
     if scale is not None and not (scale > 0 and math.isfinite(scale)):
         _usage(f"--scale must be a positive number, got {scale:g}")
-    if steps < 1:
-        _usage(f"--steps must be at least 1, got {steps}")
     if eta is not None and not (eta >= 0 and math.isfinite(eta)):
         _usage(f"--eta must be >= 0, got {eta:g}")
     if overlap < 0:
@@ -215,7 +216,9 @@ def upscale(
         _usage(f"--tile ({tile}) must be at least twice --overlap ({overlap}), or 0 for no tiling")
     if batch < 1:
         _usage(f"--batch must be at least 1, got {batch}")
-    if start is not None and start < steps:
+    if steps is not None and steps < 1:
+        _usage(f"--steps must be at least 1, got {steps}")
+    if start is not None and steps is not None and start < steps:
         _usage(f"--start ({start}) must be at least --steps ({steps}): the chain from step {start} has "
                f"only {start} steps")
     if max_pixels < 1:
@@ -248,6 +251,10 @@ def upscale(
 
         try:
             up = Upscaler.from_checkpoint(path, device=device, precision=precision)
+            recommended = up.info.sampling  # measured defaults shipped with the model (docs/models.md)
+            steps = int(recommended.get("steps", 50)) if steps is None else steps
+            if back_project is None:
+                back_project = bool(recommended.get("back_project", False))
             up.validate(steps=steps, sampler=sampler, eta=eta, tile=tile, overlap=overlap, batch=batch, merge=merge,
                         start=start)
         except ConfigError as err:
