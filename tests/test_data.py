@@ -175,9 +175,8 @@ def test_sample_stream_is_a_pure_function_of_seed_and_index(photos: Path) -> Non
             assert torch.equal(x, y)
     other = SRTrainDataset(DataConfig(dataset="folder", data_dir=str(photos), patch=32, seed=6))
     assert not torch.equal(a[0][0], other[0][0])
-    # every epoch visits every image once
-    assert sorted(a.file_index(g) for g in range(8, 12)) == [0, 1, 2, 3]
-    assert [a.file_index(g) for g in range(4)] != [a.file_index(g) for g in range(4, 8)] or True
+    # every epoch visits every image once, in its own order (pinned for seed 5)
+    assert [a.file_index(g) for g in range(12)] == [0, 3, 1, 2, 1, 2, 0, 3, 2, 1, 0, 3]
     assert mix_seed(1, 2) != mix_seed(2, 1)
 
 
