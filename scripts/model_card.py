@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """Measure a x4 checkpoint on the held-out photos and write the model card's tables (no number typed by hand).
 
-Runs ``dreamsr.evaluate.evaluate`` (the same code as ``dreamsr eval``) for bicubic and for the model at
+Finished evaluations (a folder with summary.json) are reused, so the work can be split over processes that
+share OUT and a final run with every option only assembles the tables. Runs ``dreamsr.evaluate.evaluate`` (the same code as ``dreamsr eval``) for bicubic and for the model at
 10/20/50/100 steps with DDIM and DDPM, plus the sampling options (truncated start, back-projection) at the
 card's default step count, and writes ``OUT/card_tables.md`` and ``OUT/card.json``; the comparison figure
 (LR | bicubic | dreamsr | HR) is copied from the evaluation's grids to ``OUT/figure.png``.
@@ -22,6 +23,7 @@ from pathlib import Path
 import torch
 
 from dreamsr.evaluate import EvalConfig, evaluate
+from dreamsr.weights import sha256_file
 
 HEADERS = ("PSNR RGB", "SSIM RGB", "PSNR Y (crop 4)", "SSIM Y (crop 4)", "consistency ×1e5")
 
@@ -51,10 +53,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("val_dir", type=Path)
     ap.add_argument("out", type=Path)
     ap.add_argument("--steps", default="10,20,50,100")
-    ap.add_argument("--option-steps", type=int, default=20, help="steps at which start/back-projection are measured")
+    ap.add_argument("--option-steps", type=int, default=20,
+                    help="steps at which start/back-projection are measured (0: skip them)")
     ap.add_argument("--start", type=int, default=500, help="truncated start t0 to measure")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=0)
+    ap.add_argument("--only-cached", action="store_true", help="assemble the tables from finished runs only")
     args = ap.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -66,16 +70,23 @@ def main(argv: list[str] | None = None) -> int:
         for sampler in ("ddim", "ddpm"):
             runs.append((f"{sampler} {s}", dict(weights=str(args.weights), steps=s, sampler=sampler)))
     k = args.option_steps
-    runs += [(f"ddim {k} + back-projection", dict(weights=str(args.weights), steps=k, back_project=True)),
-             (f"ddim {k} + start {args.start}", dict(weights=str(args.weights), steps=k, start=args.start)),
-             (f"ddim {k} + start {args.start} + back-projection",
-              dict(weights=str(args.weights), steps=k, start=args.start, back_project=True))]
+    if k:
+        w = str(args.weights)
+        runs += [(f"ddim {k} + back-projection", dict(weights=w, steps=k, back_project=True)),
+                 (f"ddim {k} + start {args.start}", dict(weights=w, steps=k, start=args.start)),
+                 (f"ddim {k} + start {args.start} + back-projection",
+                  dict(weights=w, steps=k, start=args.start, back_project=True))]
+    sha = sha256_file(args.weights)
     results = []
     for label, kw in runs:
         folder = args.out / label.replace(" + ", "_").replace(" ", "-")
         t0 = time.perf_counter()
-        if (folder / "summary.json").is_file():
-            summary = json.loads((folder / "summary.json").read_text())
+        cached = json.loads((folder / "summary.json").read_text()) if (folder / "summary.json").is_file() else None
+        expected = sha if "weights" in kw else None  # bicubic has no weights
+        if cached is not None and cached["model"].get("sha256") == expected:
+            summary = cached  # the same weights and settings: reuse
+        elif args.only_cached:
+            continue
         else:
             summary = evaluate(EvalConfig(**base, **kw), folder).summary
         results.append({"label": label, "folder": folder.name, "metrics": _row(summary),
