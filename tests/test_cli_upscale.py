@@ -252,11 +252,15 @@ def test_usage_errors_exit_2_and_write_nothing(tmp_path: Path, ckpt: Path, opts:
         sorted(p.name for p in tmp_path.iterdir()) == ["a.png"]
 
 
-def test_no_model_is_a_helpful_error(tmp_path: Path) -> None:
+def test_no_model_is_a_helpful_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import dreamsr.weights
+
+    monkeypatch.setattr(dreamsr.weights, "default_model", lambda scale: None)  # a registry without defaults
     Image.fromarray(photo()).save(tmp_path / "a.png")
     r = run(tmp_path / "a.png")
     assert r.exit_code == 2
     assert error_lines(r.stderr) == [e for e in error_lines(r.stderr) if "--weights" in e] and "Traceback" not in r.output
+    monkeypatch.undo()
     r = run(tmp_path / "a.png", "-w", tmp_path / "missing.safetensors")
     assert r.exit_code == 1 and "not found" in r.stderr
     (tmp_path / "junk.safetensors").write_bytes(b"junk")
@@ -323,3 +327,13 @@ def test_model_recommended_sampling_is_the_default_and_options_override_it(tmp_p
         outs[name] = np.asarray(Image.open(dst))
     assert np.array_equal(outs["default"], outs["explicit"])
     assert not np.array_equal(outs["default"], outs["off"])
+
+
+def test_shipped_default_model_is_used_for_other_scales(tmp_path: Path) -> None:
+    """No --model/--weights: the shipped x4 default serves --scale 2 by a final resize (registry has no x2)."""
+    src = tmp_path / "a.png"
+    Image.fromarray(photo(8, 8)).save(src)
+    r = run(src, "-o", tmp_path / "out.png", "--scale", "2", "--steps", "1", "--tile", "0")
+    assert r.exit_code == 0, r.output
+    assert Image.open(tmp_path / "out.png").size == (16, 16)
+    assert "dreamsr-x4-small" in r.stderr and "resized to x2" in r.stderr

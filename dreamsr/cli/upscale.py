@@ -123,12 +123,13 @@ def _resolve_model(model: str | None, weights: Path | None, scale: float | None)
         name = None
         if default_for is not None:
             try:
-                name = default_for(want)
+                # the scale's own default, else the x4 default with a final resize to the asked scale
+                name = default_for(want) or (default_for(4) if want != 4 else None)
             except DreamSRError as err:
                 _error(str(err))
                 raise typer.Exit(EXIT_FAILED) from None
         if name is None:
-            _usage(f"no model available: no default x{want} model ships yet; pass --weights PATH to a dreamsr "
+            _usage(f"no model available: no default x{want} or x4 model is registered; pass --weights PATH to a dreamsr "
                    ".safetensors checkpoint or --model NAME (`dreamsr weights list`)")
         model = name
     try:
