@@ -407,12 +407,16 @@ def download(ref: HubFile, *, name: str | None = None, endpoint: str | None = No
 _HASHES: dict[tuple[str, int, int, int], str] = {}  # (realpath, inode, size, mtime_ns) -> sha256, per process
 
 
-def sha256_file(path: str | os.PathLike) -> str:
-    """Hex sha256 of a file's bytes (symlinks followed); remembered while the file is unchanged."""
+def sha256_file(path: str | os.PathLike, *, cached: bool = True) -> str:
+    """Hex sha256 of a file's bytes (symlinks followed); remembered while the file is unchanged.
+
+    ``cached=False`` always rereads the file (``verify``): a rewrite of the same size within the file system's
+    timestamp granularity (a few ms) leaves (inode, size, mtime) unchanged.
+    """
     real = os.path.realpath(path)
     st = os.stat(real)
     key = (real, st.st_ino, st.st_size, st.st_mtime_ns)
-    if key not in _HASHES:
+    if key not in _HASHES or not cached:
         h = hashlib.sha256()
         with open(real, "rb") as fh:
             for chunk in iter(lambda: fh.read(1 << 20), b""):
@@ -504,7 +508,7 @@ def verify(names: Sequence[str] | None = None, *, cache_dir: str | os.PathLike |
         if path is None:
             results.append(VerifyResult(entry.name, "missing", None, None, entry.sha256))
             continue
-        actual = sha256_file(path)
+        actual = sha256_file(path, cached=False)
         status: Literal["ok", "mismatch"] = "ok" if actual == entry.sha256 else "mismatch"
         results.append(VerifyResult(entry.name, status, path, actual, entry.sha256))
     return results
