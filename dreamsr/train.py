@@ -14,7 +14,9 @@ Exact resume. Every random draw of step ``k`` derives from ``(seed, k)`` or from
 from the global generator re-seeded with ``(seed, k, rank)`` before the step), so a run resumed from the
 checkpoint of step ``N`` repeats exactly what the uninterrupted run did after step ``N``: on the CPU the
 weights are bit-for-bit equal. Under DDP the global batch is split over the ranks by sample index, so the
-union of the ranks' batches and noises equals the single-process batch of the same step.
+union of the ranks' batches and noises equals the single-process batch of the same step (except the extra
+noise of ``independent_noise``, drawn per step and rank). Bit-exact CPU resume also needs the same number of
+intra-op threads as the interrupted run. Each rank keeps its own decoded-image cache.
 
 Training-state checkpoints are one safetensors file each, written atomically (temporary file, fsync,
 rename): tensors ``model/*``, ``ema/*``, ``optim/<i>/<name>`` (Adam moments and step counts), ``rng/cpu``;
@@ -84,7 +86,7 @@ class TrainConfig:
     beta_start: float = 1e-6  # linear beta schedule start
     beta_end: float = 1e-2  # linear beta schedule end
     p: float = 1.0  # DREAM exponent of lambda_t = sqrt(1 - alpha_bar)^p; 0 = DRM, inf = standard training
-    independent_noise: bool = False  # draw a fresh eps' for the rectified input (Eq. 13) instead of Eq. 15
+    independent_noise: bool = False  # fresh eps' for the rectified input (Eq. 13; drawn per step and rank)
     loss: Literal["l1", "l2"] = "l1"  # per-pixel loss
     # --- optimisation ---
     steps: int = 100_000  # total optimizer steps (resume continues up to this number)
