@@ -9,7 +9,7 @@ card's default step count, and writes ``OUT/card_tables.md`` and ``OUT/card.json
 
 Usage::
 
-    python scripts/model_card.py WEIGHTS VAL_DIR OUT [--steps 10,20,50,100] [--seed 0] [--threads 1]
+    python scripts/model_card.py WEIGHTS VAL_DIR OUT [--steps 10,20,50,100] [--seed 0] [--threads 1] [--device cuda]
 """
 
 from __future__ import annotations
@@ -58,13 +58,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--start", type=int, default=500, help="truncated start t0 to measure")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=0)
+    ap.add_argument("--device", default="cpu", help="cpu, cuda, ... (default: cpu)")
     ap.add_argument("--only-cached", action="store_true", help="assemble the tables from finished runs only")
     args = ap.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     args.out.mkdir(parents=True, exist_ok=True)
     base = dict(set="folder", data_dir=str(args.val_dir), scale=4, metrics=("psnr", "ssim", "consistency"),
-                convention="both", seed=args.seed, device="cpu", precision="fp32", grids=3)
+                convention="both", seed=args.seed, device=args.device, precision="fp32", grids=3)
     runs: list[tuple[str, dict]] = [("bicubic", dict(model="bicubic"))]
     for s in [int(x) for x in args.steps.split(",")]:
         for sampler in ("ddim", "ddpm"):

@@ -1212,6 +1212,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--doc", type=Path, default=None, help="where to write the report (default: OUT/reproduction.md; "
                                                            "figures are copied beside it)")
     ap.add_argument("--doc-only", action="store_true", help="only re-render the report from OUT's JSON files")
+    ap.add_argument("--train-only", default=None, metavar="RUNS",
+                    help="only train (or resume) these runs, comma-separated names (" + ", ".join(s.name for s in RUNS)
+                         + "), then exit: one process per run trains them side by side on one GPU; a later plain "
+                           "invocation finds them finished and runs the evaluations")
     args = ap.parse_args(argv)
     prof = PROFILES[args.profile]
     if args.steps is not None:
@@ -1227,6 +1231,17 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     def log(msg: str) -> None:
         print(f"[{_dt.datetime.now().strftime('%H:%M:%S')}] {msg}", flush=True)
+
+    if args.train_only:
+        by_name = {s.name: s for s in RUNS}
+        wanted = [n.strip() for n in args.train_only.split(",") if n.strip()]
+        unknown = [n for n in wanted if n not in by_name]
+        if unknown or not wanted:
+            ap.error(f"--train-only: unknown run(s) {', '.join(unknown) or '(none given)'}; "
+                     f"choose from {', '.join(by_name)}")
+        for n in wanted:
+            train_run(by_name[n], prof, out, args.data_dir, args.device, args.precision, args.workers, log)
+        return 0
 
     command = "python scripts/reproduce.py " + " ".join(sys.argv[1:] if argv is None else list(argv))
     res = reproduce(prof, out, args.data_dir, device=args.device, precision=args.precision, workers=args.workers,
