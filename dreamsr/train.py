@@ -113,6 +113,7 @@ class TrainConfig:
     log_every: int = 10  # write a metrics.jsonl line every this many steps
     time_limit: float = 0.0  # stop cleanly (checkpoint + export) after this many seconds (0: no limit)
     resume: str | None = None  # checkpoint file, run folder (its latest checkpoint), or "auto" (run_dir's, if any)
+    init_weights: str | None = None  # start a new run from these inference weights (fine-tuning; fresh optimizer)
     export_dtype: Literal["fp32", "fp16", "bf16"] = "fp32"  # storage dtype of run_dir/model.safetensors
     export_ema: bool = True  # export the EMA weights (False: the raw weights)
     # --- validation ---
@@ -488,9 +489,32 @@ def _model_info(cfg: TrainConfig, step: int) -> CheckpointInfo:
         "p": "inf" if math.isinf(cfg.p) else cfg.p, "steps": step, "dataset": cfg.dataset, "patch": cfg.hr_patch,
         "batch_size": cfg.batch_size, "lr": cfg.lr, "preset": cfg.preset, "ema_decay": cfg.ema_decay,
         "ema": cfg.export_ema, "seed": cfg.seed, "loss": cfg.loss, "hr_downscale": cfg.hr_downscale,
+        "init_weights": Path(cfg.init_weights).name if cfg.init_weights else None,
     }
     return CheckpointInfo(unet=cfg.unet_config(), diffusion=cfg.diffusion_config(), scale=cfg.scale,
                           training=training, dreamsr_version=__version__)
+
+
+def _init_from_weights(cfg: TrainConfig, model: UNet, ema: UNet) -> None:
+    """Load ``cfg.init_weights`` (an inference checkpoint) into ``model`` and ``ema``, strictly.
+
+    The checkpoint must describe the same UNet, diffusion and scale as ``cfg``: fine-tuning continues the same
+    model, so a mismatch is an error naming the first differing field rather than a partial load."""
+    from dreamsr.checkpoint import load_checkpoint
+
+    src, info = load_checkpoint(cfg.init_weights)
+    for what, theirs, ours in (("UNet", info.unet, cfg.unet_config()),
+                               ("diffusion", info.diffusion, cfg.diffusion_config())):
+        if theirs != ours:
+            diff = [f.name for f in dataclasses.fields(ours) if getattr(theirs, f.name) != getattr(ours, f.name)]
+            raise ConfigError(f"--init-weights {cfg.init_weights}: its {what} differs from this run's in "
+                              f"{', '.join(diff)} ({', '.join(f'{d}={getattr(theirs, d)!r}' for d in diff)}); "
+                              "pass matching --preset/--target/--embed-scale options")
+    if info.scale != cfg.scale:
+        raise ConfigError(f"--init-weights {cfg.init_weights} is a x{info.scale} model; this run trains x{cfg.scale}")
+    state = src.state_dict()
+    load_state_strict(model, state, str(cfg.init_weights))
+    load_state_strict(ema, state, str(cfg.init_weights))
 
 
 def _save_state(path: Path, cfg: TrainConfig, step: int, model: UNet, ema: UNet, opt: torch.optim.Optimizer,
@@ -696,6 +720,8 @@ def _train(cfg: TrainConfig, dctx: _Dist, callback: Callback | None) -> TrainRes
     if resume_path is not None:
         load_state_strict(model, _split_prefix(state_tensors, "model/"), str(resume_path))
         load_state_strict(ema, _split_prefix(state_tensors, "ema/"), str(resume_path))
+    elif cfg.init_weights:
+        _init_from_weights(cfg, model, ema)  # a fine-tuning run: both start from the given weights
     model.to(device)
     ema.to(device).eval().requires_grad_(False)
     if channels_last:

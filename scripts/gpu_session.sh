@@ -19,6 +19,9 @@
 #   3. model_card.py on the GPU for the candidates and the sweep models (same code as the CPU card);
 #   4. packing: results.tar.gz (logs, JSON, reports, figures, metrics.jsonl; no weights) and every trained
 #      model as fp16 safetensors in models.tar, split into 15 MiB parts (the device tool returns <= 8 files).
+# JOBS (default bench,repro,sweep,cand) picks the parts: JOBS=repro gives the six reproduce runs the GPU to
+# themselves (seen 2026-11-26 on an H200: ten processes side by side ran at ~0.10 s per step each, so the six
+# runs reached 3760-3960 of their 4000 steps in the ~7 minutes left after the bench, and no evaluation ran).
 # DRY_RUN=1 runs the same orchestration on the CPU at toy sizes (a check of this script, not of a GPU); SMOKE=1
 # the same toy sizes on the GPU without the bench (a one-minute check of the CUDA code paths before the long call).
 set -uo pipefail
@@ -27,6 +30,8 @@ OUT=${1:?usage: bash scripts/gpu_session.sh OUT_DIR CORPUS_DIR}
 CORPUS=${2:?usage: bash scripts/gpu_session.sh OUT_DIR CORPUS_DIR}
 DEADLINE_S=${DEADLINE_S:-540}
 GPU_CHECK_S=${GPU_CHECK_S:-110}
+JOBS=,${JOBS:-bench,repro,sweep,cand},
+has() { [[ $JOBS == *",$1,"* ]]; }
 PY=${PYTHON:-python3}
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 mkdir -p "$OUT"
@@ -43,30 +48,32 @@ left() { echo $((DEADLINE_S - ($(date +%s) - T0))); }
 say() { echo "[$(( $(date +%s) - T0 )) s] $*" | tee -a "$LOG"; }
 
 DEV=cuda PROFILE=full STEPS=4000 PRESET=small CAND_BATCH=(32 8) CAND_PATCH=(64 128) SWEEP_BATCH=8
-SAVE=1000 VAL_EVERY=1000 VAL_COUNT=7 VAL_CROP=128 CARD_STEPS=10,20,50,100 SWEEP_STEPS=20,50 RESERVE_S=110
+SAVE=1000 VAL_EVERY=1000 VAL_COUNT=7 VAL_CROP=128 CARD_STEPS=10,20,50,100 SWEEP_STEPS=20,50 RESERVE=110
 if [[ ${DRY_RUN:-0} == 1 || ${SMOKE:-0} == 1 ]]; then
   say "toy sizes (DRY_RUN=${DRY_RUN:-0} on the CPU, SMOKE=${SMOKE:-0} on the GPU): a check of this script only"
   DEV=$([[ ${DRY_RUN:-0} == 1 ]] && echo cpu || echo cuda) PROFILE=ci STEPS=24 PRESET=tiny CAND_BATCH=(4 2) CAND_PATCH=(32 64) SWEEP_BATCH=2
-  SAVE=12 VAL_EVERY=12 VAL_COUNT=1 VAL_CROP=32 CARD_STEPS=2 SWEEP_STEPS=2 RESERVE_S=${RESERVE_S:-60}
+  SAVE=12 VAL_EVERY=12 VAL_COUNT=1 VAL_CROP=32 CARD_STEPS=2 SWEEP_STEPS=2 RESERVE=60
 fi
+RESERVE_S=${RESERVE_S:-$RESERVE}  # seconds kept after training for evaluations and packing
 say "start: deadline ${DEADLINE_S} s; $(nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>/dev/null || echo 'no nvidia-smi')"
 
 # ---- phase 0: the GPU check, alone
-if [[ ${SMOKE:-0} == 1 ]]; then
-  say "gpu_check skipped (SMOKE=1)"
+if [[ ${SMOKE:-0} == 1 ]] || ! has bench; then
+  say "gpu_check skipped (SMOKE=1 or not in JOBS)"
 elif [[ ${DRY_RUN:-0} == 1 ]]; then
   DRY_RUN=1 BUDGET_S=$GPU_CHECK_S PYTEST_S=30 SKIP_100=1 bash scripts/gpu_check.sh "$WORK/gpu_check" >>"$LOG" 2>&1
 else
   BUDGET_S=$GPU_CHECK_S PYTEST_S=35 GPU_LR=160 GPU_B20=5,25 GPU_REPEATS=2 BENCH20_S=50 TRAIN_S=30 SKIP_100=1 \
     bash scripts/gpu_check.sh "$WORK/gpu_check" >>"$LOG" 2>&1
 fi
-say "gpu_check done: $(tr '\n' ' ' <"$WORK/gpu_check/summary.txt" 2>/dev/null | tail -c 600)"
+[[ -f $WORK/gpu_check/summary.txt ]] && say "gpu_check done: $(tr '\n' ' ' <"$WORK/gpu_check/summary.txt" | tail -c 600)"
 
 # ---- phase 1: training, side by side
 REPRO=(--profile "$PROFILE" --out "$WORK/repro" --data-dir "$CORPUS" --device "$DEV" --precision fp32 --threads 1)
 [[ ${DRY_RUN:-0} == 1 || ${SMOKE:-0} == 1 ]] && REPRO+=(--workers 0)
 declare -a REPRO_PIDS=() OTHER_PIDS=()
 for run in image_p0 image_p1 image_p2 image_pinf residual_p1 residual_pinf; do
+  has repro || break
   "$PY" scripts/reproduce.py "${REPRO[@]}" --train-only "$run" >"$WORK/logs/repro-$run.log" 2>&1 &
   REPRO_PIDS+=($!)
 done
@@ -81,28 +88,32 @@ sweep() {  # sweep NAME OPTIONS...
     --run-dir "$WORK/sweep/$name" "$@" >"$WORK/logs/sweep-$name.log" 2>&1 &
   OTHER_PIDS+=($!)
 }
-sweep lr1e-4 --lr 1e-4
-sweep embed1000 --embed-scale 1000
+if has sweep; then
+  sweep lr1e-4 --lr 1e-4
+  sweep embed1000 --embed-scale 1000
+fi
 # candidates: stop RESERVE_S before the deadline (cards and packing need that long)
 cand_min=$(awk -v s=$(( $(left) - RESERVE_S )) 'BEGIN { printf "%.2f", (s > 30 ? s : 30) / 60 }')
 for i in 0 1; do
+  has cand || break
   name="cand-p${CAND_PATCH[$i]}-b${CAND_BATCH[$i]}"
   "$PY" -m dreamsr train "${BASE[@]}" --patch "${CAND_PATCH[$i]}" --batch-size "${CAND_BATCH[$i]}" --lr 2e-4 \
     --steps 100000 --val-every 2000 --save-every 2000 --time-limit "$cand_min" --export-dtype fp16 \
     --run-dir "$WORK/cand/$name" >"$WORK/logs/$name.log" 2>&1 &
   OTHER_PIDS+=($!)
 done
-say "phase 1: ${#REPRO_PIDS[@]} reproduce runs, 2 sweep runs, 2 candidates (time limit $cand_min min) started"
+say "phase 1 started (JOBS=${JOBS//,/ }): ${#REPRO_PIDS[@]} reproduce runs, ${#OTHER_PIDS[@]} sweep/candidate runs (candidates stop after $cand_min min)"
 
 # wait for the reproduce runs, but never past the point where the evaluations could no longer finish
-for pid in "${REPRO_PIDS[@]}"; do
-  while kill -0 "$pid" 2>/dev/null && (( $(left) > RESERVE_S )); do sleep 2; done
-done
+# (polled by command line: `kill -0 PID` was seen to report live processes as gone on the device machine)
+while pgrep -f -- "--train-only" >/dev/null && (( $(left) > RESERVE_S )); do sleep 2; done
 say "reproduce training: $(grep -h 'train \|step ' "$WORK"/logs/repro-*.log | tail -n 6 | tr '\n' ' ')"
 
 # ---- phase 2: reproduce's evaluations and report (finished runs are skipped, unfinished ones would train on)
 budget=$(( $(left) - 60 ))
-if (( budget > 20 )) && ! pgrep -f -- "--train-only" >/dev/null; then
+if ! has repro; then
+  EVAL_PID=
+elif (( budget > 20 )) && ! pgrep -f -- "--train-only" >/dev/null; then
   timeout -k 5 "$budget" "$PY" scripts/reproduce.py "${REPRO[@]}" --doc "$WORK/repro/reproduction.md" \
     >"$WORK/logs/repro-evals.log" 2>&1 &
   EVAL_PID=$!
@@ -112,9 +123,7 @@ else
 fi
 
 # ---- phase 3: model cards (after the candidates stop by their time limit)
-for pid in "${OTHER_PIDS[@]}"; do
-  while kill -0 "$pid" 2>/dev/null && (( $(left) > 45 )); do sleep 2; done
-done
+while pgrep -f -- "-m dreamsr train" >/dev/null && (( $(left) > 45 )); do sleep 2; done
 say "candidates/sweep done: $(for f in "$WORK"/logs/cand-*.log "$WORK"/logs/sweep-*.log; do echo "$(basename "$f"): $(grep -ao 'step [0-9]*' "$f" | tail -n 1)"; done | tr '\n' ' ')"
 card() {  # card WEIGHTS NAME STEPS OPTION_STEPS
   [[ -f $1 ]] || { say "card $2: no weights"; return; }
@@ -123,6 +132,7 @@ card() {  # card WEIGHTS NAME STEPS OPTION_STEPS
   say "card $2: exit $?"
 }
 declare -a CARD_PIDS=()
+shopt -s nullglob
 for d in "$WORK"/cand/*/; do card "$d/model.safetensors" "$(basename "$d")" "$CARD_STEPS" 20 & CARD_PIDS+=($!); done
 for d in "$WORK"/sweep/*/; do
   card "$d/model.safetensors" "sweep-$(basename "$d")" "$SWEEP_STEPS" 20 & CARD_PIDS+=($!)
@@ -132,8 +142,8 @@ for r in residual_p1 image_p1; do
 done
 wait "${CARD_PIDS[@]}"
 if [[ -n ${EVAL_PID:-} ]]; then
-  while kill -0 "$EVAL_PID" 2>/dev/null && (( $(left) > 25 )); do sleep 2; done
-  kill "$EVAL_PID" 2>/dev/null
+  while pgrep -f -- "reproduce.py.*--doc" >/dev/null && (( $(left) > 25 )); do sleep 2; done
+  pkill -f -- "reproduce.py.*--doc" 2>/dev/null
   say "reproduce evaluations: $(tail -n 4 "$WORK/logs/repro-evals.log" | tr '\n' ' ')"
 fi
 pkill -f "dreamsr train" 2>/dev/null; pkill -f "reproduce.py" 2>/dev/null; sleep 1

@@ -79,15 +79,31 @@ def test_cuda_fp32_matches_cpu(small) -> None:
 
 
 @pytest.mark.parametrize("merge", ["step", "end"])
-@pytest.mark.parametrize("precision, atol", [("fp32", 1e-3), ("bf16", 5e-2)])
-def test_tile_batch_size_does_not_change_the_image(small, merge: str, precision: str, atol: float) -> None:
+def test_tile_batch_size_does_not_change_the_image(small, merge: str) -> None:
     from dreamsr.bench import bench_image
 
     lr = bench_image(80, seed=2)  # 3 x 3 = 9 tiles
-    outs = [_upscale(small, "cuda", precision, lr, steps=4, seed=5, batch=b, merge=merge) for b in (1, 4, 9)]
+    outs = [_upscale(small, "cuda", "fp32", lr, steps=4, seed=5, batch=b, merge=merge) for b in (1, 4, 9)]
     for o in outs[1:]:
-        assert float((o - outs[0]).abs().max()) < atol
-        assert float((o - outs[0]).abs().mean()) < atol / 10
+        assert float((o - outs[0]).abs().max()) < 1e-3
+        assert float((o - outs[0]).abs().mean()) < 1e-4
+
+
+@pytest.mark.parametrize("merge", ["step", "end"])
+def test_tile_batch_size_changes_bf16_images_only_within_bf16_rounding(small, merge: str) -> None:
+    """In bf16, cuDNN picks kernels per batch size and their rounding differs; through the sampler a few pixels
+    of a random-init model moved by up to 0.6 (H200, 2026-11-26), so no max bound holds. Each batch size is
+    within 0.05 relative L2 of fp32 (test_half_precision_sampling_close_to_fp32), hence within 0.1 of each
+    other by the triangle inequality. (Changed after that GPU run; not yet rerun on a GPU.)"""
+    from dreamsr.bench import bench_image
+
+    lr = bench_image(80, seed=2)
+    ref = _upscale(small, "cuda", "fp32", lr, steps=4, seed=5, merge=merge)
+    outs = [_upscale(small, "cuda", "bf16", lr, steps=4, seed=5, batch=b, merge=merge) for b in (1, 4, 9)]
+    for o in outs:
+        assert _rel(o, ref) < 0.05
+    for o in outs[1:]:
+        assert _rel(o, outs[0]) < 0.1
 
 
 @pytest.mark.parametrize("precision", ["bf16", "fp16"])

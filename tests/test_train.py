@@ -18,7 +18,7 @@ import torch
 from safetensors.torch import load_file
 
 from dreamsr.checkpoint import load_checkpoint
-from dreamsr.errors import CheckpointError, TrainingError
+from dreamsr.errors import CheckpointError, ConfigError, TrainingError
 from dreamsr.train import TrainConfig, export_from_state, latest_checkpoint, read_state_config, train
 
 REPO = Path(__file__).resolve().parents[1]
@@ -245,6 +245,38 @@ def test_time_limit_stops_cleanly_with_a_checkpoint(photos: Path, tmp_path: Path
     assert latest_checkpoint(tmp_path).name == "step_00000001.safetensors"
     _, info = load_checkpoint(res.export)
     assert info.training["steps"] == 1
+
+
+def test_init_weights_starts_a_fine_tuning_run_from_given_weights(photos: Path, tmp_path: Path) -> None:
+    # fp32 export of a 4-step run with a large lr, so its weights are far from the seed's initial ones
+    src = train(tiny_config(photos, tmp_path / "a", steps=4, lr=5e-2)).export
+    w0 = load_checkpoint(src)[0].state_dict()
+    lr = 1e-3
+    res = train(tiny_config(photos, tmp_path / "b", steps=1, lr=lr, init_weights=str(src)))
+    assert res.step == 1 and latest_checkpoint(tmp_path / "b").name == "step_00000001.safetensors"
+    st = load_file(str(tmp_path / "b/checkpoints/step_00000001.safetensors"))
+    # Adam's first update moves every weight by at most lr (|m_hat / sqrt(v_hat)| <= 1), and the EMA starts at
+    # the given weights too; a run from a fresh initialisation is far away
+    for prefix in ("model/", "ema/"):
+        worst = max((st[prefix + k] - v).abs().max().item() for k, v in w0.items())
+        assert worst <= lr * 1.001, (prefix, worst)
+    fresh = load_file(str(latest_checkpoint(train(tiny_config(photos, tmp_path / "d", steps=1, lr=lr)).run_dir)))
+    assert max((fresh["model/" + k] - v).abs().max().item() for k, v in w0.items()) > 10 * lr
+    _, info = load_checkpoint(res.export)
+    assert info.training["init_weights"] == src.name and info.training["steps"] == 1
+    # resuming such a run is exact (the weights come from the state, not from init_weights again)
+    train(tiny_config(photos, tmp_path / "c", steps=2, lr=lr, init_weights=str(src)))
+    train(tiny_config(photos, tmp_path / "b", steps=2, lr=lr, init_weights=str(src), resume="auto"))
+    _assert_same_state(latest_checkpoint(tmp_path / "b"), latest_checkpoint(tmp_path / "c"))
+
+
+def test_init_weights_refuses_a_different_model(photos: Path, tmp_path: Path) -> None:
+    src = train(tiny_config(photos, tmp_path / "a", steps=1)).export
+    with pytest.raises(ConfigError, match="diffusion differs .* in target"):
+        train(tiny_config(photos, tmp_path / "b", steps=1, target="image", init_weights=str(src)))
+    with pytest.raises(ConfigError, match="UNet differs .* in embed_scale"):
+        train(tiny_config(photos, tmp_path / "c", steps=1, embed_scale=1000.0, init_weights=str(src)))
+    assert not (tmp_path / "b" / "checkpoints").exists() or not any((tmp_path / "b" / "checkpoints").iterdir())
 
 
 def test_lr_warmup_and_cosine_schedule(photos: Path, tmp_path: Path) -> None:

@@ -196,6 +196,10 @@ def train(
     resume: Optional[str] = typer.Option(None, "--resume", help="Continue exactly from a checkpoint file, a run "
                                          "folder (its latest checkpoint) or 'auto' (--run-dir's, if any).",
                                          rich_help_panel="Run"),
+    init_weights: Optional[Path] = typer.Option(None, "--init-weights", help="Start a new run from these "
+                                                "weights (a dreamsr .safetensors with the same preset, target and "
+                                                "scale): fine-tuning, with a fresh optimizer and step 0.",
+                                                rich_help_panel="Run"),
     save_every: Optional[int] = typer.Option(None, "--save-every", min=0, help="Checkpoint interval. "
                                              "(default: 1000)", rich_help_panel="Run"),
     keep: Optional[int] = typer.Option(None, "--keep", min=1, help="Checkpoints kept. (default: 3)",
@@ -245,6 +249,7 @@ def train(
         "time_limit": time_limit * 60 if time_limit is not None else None, "export_dtype": export_dtype,
         "export_ema": export_ema, "val_every": val_every, "val_count": val_count, "val_crop": val_crop,
         "val_steps": val_steps, "val_sampler": val_sampler,
+        "init_weights": str(init_weights) if init_weights else None,
     }
     given = {k: v for k, v in given.items() if v is not None}
 
