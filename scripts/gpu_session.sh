@@ -106,14 +106,14 @@ say "phase 1 started (JOBS=${JOBS//,/ }): ${#REPRO_PIDS[@]} reproduce runs, ${#O
 
 # wait for the reproduce runs, but never past the point where the evaluations could no longer finish
 # (polled by command line: `kill -0 PID` was seen to report live processes as gone on the device machine)
-while pgrep -f -- "--train-only" >/dev/null && (( $(left) > RESERVE_S )); do sleep 2; done
+while pgrep -f -- "--out $WORK/repro .*--train-only" >/dev/null && (( $(left) > RESERVE_S )); do sleep 2; done
 say "reproduce training: $(grep -h 'train \|step ' "$WORK"/logs/repro-*.log | tail -n 6 | tr '\n' ' ')"
 
 # ---- phase 2: reproduce's evaluations and report (finished runs are skipped, unfinished ones would train on)
 budget=$(( $(left) - 60 ))
 if ! has repro; then
   EVAL_PID=
-elif (( budget > 20 )) && ! pgrep -f -- "--train-only" >/dev/null; then
+elif (( budget > 20 )) && ! pgrep -f -- "--out $WORK/repro .*--train-only" >/dev/null; then
   timeout -k 5 "$budget" "$PY" scripts/reproduce.py "${REPRO[@]}" --doc "$WORK/repro/reproduction.md" \
     >"$WORK/logs/repro-evals.log" 2>&1 &
   EVAL_PID=$!
@@ -123,7 +123,7 @@ else
 fi
 
 # ---- phase 3: model cards (after the candidates stop by their time limit)
-while pgrep -f -- "-m dreamsr train" >/dev/null && (( $(left) > 45 )); do sleep 2; done
+while pgrep -f -- "-m dreamsr train .*--run-dir $WORK/" >/dev/null && (( $(left) > 45 )); do sleep 2; done
 say "candidates/sweep done: $(for f in "$WORK"/logs/cand-*.log "$WORK"/logs/sweep-*.log; do echo "$(basename "$f"): $(grep -ao 'step [0-9]*' "$f" | tail -n 1)"; done | tr '\n' ' ')"
 card() {  # card WEIGHTS NAME STEPS OPTION_STEPS
   [[ -f $1 ]] || { say "card $2: no weights"; return; }
@@ -142,11 +142,12 @@ for r in residual_p1 image_p1; do
 done
 wait "${CARD_PIDS[@]}"
 if [[ -n ${EVAL_PID:-} ]]; then
-  while pgrep -f -- "reproduce.py.*--doc" >/dev/null && (( $(left) > 25 )); do sleep 2; done
-  pkill -f -- "reproduce.py.*--doc" 2>/dev/null
+  while pgrep -f -- "reproduce.py.*--out $WORK/repro .*--doc" >/dev/null && (( $(left) > 25 )); do sleep 2; done
+  pkill -f -- "reproduce.py.*--out $WORK/repro .*--doc" 2>/dev/null
   say "reproduce evaluations: $(tail -n 4 "$WORK/logs/repro-evals.log" | tr '\n' ' ')"
 fi
-pkill -f "dreamsr train" 2>/dev/null; pkill -f "reproduce.py" 2>/dev/null; sleep 1
+# only this session's jobs (a bare `pkill -f "dreamsr train"` once ended an unrelated training run)
+pkill -f -- "--run-dir $WORK/" 2>/dev/null; pkill -f -- "reproduce.py.*--out $WORK/repro" 2>/dev/null; sleep 1
 
 # ---- phase 4: packing (weights as fp16, everything else small)
 "$PY" - "$WORK" <<'EOF' >>"$LOG" 2>&1

@@ -132,7 +132,9 @@ PROFILES: dict[str, Profile] = {
 
 # Estimated cost of the full profile (see the module docstring for how it was derived); shown in the report.
 FULL_COST = {"cpu": "about 5 hours on an idle 2-core CPU (scaled from measured step and forward times)",
-             "h100": "about 20-30 minutes on one H100 (estimate, not measured)"}
+             "h100": "about 20-30 minutes on one H100 run after run (estimate); side by side on one H200 with "
+                     "four other jobs the six runs took about 7.5 minutes to reach 3760-3960 of their 4000 steps "
+                     "(0.10 s per step each; measured 2026-11-26), evaluations not timed"}
 
 
 @dataclass(frozen=True)
@@ -963,6 +965,9 @@ def write_markdown(out: Path, doc: Path, fig_prefix: str = "") -> Path:
               "steps. **The full profile was not run in this session.** To run it:", ">",
               "> ```", "> python scripts/reproduce.py --profile full --out runs/reproduce-full --device cuda "
               "--doc docs/reproduction.md", "> ```", ">",
+              "> On a 15-minute GPU lease, give the six runs the GPU to themselves, side by side, then evaluate: "
+              "`JOBS=repro bash scripts/gpu_session.sh OUT CORPUS_DIR` (the report comes back in "
+              "`results.tar.gz`).", ">",
               f"> Estimated cost of the full profile: {FULL_COST['cpu']}; {FULL_COST['h100']}.", ""]
     L += ["## Setting", "",
           f"- profile `{prof['name']}`: UNet preset `{prof['preset']}`, x{prof['scale']}, {prof['steps']} steps per "

@@ -91,8 +91,10 @@ def main(argv: list[str] | None = None) -> int:
              "| bicubic | | | | | | | " + " | ".join(_fmt(c, bic.get(c)) for c in cols) + " | +0.00 |"]
     for r in rows:
         m = r["metrics"]
-        lines.append(f"| {r['label']} | {r['target']} | {r['patch']} | {r['batch']} | {r['lr']:g} | "
-                     f"{r['embed_scale']:g} | {r['steps']} | " + " | ".join(_fmt(c, m.get(c)) for c in cols)
+        settings = [r["target"], r["patch"], r["batch"], r["lr"], r["embed_scale"], r["steps"]]
+        lines.append(f"| {r['label']} | " + " | ".join("-" if v is None else f"{v:g}" if isinstance(v, float)
+                                                       else str(v) for v in settings) + " | "
+                     + " | ".join(_fmt(c, m.get(c)) for c in cols)
                      + f" | {m['PSNR Y'] - bic['PSNR Y']:+.2f} |")
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / f"sweep_{setting}.md").write_text("\n".join(lines) + "\n")

@@ -292,3 +292,19 @@ def test_ci_profile_end_to_end(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) 
         assert "](reproduction/e1_p_sweep.png)" in text
         assert (tmp_path / "docs" / "reproduction" / "e4_discrepancy.png").is_file()
     assert re.search(r"wall time: .*`ci` \d+s; .*`ci` \d+s", text)
+
+
+def test_train_only_trains_the_named_runs_and_nothing_else(tmp_path: Path) -> None:
+    data = _corpus(tmp_path / "data")
+    out = tmp_path / "out"
+    argv = ["--profile", "ci", "--out", str(out), "--data-dir", str(data), "--device", "cpu", "--workers", "0"]
+    assert R.main([*argv, "--train-only", "image_p0,residual_p1"]) == 0
+    runs = out / "runs"
+    assert sorted(p.name for p in runs.iterdir()) == ["image_p0", "residual_p1"]
+    steps = R.PROFILES["ci"].steps
+    # finished as the plain invocation would check it, so that one only evaluates them
+    assert R._run_finished(runs / "image_p0", steps) and R._run_finished(runs / "residual_p1", steps)
+    assert not (out / "e1_p_sweep.json").exists()
+    with pytest.raises(SystemExit) as exc:
+        R.main([*argv, "--train-only", "image_p3"])
+    assert exc.value.code == 2

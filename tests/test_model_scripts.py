@@ -1,0 +1,105 @@
+"""scripts/sweep_table.py, scripts/model_card.py and scripts/package_model.py: the tools that make the model card
+and the shipped default, on a tiny x4 checkpoint and one small real photo crop."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import subprocess
+import sys
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+import torch
+from PIL import Image
+
+from dreamsr.checkpoint import load_checkpoint, read_info
+from tests._helpers import SKIMAGE_DATA, write_tiny_checkpoint
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _script(name: str) -> ModuleType:
+    mod_name = f"dreamsr_script_{name}"
+    if mod_name in sys.modules:
+        return sys.modules[mod_name]
+    spec = importlib.util.spec_from_file_location(mod_name, ROOT / "scripts" / f"{name}.py")
+    assert spec is not None and spec.loader is not None
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[mod_name] = mod
+    spec.loader.exec_module(mod)
+    return mod
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture()
+def val_dir(tmp_path: Path) -> Path:
+    d = tmp_path / "val"
+    d.mkdir()
+    Image.open(SKIMAGE_DATA / "chelsea.png").convert("RGB").crop((100, 60, 132, 92)).save(d / "chelsea.png")
+    return d
+
+
+def test_sweep_table_reads_settings_from_the_weights_and_reuses_finished_evaluations(tmp_path: Path,
+                                                                                     val_dir: Path) -> None:
+    a = write_tiny_checkpoint(tmp_path / "a.safetensors", scale=4, seed=0)
+    b = write_tiny_checkpoint(tmp_path / "b.safetensors", scale=4, seed=1)
+    out = tmp_path / "sweep"
+    S = _script("sweep_table")
+    assert S.main([str(val_dir), str(out), f"one={a}", f"two={b}", "--steps", "2"]) == 0
+    res = json.loads((out / "sweep_ddim-2.json").read_text())
+    assert [r["label"] for r in res["rows"]] == ["one", "two"]
+    assert res["rows"][0]["target"] == "residual" and res["rows"][0]["embed_scale"] == 1.0
+    # two different random models give different numbers; the markdown holds the same values as the JSON
+    m1, m2 = (r["metrics"]["PSNR Y"] for r in res["rows"])
+    assert m1 != m2
+    md = (out / "sweep_ddim-2.md").read_text()
+    assert f"| one | residual |" in md and f"{m1:.2f}" in md and f"{m1 - res['bicubic']['PSNR Y']:+.2f}" in md
+    # a rerun reuses both evaluations (same sha256): the summaries are not rewritten
+    stamp = (out / "one_ddim-2" / "summary.json").stat().st_mtime_ns
+    assert S.main([str(val_dir), str(out), f"one={a}", f"two={b}", "--steps", "2"]) == 0
+    assert (out / "one_ddim-2" / "summary.json").stat().st_mtime_ns == stamp
+    # different weights under the same label are evaluated again, not served from the cache
+    write_tiny_checkpoint(a, scale=4, seed=2)
+    assert S.main([str(val_dir), str(out), f"one={a}", "--steps", "2"]) == 0
+    again = json.loads((out / "sweep_ddim-2.json").read_text())["rows"][0]["metrics"]["PSNR Y"]
+    assert again != m1
+
+
+def test_sweep_table_refuses_a_missing_file(tmp_path: Path, val_dir: Path) -> None:
+    with pytest.raises(SystemExit) as exc:
+        _script("sweep_table").main([str(val_dir), str(tmp_path / "o"), f"x={tmp_path / 'nope.safetensors'}"])
+    assert exc.value.code == 2
+
+
+def test_model_card_tables_bicubic_and_each_sampler(tmp_path: Path, val_dir: Path) -> None:
+    w = write_tiny_checkpoint(tmp_path / "m.safetensors", scale=4)
+    out = tmp_path / "card"
+    assert _script("model_card").main([str(w), str(val_dir), str(out), "--steps", "2", "--option-steps", "0"]) == 0
+    card = json.loads((out / "card.json").read_text())
+    assert [r["label"] for r in card["results"]] == ["bicubic", "ddim 2", "ddpm 2"]
+    rows = (out / "card_tables.md").read_text().splitlines()
+    assert rows[2].startswith("| bicubic |") and rows[2].endswith("+0.00 |") and len(rows) == 5
+
+
+def test_package_model_sets_sampling_and_keeps_the_weights(tmp_path: Path) -> None:
+    src = write_tiny_checkpoint(tmp_path / "src.safetensors", scale=4)
+    dst = tmp_path / "pkg" / "m.safetensors"
+    r = subprocess.run([sys.executable, str(ROOT / "scripts" / "package_model.py"), str(src), str(dst),
+                        "--steps", "20", "--back-project"], capture_output=True, text=True, cwd=ROOT)
+    assert r.returncode == 0, r.stderr
+    info = read_info(dst)
+    assert info.sampling == {"steps": 20, "back_project": True}
+    a, b = load_checkpoint(src)[0].state_dict(), load_checkpoint(dst)[0].state_dict()
+    assert all(torch.equal(a[k].half().float(), b[k]) for k in a)  # stored in fp16, otherwise unchanged
+    from dreamsr.weights import sha256_file
+
+    assert f'sha256      = "{sha256_file(dst)}"' in r.stdout and f"bytes       = {dst.stat().st_size}" in r.stdout
