@@ -103,7 +103,9 @@ def main(argv: list[str] | None = None) -> int:
     (args.out / "card_tables.md").write_text("\n".join(lines) + "\n")
     (args.out / "card.json").write_text(json.dumps({"weights": str(args.weights), "val_dir": str(args.val_dir),
                                                     "seed": args.seed, "results": results}, indent=2))
-    grids = sorted((args.out / f"ddim-{k}" / "grids").glob("*.png"))
+    # the figure shows the recommended sampling (back-projection) when it was measured
+    grids = (sorted((args.out / f"ddim-{k}_back-projection" / "grids").glob("*.png"))
+             or sorted((args.out / f"ddim-{k}" / "grids").glob("*.png")))
     if grids:
         shutil.copyfile(grids[0], args.out / "figure.png")
     print("\n".join(lines))

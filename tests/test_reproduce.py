@@ -308,3 +308,25 @@ def test_train_only_trains_the_named_runs_and_nothing_else(tmp_path: Path) -> No
     with pytest.raises(SystemExit) as exc:
         R.main([*argv, "--train-only", "image_p3"])
     assert exc.value.code == 2
+
+
+def test_partial_curves_compare_unfinished_runs_at_equal_steps(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    val = lambda step, psnr: {"event": "val", "step": step, "psnr": psnr, "bicubic_psnr": 25.0}  # noqa: E731
+    # p = inf peaks at step 200 (18.0) and falls; p = 1 validated one step further, which must be cut off
+    curves = {"image_pinf": [(100, 15.0), (200, 18.0), (300, 16.0)],
+              "image_p1": [(100, 17.0), (200, 19.0), (300, 18.5), (400, 30.0)]}
+    for name, pts in curves.items():
+        (out / "runs" / name).mkdir(parents=True)
+        _write_jsonl(out / "runs" / name / "metrics.jsonl",
+                     [*(val(s, v) for s, v in pts), {"step": pts[-1][0] + 7, "loss": 0.1}])
+    doc = R.partial_curves(out, tmp_path / "docs" / "partial.md", R.PROFILES["full"], "where it ran")
+    res = json.loads(doc.with_suffix(".json").read_text())
+    assert res["common_step"] == 300 and res["reached"] == {"image_p1": 407, "image_pinf": 307}
+    pair = res["pairs"]["image_p1_vs_image_pinf"]
+    # p = inf's last value (16.0 at 300) is first reached by p = 1 at step 100; its best (18.0 at 200) at step 200
+    assert pair["final"]["reach_step"] == 100 and pair["final"]["speedup"] == 3.0
+    assert pair["ref_best"] == 18.0 and pair["reach_best"] == 200 and pair["fast_above_ref_at"] == 3
+    md = doc.read_text()
+    assert "> where it ran" in md and "| 300 | 18.50 | 16.00 |" in md and "30.00" not in md
+    assert "image_pinf: peak 18.00 dB at step 200, last 16.00 dB at step 300 (-9.00 dB vs bicubic)" in md
