@@ -329,6 +329,31 @@ def test_model_recommended_sampling_is_the_default_and_options_override_it(tmp_p
     assert not np.array_equal(outs["default"], outs["off"])
 
 
+def test_model_recommended_truncated_start_applies_only_to_chains_that_fit(tmp_path: Path) -> None:
+    """A recommended start is used with the recommended (or fewer) steps; --start 0 and longer chains run the
+    full chain instead of failing."""
+    rec = write_tiny_checkpoint(tmp_path / "rec.safetensors", scale=2,
+                                sampling={"steps": 2, "start": 3, "back_project": True})
+    src = tmp_path / "in.png"
+    Image.fromarray(photo()).save(src)
+    plain = write_tiny_checkpoint(tmp_path / "plain.safetensors", scale=2,  # same weights, no start advice
+                                  sampling={"steps": 2, "back_project": True})
+    outs = {}
+    for name, w, extra in (("default", rec, []), ("explicit", rec, ["--steps", "2", "--start", "3", "--back-project"]),
+                           ("full", rec, ["--start", "0"]), ("full_explicit", plain, []),
+                           ("long", rec, ["--steps", "4"]), ("long_explicit", plain, ["--steps", "4"])):
+        dst = tmp_path / f"{name}.png"
+        r = run(src, "-w", w, "-o", dst, "--quiet", *extra)
+        assert r.exit_code == 0, r.output
+        outs[name] = np.asarray(Image.open(dst))
+    assert np.array_equal(outs["default"], outs["explicit"])
+    assert np.array_equal(outs["full"], outs["full_explicit"])
+    assert np.array_equal(outs["long"], outs["long_explicit"])
+    assert not np.array_equal(outs["default"], outs["full"])
+    r = run(src, "-w", rec, "-o", tmp_path / "neg.png", "--start", "-1")
+    assert r.exit_code == 2 and "--start must be >= 0" in r.output + r.stderr
+
+
 def test_shipped_default_model_is_used_for_other_scales(tmp_path: Path) -> None:
     """No --model/--weights: the shipped x4 default serves --scale 2 by a final resize (registry has no x2)."""
     src = tmp_path / "a.png"

@@ -649,9 +649,10 @@ def test_recommended_sampling_round_trips_and_unknown_keys_fail(tmp_path):
     from dreamsr.unet import UNet, preset
 
     model = UNet(preset("tiny"))
-    info = CheckpointInfo(model.config, DiffusionConfig(), 4, sampling={"steps": 20, "back_project": True})
+    info = CheckpointInfo(model.config, DiffusionConfig(), 4, sampling={"steps": 20, "start": 500,
+                                                                         "back_project": True})
     path = save_checkpoint(tmp_path / "m.safetensors", model, info)
     _, loaded = load_checkpoint(path)
-    assert loaded.sampling == {"steps": 20, "back_project": True}
+    assert loaded.sampling == {"steps": 20, "start": 500, "back_project": True}
     with pytest.raises(CheckpointError, match="back_projection"):
         CheckpointInfo(model.config, DiffusionConfig(), 4, sampling={"back_projection": True})

@@ -165,7 +165,8 @@ def upscale(
                                                  "seams); end: sample tiles independently, blend at the end "
                                                  "(the paper's protocol)."),
     start: Optional[int] = typer.Option(None, "--start", help="Truncated start: begin at this trained step from "
-                                        "the noised bicubic image instead of pure noise (e.g. 500).",
+                                        "the noised bicubic image instead of pure noise (e.g. 500); 0: the full "
+                                        "chain. Default: the model's recommendation, else the full chain.",
                                         show_default=False),
     back_project: Optional[bool] = typer.Option(None, "--back-project/--no-back-project", help="After every step, "
                                                 "correct the estimate so its bicubic downsample matches the input. "
@@ -219,7 +220,9 @@ def upscale(
         _usage(f"--batch must be at least 1, got {batch}")
     if steps is not None and steps < 1:
         _usage(f"--steps must be at least 1, got {steps}")
-    if start is not None and steps is not None and start < steps:
+    if start is not None and start < 0:
+        _usage(f"--start must be >= 0 (0: the full chain), got {start}")
+    if start and steps is not None and start < steps:
         _usage(f"--start ({start}) must be at least --steps ({steps}): the chain from step {start} has "
                f"only {start} steps")
     if max_pixels < 1:
@@ -256,6 +259,9 @@ def upscale(
             steps = int(recommended.get("steps", 50)) if steps is None else steps
             if back_project is None:
                 back_project = bool(recommended.get("back_project", False))
+            if start is None and recommended.get("start") is not None and int(recommended["start"]) >= steps:
+                start = int(recommended["start"])  # a truncated chain of the recommended length or shorter
+            start = start or None  # 0: the full chain
             up.validate(steps=steps, sampler=sampler, eta=eta, tile=tile, overlap=overlap, batch=batch, merge=merge,
                         start=start)
         except ConfigError as err:
