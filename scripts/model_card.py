@@ -53,8 +53,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("val_dir", type=Path)
     ap.add_argument("out", type=Path)
     ap.add_argument("--steps", default="10,20,50,100")
-    ap.add_argument("--option-steps", type=int, default=20,
-                    help="steps at which start/back-projection are measured (0: skip them)")
+    ap.add_argument("--option-steps", default="20",
+                    help="comma-separated DDIM step counts at which start/back-projection are measured, the "
+                         "recommended one first (its grids make the figure); 0: skip them")
     ap.add_argument("--start", type=int, default=500, help="truncated start t0 to measure")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=0)
@@ -70,13 +71,14 @@ def main(argv: list[str] | None = None) -> int:
     for s in [int(x) for x in args.steps.split(",")]:
         for sampler in ("ddim", "ddpm"):
             runs.append((f"{sampler} {s}", dict(weights=str(args.weights), steps=s, sampler=sampler)))
-    k = args.option_steps
-    if k:
+    option_steps = [int(x) for x in str(args.option_steps).split(",") if int(x) > 0]
+    for k in option_steps:
         w = str(args.weights)
         runs += [(f"ddim {k} + back-projection", dict(weights=w, steps=k, back_project=True)),
                  (f"ddim {k} + start {args.start}", dict(weights=w, steps=k, start=args.start)),
                  (f"ddim {k} + start {args.start} + back-projection",
                   dict(weights=w, steps=k, start=args.start, back_project=True))]
+    k = option_steps[0] if option_steps else 20  # the recommended setting's step count: its grids make the figure
     sha = sha256_file(args.weights)
     results = []
     for label, kw in runs:
@@ -104,8 +106,8 @@ def main(argv: list[str] | None = None) -> int:
     (args.out / "card.json").write_text(json.dumps({"weights": str(args.weights), "val_dir": str(args.val_dir),
                                                     "seed": args.seed, "results": results}, indent=2))
     # the figure shows the recommended sampling (back-projection) when it was measured
-    grids = (sorted((args.out / f"ddim-{k}_back-projection" / "grids").glob("*.png"))
-             or sorted((args.out / f"ddim-{k}" / "grids").glob("*.png")))
+    grids = next((g for g in (sorted((args.out / name / "grids").glob("*.png")) for name in (
+        f"ddim-{k}_start-{args.start}_back-projection", f"ddim-{k}_back-projection", f"ddim-{k}")) if g), [])
     if grids:
         shutil.copyfile(grids[0], args.out / "figure.png")
     print("\n".join(lines))

@@ -38,7 +38,7 @@ dreamsr train "${common[@]}" --batch-size 8 --lr 1e-4 --lr-schedule cosine --ste
   --save-every 250 --keep 2 --val-every 2500 --threads 1 --init-weights "$work/stage1/model.safetensors" \
   --run-dir "$work/stage2"
 # the model card's tables (bicubic; DDIM and DDPM at 10/20/50/100 steps; truncated start and back-projection)
-python scripts/model_card.py "$work/stage2/model.safetensors" "$work/corpus/val_crops" "$work/card"
+python scripts/model_card.py "$work/stage2/model.safetensors" "$work/corpus/val_crops" "$work/card" --option-steps 10,20
 # the shipped file: fp16 with the recommended sampling in its metadata; prints the weights.toml fields
 python scripts/package_model.py "$work/stage2/model.safetensors" "$work/dreamsr-x4-small.safetensors" \
   --steps 20 --back-project

@@ -90,6 +90,19 @@ def test_model_card_tables_bicubic_and_each_sampler(tmp_path: Path, val_dir: Pat
     assert rows[2].startswith("| bicubic |") and rows[2].endswith("+0.00 |") and len(rows) == 5
 
 
+def test_model_card_option_rows_and_the_figure_of_the_recommended_setting(tmp_path: Path, val_dir: Path) -> None:
+    w = write_tiny_checkpoint(tmp_path / "m.safetensors", scale=4)
+    out = tmp_path / "card"
+    argv = [str(w), str(val_dir), str(out), "--steps", "1", "--option-steps", "2,1", "--start", "3"]
+    assert _script("model_card").main(argv) == 0
+    labels = [r["label"] for r in json.loads((out / "card.json").read_text())["results"]]
+    assert labels == ["bicubic", "ddim 1", "ddpm 1", "ddim 2 + back-projection", "ddim 2 + start 3",
+                      "ddim 2 + start 3 + back-projection", "ddim 1 + back-projection", "ddim 1 + start 3",
+                      "ddim 1 + start 3 + back-projection"]
+    grid = sorted((out / "ddim-2_start-3_back-projection" / "grids").glob("*.png"))[0]
+    assert (out / "figure.png").read_bytes() == grid.read_bytes()
+
+
 def test_package_model_sets_sampling_and_keeps_the_weights(tmp_path: Path) -> None:
     src = write_tiny_checkpoint(tmp_path / "src.safetensors", scale=4)
     dst = tmp_path / "pkg" / "m.safetensors"
