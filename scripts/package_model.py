@@ -5,7 +5,7 @@ weights.toml entry printed (sha256, bytes, params).
 Usage::
 
     python scripts/package_model.py RUN/model.safetensors dreamsr/assets/dreamsr-x4-small.safetensors \\
-        --steps 20 --back-project
+        --steps 10 --start 500 --back-project
 """
 
 from __future__ import annotations
@@ -22,12 +22,14 @@ def main() -> int:
     ap.add_argument("src", type=Path)
     ap.add_argument("dst", type=Path)
     ap.add_argument("--steps", type=int, required=True)
+    ap.add_argument("--start", type=int, default=None, help="recommended truncated start (trained step t0)")
     ap.add_argument("--back-project", action="store_true")
     args = ap.parse_args()
     model, info = load_checkpoint(args.src)
     info = CheckpointInfo(unet=info.unet, diffusion=info.diffusion, scale=info.scale, color=info.color,
                           training=info.training, dreamsr_version=info.dreamsr_version,
-                          sampling={"steps": args.steps, "back_project": bool(args.back_project)})
+                          sampling={"steps": args.steps, "back_project": bool(args.back_project),
+                                    **({"start": args.start} if args.start else {})})
     args.dst.parent.mkdir(parents=True, exist_ok=True)
     save_checkpoint(args.dst, model, info, dtype="fp16")
     print(f'sha256      = "{sha256_file(args.dst)}"')

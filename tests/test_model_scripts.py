@@ -107,10 +107,11 @@ def test_package_model_sets_sampling_and_keeps_the_weights(tmp_path: Path) -> No
     src = write_tiny_checkpoint(tmp_path / "src.safetensors", scale=4)
     dst = tmp_path / "pkg" / "m.safetensors"
     r = subprocess.run([sys.executable, str(ROOT / "scripts" / "package_model.py"), str(src), str(dst),
-                        "--steps", "20", "--back-project"], capture_output=True, text=True, cwd=ROOT)
+                        "--steps", "10", "--start", "500", "--back-project"], capture_output=True, text=True,
+                       cwd=ROOT)
     assert r.returncode == 0, r.stderr
     info = read_info(dst)
-    assert info.sampling == {"steps": 20, "back_project": True}
+    assert info.sampling == {"steps": 10, "start": 500, "back_project": True}
     a, b = load_checkpoint(src)[0].state_dict(), load_checkpoint(dst)[0].state_dict()
     assert all(torch.equal(a[k].half().float(), b[k]) for k in a)  # stored in fp16, otherwise unchanged
     from dreamsr.weights import sha256_file
