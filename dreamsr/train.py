@@ -499,7 +499,7 @@ def _init_from_weights(cfg: TrainConfig, model: UNet, ema: UNet) -> None:
     """Load ``cfg.init_weights`` (an inference checkpoint) into ``model`` and ``ema``, strictly.
 
     The checkpoint must describe the same UNet, diffusion and scale as ``cfg``: fine-tuning continues the same
-    model, so a mismatch is an error naming the first differing field rather than a partial load."""
+    model, so a mismatch is an error naming every differing field rather than a partial load."""
     from dreamsr.checkpoint import load_checkpoint
 
     src, info = load_checkpoint(cfg.init_weights)

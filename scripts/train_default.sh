@@ -41,4 +41,4 @@ dreamsr train "${common[@]}" --batch-size 8 --lr 1e-4 --lr-schedule cosine --ste
 python scripts/model_card.py "$work/stage2/model.safetensors" "$work/corpus/val_crops" "$work/card" --option-steps 10,20
 # the shipped file: fp16 with the recommended sampling in its metadata; prints the weights.toml fields
 python scripts/package_model.py "$work/stage2/model.safetensors" "$work/dreamsr-x4-small.safetensors" \
-  --steps 20 --back-project
+  --steps 10 --start 500 --back-project
