@@ -60,7 +60,7 @@ from dreamsr.weights import sha256_file
 
 __all__ = [
     "SETS", "SetSpec", "Protocol", "PROTOCOLS", "EvalItem", "EvalConfig", "Progress", "EvalReport",
-    "METRICS", "REFERENCE_MODELS", "resolve_set", "evaluate", "compare", "compare_markdown", "load_summary",
+    "METRICS", "REFERENCE_MODELS", "resolve_set", "evaluate", "evaluate_cached", "finished_summary", "compare", "compare_markdown", "load_summary",
     "IMAGE_EXTENSIONS",
 ]
 
@@ -762,6 +762,43 @@ def _jsonable(obj: Any) -> Any:
     if isinstance(obj, Path):
         return str(obj)
     return obj
+
+
+def _comparable_config(config: dict[str, Any]) -> dict[str, Any]:
+    """A config as summary.json stores it, without the command line (it does not change results)."""
+    return {k: v for k, v in json.loads(json.dumps(_jsonable(config))).items() if k != "command"}
+
+
+def finished_summary(config: EvalConfig, out_dir: str | os.PathLike) -> dict[str, Any] | None:
+    """The summary of a finished evaluation of the same thing in ``out_dir``, or None.
+
+    "The same" means summary.json's config equals ``config`` in every field but ``command`` and, for a
+    checkpoint file (``config.weights``), its recorded sha256 equals the file's sha256 now (a retrained file at
+    the same path does not match; a registry name is matched by name). summary.json is written last and
+    atomically, so an interrupted evaluation never matches.
+    """
+    path = Path(out_dir) / "summary.json"
+    if not path.is_file():
+        return None
+    try:
+        cached = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    if _comparable_config(cached.get("config", {})) != _comparable_config(asdict(config)):
+        return None
+    if config.weights and cached.get("model", {}).get("sha256") != sha256_file(Path(config.weights)):
+        return None
+    return cached
+
+
+def evaluate_cached(config: EvalConfig, out_dir: str | os.PathLike, *,
+                    progress: ProgressFn | None = None) -> tuple[dict[str, Any], bool]:
+    """:func:`evaluate` unless :func:`finished_summary` finds the same evaluation done in ``out_dir``.
+    Returns (summary, reused)."""
+    cached = finished_summary(config, out_dir)
+    if cached is not None:
+        return cached, True
+    return evaluate(config, out_dir, progress=progress).summary, False
 
 
 def _write_json(path: Path, summary: dict[str, Any]) -> None:

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Measure a x4 checkpoint on the held-out photos and write the model card's tables (no number typed by hand).
 
-Finished evaluations (a folder with summary.json) are reused, so the work can be split over processes that
+Finished evaluations (the same settings and weights sha256) are reused, so the work can be split over processes that
 share OUT and a final run with every option only assembles the tables. Runs ``dreamsr.evaluate.evaluate`` (the same code as ``dreamsr eval``) for bicubic and for the model at
 10/20/50/100 steps with DDIM and DDPM, plus the sampling options (truncated start, back-projection) at the
 card's default step count, and writes ``OUT/card_tables.md`` and ``OUT/card.json``; the comparison figure
@@ -22,23 +22,18 @@ from pathlib import Path
 
 import torch
 
-from dreamsr.evaluate import EvalConfig, evaluate
-from dreamsr.weights import sha256_file
+from dreamsr.evaluate import EvalConfig, evaluate, finished_summary
 
 HEADERS = ("PSNR RGB", "SSIM RGB", "PSNR Y (crop 4)", "SSIM Y (crop 4)", "consistency ×1e5")
 
 
+# evaluate()'s summary columns -> the card's headers
+COLUMNS = {"psnr_rgb": "PSNR RGB", "ssim_rgb": "SSIM RGB", "psnr_y": "PSNR Y (crop 4)", "ssim_y": "SSIM Y (crop 4)",
+           "consistency": "consistency ×1e5"}
+
+
 def _row(summary: dict) -> dict[str, float]:
-    out: dict[str, float] = {}
-    for e in summary["metrics"]:
-        conv = e.get("convention")
-        key = {("psnr", "rgb"): "PSNR RGB", ("ssim", "rgb"): "SSIM RGB", ("psnr", "y"): "PSNR Y (crop 4)",
-               ("ssim", "y"): "SSIM Y (crop 4)"}.get((e["metric"], conv))
-        if e["metric"] == "consistency":
-            key = "consistency ×1e5"
-        if key:
-            out[key] = e["mean"]
-    return out
+    return {COLUMNS[e["column"]]: e["mean"] for e in summary["metrics"] if e.get("column") in COLUMNS}
 
 
 def _fmt(key: str, v: float | None) -> str:
@@ -79,19 +74,16 @@ def main(argv: list[str] | None = None) -> int:
                  (f"ddim {k} + start {args.start} + back-projection",
                   dict(weights=w, steps=k, start=args.start, back_project=True))]
     k = option_steps[0] if option_steps else 20  # the recommended setting's step count: its grids make the figure
-    sha = sha256_file(args.weights)
     results = []
     for label, kw in runs:
         folder = args.out / label.replace(" + ", "_").replace(" ", "-")
         t0 = time.perf_counter()
-        cached = json.loads((folder / "summary.json").read_text()) if (folder / "summary.json").is_file() else None
-        expected = sha if "weights" in kw else None  # bicubic has no weights
-        if cached is not None and cached["model"].get("sha256") == expected:
-            summary = cached  # the same weights and settings: reuse
-        elif args.only_cached:
-            continue
-        else:
-            summary = evaluate(EvalConfig(**base, **kw), folder).summary
+        cfg = EvalConfig(**base, **kw)
+        summary = finished_summary(cfg, folder)  # the same settings and weights (sha256) finished: reuse
+        if summary is None:
+            if args.only_cached:
+                continue
+            summary = evaluate(cfg, folder).summary
         results.append({"label": label, "folder": folder.name, "metrics": _row(summary),
                         "count": summary["count"], "seconds": round(time.perf_counter() - t0, 1)})
         print(f"{label}: {results[-1]['metrics']}", flush=True)

@@ -27,7 +27,7 @@ Compute (the experiments are six training runs plus evaluations):
     ci       tiny (~10 k)    6 x 24 (2, 32 px)            2 crops, 2-4 steps         ~15-40 s       -
     smoke    small (2.6 M)   6 x 100 (4, 32 px)           4 crops, <= 50 steps       ~10-30 min     -
     full     small (2.6 M)   6 x 4000 (8, 64 px)          28 crops x 200 DDPM steps,  ~5 h          ~20-30 min
-                                                          E3 8 crops x 1385 steps x 4,
+                                                          E3 4 crops x 1385 steps x 4,
                                                           E4 16 crops x 1000 steps x 4
 
 The CPU figures scale the measured 0.3 s (standard) / 0.4 s (DREAM) per batch-8 step of the small UNet on 64 px
@@ -125,7 +125,7 @@ PROFILES: dict[str, Profile] = {
                      e3_steps=(5, 10, 20, 50), e3_samplers=("ddpm", "ddim"), e4_images=4, e4_crop=32, e4_steps=50),
     "full": Profile(name="full", preset="small", patch=64, batch_size=8, steps=4000, lr=2e-4, lr_warmup=100,
                     ema_decay=0.999, save_every=500, val_every=250, val_count=7, val_crop=128, val_steps=20,
-                    workers=1, eval_images=28, eval_crop=128, e1_sampler="ddpm", e1_steps=200, e3_images=8,
+                    workers=1, eval_images=28, eval_crop=128, e1_sampler="ddpm", e1_steps=200, e3_images=4,
                     e3_steps=(5, 10, 20, 50, 100, 200, 1000), e3_samplers=("ddpm", "ddim"), e4_images=16,
                     e4_crop=64, e4_steps=1000),
 }
@@ -158,6 +158,7 @@ class RunSpec:
         return f"{'∞' if math.isinf(self.p) else self.p_label} ({kind})"
 
 
+EVAL_PARTS = ("table", "steps", "discrepancy")  # reproduce(only=...): E1/E5 tables, E3, E4
 E1_RUNS = tuple(RunSpec(p, "image") for p in (0.0, 1.0, 2.0, INF))
 E5_RUNS = (RunSpec(1.0, "residual"), RunSpec(INF, "residual"))
 RUNS = E1_RUNS + E5_RUNS
@@ -451,25 +452,19 @@ def run_eval(name: str, out_dir: Path, *, weights: Path | None, crops: Path, ima
              grids: int, log: Callable[[str], None]) -> dict[str, Any]:
     """evaluate() one model (or bicubic when ``weights`` is None) on the held-out crops, unless the same
     evaluation of the same weights (sha256) finished before. Returns the summary plus per-image values."""
-    from dreamsr.evaluate import EvalConfig, evaluate
+    from dreamsr.evaluate import EvalConfig, evaluate, finished_summary
 
-    key = {"weights_sha256": sha256_file(weights) if weights is not None else "bicubic", "crops": str(crops),
-           "images": images, "steps": steps, "sampler": sampler, "metrics": list(metrics), "seed": 0,
-           "metric_weights": metric_weights}
-    done = out_dir / "done.json"
-    if not (done.is_file() and _read_json(done).get("key") == key and (out_dir / "summary.json").is_file()):
+    cfg = EvalConfig(set="folder", data_dir=str(crops), limit=images, model="bicubic" if weights is None else name,
+                     weights=None if weights is None else str(weights), metrics=metrics, convention="both",
+                     steps=steps, sampler=sampler, seed=0, samples=1, tile=0, overlap=0, merge="end", batch=1,
+                     device=device, precision=precision, grids=grids, metric_weights=metric_weights,
+                     command=f"reproduce.py eval {name}")
+    summary = finished_summary(cfg, out_dir)  # the same settings and weights (sha256) finished: reuse
+    if summary is None:
         log(f"eval {name}: {sampler} {steps} steps on {images} crop(s)")
-        cfg = EvalConfig(set="folder", data_dir=str(crops), limit=images,
-                         model="bicubic" if weights is None else name,
-                         weights=None if weights is None else str(weights), metrics=metrics, convention="both",
-                         steps=steps, sampler=sampler, seed=0, samples=1, tile=0, overlap=0, merge="end",
-                         batch=1, device=device, precision=precision, grids=grids, metric_weights=metric_weights,
-                         command=f"reproduce.py eval {name}")
-        evaluate(cfg, out_dir)
-        _write_json(done, {"key": key, "finished": _now()})
+        summary = evaluate(cfg, out_dir).summary
     else:
         log(f"eval {name}: finished earlier, skipped")
-    summary = _read_json(out_dir / "summary.json")
     res: dict[str, Any] = {"metrics": {}, "per_image": {}, "unavailable": {}, "seconds": summary.get("seconds"),
                            "count": summary.get("count"), "dir": str(out_dir)}
     for e in summary["metrics"]:
@@ -951,7 +946,7 @@ def write_markdown(out: Path, doc: Path, fig_prefix: str = "") -> Path:
                                                          "e5_residual.json"))
     figs = info.get("figures", {})
     prof = e1["profile"]
-    last = info["invocations"][-1]
+    last = [inv for inv in info["invocations"] if "only" not in inv][-1]  # the reporting invocation
     hw = last["hardware"]
     L: list[str] = ["# Reproducing DREAM at small scale", ""]
     L.append("*Generated by `scripts/reproduce.py` from the JSON files it wrote; no number below was typed by "
@@ -978,9 +973,11 @@ def write_markdown(out: Path, doc: Path, fig_prefix: str = "") -> Path:
           f"`{last['data']}/val`; evaluation on {prof['eval_images']} held-out HR crops of {prof['eval_crop']} px "
           "(LR = antialiased bicubic x4, 8-bit), each crop sampled whole (no tiling)",
           f"- hardware (last invocation): {hw['cpu']}, {hw['cpu_count']} cores, torch threads {hw['threads']}, "
-          f"GPU {hw['gpu'] or 'none'}, device `{last['device']}`; torch {hw['torch']}, dreamsr {hw['dreamsr']}, "
+          f"GPU {hw['gpu'] or 'none'}, device `{last['device']}`, precision `{last.get('precision', '?')}`; torch {hw['torch']}, dreamsr {hw['dreamsr']}, "
           f"Python {hw['python']}",
-          "- wall time: " + "; ".join(f"{inv['started']} `{inv['profile']}` {_dur(inv['wall_seconds'])}"
+          "- wall time: " + "; ".join(f"{inv['started']} `{inv['profile']}`"
+                                      f"{' (' + ', '.join(inv['only']) + ' only)' if inv.get('only') else ''} "
+                                      f"{_dur(inv['wall_seconds'])}"
                                       for inv in info["invocations"]),
           f"- compute in the results: training {_dur(sum(r['train_seconds'] or 0 for r in e1['rows'] + e5['rows'][2:]))}"
           f", E1/E5 evaluations {_dur(sum(r['eval_seconds'] or 0 for r in e1['rows'] + e5['rows'][2:]))}, "
@@ -1206,15 +1203,35 @@ def partial_curves(out: Path, doc: Path, profile: Profile, note: str = "") -> Pa
     return doc
 
 
+def _record_invocation(out: Path, record: dict[str, Any], figures: dict[str, Any] | None = None) -> None:
+    """Append one invocation (and, from a full one, the figure list) to OUT/run_info.json under a file lock:
+    two ``--only`` processes may finish at the same time."""
+    import fcntl
+
+    with open(out / ".run_info.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        path = out / "run_info.json"
+        info = _read_json(path) if path.is_file() else {"invocations": []}
+        info.update(figures or {})
+        info["invocations"].append(record)
+        _write_json(path, info)
+
+
 def reproduce(profile: Profile, out: Path, data: Path, *, device: str = "auto", precision: str = "auto",
               workers: int | None = None, metric_weights: str | None = None, doc: Path | None = None,
-              command: str = "", log: Callable[[str], None] = print) -> dict[str, Any]:
+              command: str = "", log: Callable[[str], None] = print,
+              only: Sequence[str] | None = None) -> dict[str, Any]:
     """Run (or resume) every experiment of ``profile`` into ``out``; write the JSONs, figures and the report.
-    Returns {"doc": path, "json": {experiment: path}, "figures": {...}}."""
+    Returns {"doc": path, "json": {experiment: path}, "figures": {...}}.
+
+    ``only``: a subset of EVAL_PARTS ("table": E1/E5 evaluations, "steps": E3, "discrepancy": E4) to run just
+    those evaluations of runs that finished training, then return {"only": [...]} without JSONs or report, so
+    that two processes can share the evaluations (a later plain invocation finds them done and reports)."""
     from dreamsr.data import find_images
     from dreamsr.runtime import resolve_device
 
     t_start = time.perf_counter()
+    started = _now()
     out.mkdir(parents=True, exist_ok=True)
     if not (data / "train").is_dir() or not (data / "val").is_dir():
         raise SystemExit(f"{data} needs train/ and val/ photo folders; build them with "
@@ -1227,45 +1244,64 @@ def reproduce(profile: Profile, out: Path, data: Path, *, device: str = "auto", 
         stages[name] = round(time.perf_counter() - t, 3)
         return r
 
+    parts = set(EVAL_PARTS if only is None else only)
+    if not parts or parts - set(EVAL_PARTS):
+        raise SystemExit(f"only: choose from {', '.join(EVAL_PARTS)}, got {', '.join(sorted(parts)) or '(none)'}")
+    if only is not None:  # evaluations only: never train here (another process may be training)
+        unfinished = [s.name for s in RUNS if not _run_finished(out / "runs" / s.name, profile.steps)]
+        if unfinished:
+            raise SystemExit(f"--only evaluates finished runs; still training: {', '.join(unfinished)}")
     ctx = dict(device=device, precision=precision)
     trained = {s.name: timed(f"train/{s.name}", lambda s=s: train_run(s, profile, out, data, device, precision,
                                                                        workers, log)) for s in RUNS}
     crops = prepare_eval_crops(data / "val", out / "data" / "eval_crops", profile.eval_images, profile.eval_crop)
     full_metrics = ("psnr", "ssim", "consistency", "lpips", "fid")
-    evals = {s.name: timed(f"eval/{s.name}", lambda s=s: run_eval(
-        s.name, out / "evals" / "table" / s.name, weights=Path(trained[s.name]["weights"]), crops=crops,
-        images=profile.eval_images, steps=profile.e1_steps, sampler=profile.e1_sampler, metrics=full_metrics,
-        metric_weights=metric_weights, grids=2, log=log, **ctx)) for s in RUNS}
-    bicubic = timed("eval/bicubic", lambda: run_eval(
-        "bicubic", out / "evals" / "table" / "bicubic", weights=None, crops=crops, images=profile.eval_images,
-        steps=1, sampler="ddim", metrics=("psnr", "ssim", "consistency"), metric_weights=None, grids=0, log=log,
-        **ctx))
-    e3_results = {}
-    for s in (P1, PINF):
-        for sampler in profile.e3_samplers:
-            for st in profile.e3_steps:
-                e3_results[(s.name, sampler, st)] = timed(f"e3/{s.name}/{sampler}{st}", lambda s=s, sampler=sampler,
-                                                          st=st: run_eval(
-                    f"{s.name}_{sampler}{st}", out / "evals" / "steps" / f"{s.name}_{sampler}_{st:04d}",
-                    weights=Path(trained[s.name]["weights"]), crops=crops, images=profile.e3_images, steps=st,
-                    sampler=sampler, metrics=("psnr", "ssim"), metric_weights=None, grids=0, log=log, **ctx))
-    e4_crops = [img for _, img in held_out_crops(data / "val", profile.e4_images, profile.e4_crop)]
-    e4_models = []
-    for s in (PINF, P1):
-        path = out / "evals" / "discrepancy" / f"{s.name}.json"
-        weights = Path(trained[s.name]["weights"])
-        key = {"weights_sha256": sha256_file(weights), "steps": profile.e4_steps, "images": profile.e4_images,
-               "crop": profile.e4_crop, "seed": 0}
-        if path.is_file() and _read_json(path).get("key") == key:
-            log(f"E4 {s.name}: finished earlier, skipped")
-            res = _read_json(path)
-        else:
-            log(f"E4 {s.name}: {profile.e4_steps}-step DDPM chain on {profile.e4_images} crops")
-            res = timed(f"e4/{s.name}", lambda s=s, weights=weights: discrepancy(
-                weights, e4_crops, steps=profile.e4_steps, seed=0, device=device, precision=precision))
-            res.update({"key": key, "name": s.name, "p": s.p_label})
-            _write_json(path, res)
-        e4_models.append(res)
+    evals: dict[str, dict] = {}
+    bicubic: dict = {}
+    e3_results: dict = {}
+    e4_models: list = []
+    if "table" in parts:
+        evals = {s.name: timed(f"eval/{s.name}", lambda s=s: run_eval(
+            s.name, out / "evals" / "table" / s.name, weights=Path(trained[s.name]["weights"]), crops=crops,
+            images=profile.eval_images, steps=profile.e1_steps, sampler=profile.e1_sampler, metrics=full_metrics,
+            metric_weights=metric_weights, grids=2, log=log, **ctx)) for s in RUNS}
+        bicubic = timed("eval/bicubic", lambda: run_eval(
+            "bicubic", out / "evals" / "table" / "bicubic", weights=None, crops=crops, images=profile.eval_images,
+            steps=1, sampler="ddim", metrics=("psnr", "ssim", "consistency"), metric_weights=None, grids=0, log=log,
+            **ctx))
+    if "steps" in parts:
+        for s in (P1, PINF):
+            for sampler in profile.e3_samplers:
+                for st in profile.e3_steps:
+                    e3_results[(s.name, sampler, st)] = timed(f"e3/{s.name}/{sampler}{st}", lambda s=s, sampler=sampler,
+                                                              st=st: run_eval(
+                        f"{s.name}_{sampler}{st}", out / "evals" / "steps" / f"{s.name}_{sampler}_{st:04d}",
+                        weights=Path(trained[s.name]["weights"]), crops=crops, images=profile.e3_images, steps=st,
+                        sampler=sampler, metrics=("psnr", "ssim"), metric_weights=None, grids=0, log=log, **ctx))
+    if "discrepancy" in parts:
+        e4_crops = [img for _, img in held_out_crops(data / "val", profile.e4_images, profile.e4_crop)]
+        for s in (PINF, P1):
+            path = out / "evals" / "discrepancy" / f"{s.name}.json"
+            weights = Path(trained[s.name]["weights"])
+            key = {"weights_sha256": sha256_file(weights), "steps": profile.e4_steps, "images": profile.e4_images,
+                   "crop": profile.e4_crop, "seed": 0}
+            if path.is_file() and _read_json(path).get("key") == key:
+                log(f"E4 {s.name}: finished earlier, skipped")
+                res = _read_json(path)
+            else:
+                log(f"E4 {s.name}: {profile.e4_steps}-step DDPM chain on {profile.e4_images} crops")
+                res = timed(f"e4/{s.name}", lambda s=s, weights=weights: discrepancy(
+                    weights, e4_crops, steps=profile.e4_steps, seed=0, device=device, precision=precision))
+                res.update({"key": key, "name": s.name, "p": s.p_label})
+                _write_json(path, res)
+            e4_models.append(res)
+
+    if only is not None:
+        _record_invocation(out, {
+            "started": started, "command": command, "profile": profile.name, "only": sorted(parts),
+            "device": str(resolve_device(device)), "precision": precision, "hardware": hardware(), "stages": stages,
+            "wall_seconds": round(time.perf_counter() - t_start, 3)})
+        return {"only": sorted(parts)}
 
     exps = {"e1_p_sweep": experiment_e1(profile, trained, evals, bicubic),
             "e2_convergence": experiment_e2(profile, trained),
@@ -1277,18 +1313,12 @@ def reproduce(profile: Profile, out: Path, data: Path, *, device: str = "auto", 
         paths[name] = out / f"{name}.json"
         _write_json(paths[name], data_)
     figures = _figures(out, *exps.values())
-    info_path = out / "run_info.json"
-    info = _read_json(info_path) if info_path.is_file() else {"invocations": []}
-    info["figures"] = figures
-    info["figures_note"] = None if all(figures.values()) else NO_PLOT
-    info["invocations"].append({
-        "started": _dt.datetime.fromtimestamp(time.time() - (time.perf_counter() - t_start),
-                                              _dt.timezone.utc).isoformat(timespec="seconds"),
-        "command": command, "profile": profile.name, "device": str(resolve_device(device)), "precision": precision,
-        "data": str(data), "train_images": len(find_images(data / "train")),
-        "val_images": len(find_images(data / "val")), "hardware": hardware(),
-        "stages": stages, "wall_seconds": round(time.perf_counter() - t_start, 3)})
-    _write_json(info_path, info)
+    _record_invocation(out, {
+        "started": started, "command": command, "profile": profile.name, "device": str(resolve_device(device)),
+        "precision": precision, "data": str(data), "train_images": len(find_images(data / "train")),
+        "val_images": len(find_images(data / "val")), "hardware": hardware(), "stages": stages,
+        "wall_seconds": round(time.perf_counter() - t_start, 3)},
+        figures={"figures": figures, "figures_note": None if all(figures.values()) else NO_PLOT})
     doc_path = _render(out, doc or out / "reproduction.md")
     return {"doc": doc_path, "json": paths, "figures": figures}
 
@@ -1320,6 +1350,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                     help="only train (or resume) these runs, comma-separated names (" + ", ".join(s.name for s in RUNS)
                          + "), then exit: one process per run trains them side by side on one GPU; a later plain "
                            "invocation finds them finished and runs the evaluations")
+    ap.add_argument("--only", default=None, metavar="PARTS",
+                    help="only run these evaluations of finished runs, comma-separated (" + ", ".join(EVAL_PARTS)
+                         + "), then exit: two processes can share them; a later plain invocation reports")
     args = ap.parse_args(argv)
     prof = PROFILES[args.profile]
     if args.steps is not None:
@@ -1352,7 +1385,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     command = "python scripts/reproduce.py " + " ".join(sys.argv[1:] if argv is None else list(argv))
     res = reproduce(prof, out, args.data_dir, device=args.device, precision=args.precision, workers=args.workers,
-                    metric_weights=args.metric_weights, doc=args.doc, command=command.strip(), log=log)
+                    metric_weights=args.metric_weights, doc=args.doc, command=command.strip(), log=log,
+                    only=None if args.only is None else [x.strip() for x in args.only.split(",") if x.strip()])
+    if "only" in res:
+        log(f"evaluated {', '.join(res['only'])}; run again without --only for the report")
+        return 0
     for name, path in res["json"].items():
         checks = _read_json(path)["checks"]
         log(f"{name}: " + "; ".join(f"{c['claim']}: {_yn(c['holds'])}" for c in checks))

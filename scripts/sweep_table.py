@@ -3,7 +3,7 @@
 
 Each checkpoint's training settings (target, crop, batch, lr, embedding scale, steps) are read from its own
 metadata, so the table cannot disagree with the weights. Evaluations run through ``dreamsr.evaluate.evaluate``
-(the code of ``dreamsr eval``) and are cached per weights sha256 under OUT, so a rerun only adds what is new.
+(the code of ``dreamsr eval``) and are reused when the same settings and weights sha256 finished under OUT, so a rerun only adds what is new.
 
 Usage::
 
@@ -20,31 +20,17 @@ from pathlib import Path
 import torch
 
 from dreamsr.checkpoint import read_info
-from dreamsr.evaluate import EvalConfig, evaluate
+from dreamsr.evaluate import EvalConfig, evaluate_cached
 from dreamsr.weights import sha256_file
 
-KEYS = {("psnr", "y"): "PSNR Y", ("ssim", "y"): "SSIM Y", ("psnr", "rgb"): "PSNR RGB", ("ssim", "rgb"): "SSIM RGB"}
+# evaluate()'s summary columns -> the table's headers
+COLUMNS = {"psnr_y": "PSNR Y", "ssim_y": "SSIM Y", "psnr_rgb": "PSNR RGB", "ssim_rgb": "SSIM RGB",
+           "consistency": "consistency ×1e5"}
 
 
 def metrics_of(summary: dict) -> dict[str, float]:
-    """{column: mean} from an evaluate() summary."""
-    out: dict[str, float] = {}
-    for e in summary["metrics"]:
-        if e["metric"] == "consistency":
-            out["consistency ×1e5"] = e["mean"]
-        elif (e["metric"], e.get("convention")) in KEYS:
-            out[KEYS[(e["metric"], e.get("convention"))]] = e["mean"]
-    return out
-
-
-def run(folder: Path, kw: dict, base: dict, sha: str | None) -> dict:
-    """evaluate() into ``folder`` unless a finished evaluation of the same weights is there."""
-    done = folder / "summary.json"
-    if done.is_file():
-        cached = json.loads(done.read_text())
-        if cached["model"].get("sha256") == sha:
-            return cached
-    return evaluate(EvalConfig(**base, **kw), folder).summary
+    """{header: mean} from an evaluate() summary."""
+    return {COLUMNS[e["column"]]: e["mean"] for e in summary["metrics"] if e.get("column") in COLUMNS}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -70,13 +56,13 @@ def main(argv: list[str] | None = None) -> int:
                 convention="both", seed=args.seed, device="cpu", precision="fp32", grids=0)
     setting = f"{args.sampler}-{args.steps}" + ("_bp" if args.back_project else "")
     t0 = time.perf_counter()
-    bic = metrics_of(run(args.out / "bicubic", dict(model="bicubic"), base, None))
+    bic = metrics_of(evaluate_cached(EvalConfig(**base, model="bicubic"), args.out / "bicubic")[0])
     rows = []
     for label, path in pairs:
         info = read_info(path)
         sha = sha256_file(path)
         kw = dict(weights=str(path), steps=args.steps, sampler=args.sampler, back_project=args.back_project)
-        m = metrics_of(run(args.out / f"{label}_{setting}", kw, base, sha))
+        m = metrics_of(evaluate_cached(EvalConfig(**base, **kw), args.out / f"{label}_{setting}")[0])
         tr = info.training
         rows.append({"label": label, "weights": path.name, "sha256": sha, "target": info.diffusion.target,
                      "patch": tr.get("patch"), "batch": tr.get("batch_size"), "lr": tr.get("lr"),

@@ -14,7 +14,8 @@ from PIL import Image
 
 from dreamsr import metrics as M
 from dreamsr.errors import ConfigError, DatasetError
-from dreamsr.evaluate import EvalConfig, compare, compare_markdown, evaluate, resolve_set
+from dreamsr.evaluate import (EvalConfig, compare, compare_markdown, evaluate, evaluate_cached,
+                              finished_summary, resolve_set)
 from dreamsr.images import downsample, load_rgb, upsample
 from tests.photos import load_photo
 
@@ -269,6 +270,37 @@ def test_diffusion_model_goes_through_the_pipeline_with_k_seeds(tmp_path: Path, 
     with pytest.raises(ConfigError, match="serves x4 only"):
         evaluate(EvalConfig(set="folder", data_dir=str(root), weights=str(tiny_checkpoint), scale=2, device="cpu"),
                  tmp_path / "o2")
+
+
+def test_a_finished_evaluation_is_reused_only_for_the_same_settings_and_weights(tmp_path: Path,
+                                                                                  tiny_checkpoint: Path) -> None:
+    import dataclasses
+
+    from tests._helpers import write_tiny_checkpoint
+
+    root = tmp_path / "p"
+    _save(load_photo("chelsea.png")[:, 100:132, 150:182], root / "cat.png")
+    weights = tmp_path / "m.safetensors"
+    weights.write_bytes(tiny_checkpoint.read_bytes())
+    cfg = EvalConfig(set="folder", data_dir=str(root), weights=str(weights), steps=1, device="cpu",
+                     precision="fp32", grids=0, metrics=("psnr",), command="first")
+    out = tmp_path / "o"
+    assert finished_summary(cfg, out) is None
+    first, reused = evaluate_cached(cfg, out)
+    assert not reused and first["config"]["command"] == "first"
+    # the command line does not matter; anything that changes the result does
+    again, reused = evaluate_cached(dataclasses.replace(cfg, command="second"), out)
+    assert reused and again == json.loads((out / "summary.json").read_text())
+    assert finished_summary(dataclasses.replace(cfg, steps=2), out) is None
+    assert finished_summary(dataclasses.replace(cfg, seed=1), out) is None
+    # a different checkpoint under the same path is evaluated again
+    write_tiny_checkpoint(weights, scale=4, target="image", seed=1)
+    assert finished_summary(cfg, out) is None
+    fresh, reused = evaluate_cached(cfg, out)
+    assert not reused and fresh["model"]["sha256"] != first["model"]["sha256"]
+    # an interrupted evaluation (no summary.json, or a torn one) is never reused
+    (out / "summary.json").write_text("{")
+    assert finished_summary(cfg, out) is None
 
 
 # ---------------------------------------------------------------------------------------------- compare and CLI

@@ -266,7 +266,7 @@ def test_ci_profile_end_to_end(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) 
 
     # resumed: nothing is retrained or re-evaluated unless its result is gone; without matplotlib the figures
     # are skipped with a note instead of failing
-    (out / "evals" / "table" / "image_p2" / "done.json").unlink()
+    (out / "evals" / "table" / "image_p2" / "summary.json").unlink()
     monkeypatch.setattr(R, "_pyplot", lambda: None)
     logs.clear()
     R.reproduce(R.PROFILES["ci"], out, data, device="cpu", log=logs.append, command="test again")
@@ -330,3 +330,35 @@ def test_partial_curves_compare_unfinished_runs_at_equal_steps(tmp_path: Path) -
     md = doc.read_text()
     assert "> where it ran" in md and "| 300 | 18.50 | 16.00 |" in md and "30.00" not in md
     assert "image_pinf: peak 18.00 dB at step 200, last 16.00 dB at step 300 (-9.00 dB vs bicubic)" in md
+
+
+def test_only_shares_the_evaluations_between_processes(tmp_path: Path) -> None:
+    data = _corpus(tmp_path / "data")
+    out = tmp_path / "out"
+    argv = ["--profile", "ci", "--out", str(out), "--data-dir", str(data), "--device", "cpu", "--workers", "0"]
+    # never trains: refused while a run is unfinished (another process may be training it)
+    assert R.main([*argv, "--train-only", "image_p1"]) == 0
+    with pytest.raises(SystemExit, match="still training: image_p0, image_p2"):
+        R.main([*argv, "--only", "steps"])
+    with pytest.raises(SystemExit, match="choose from table, steps, discrepancy"):
+        R.main([*argv, "--only", "tables"])
+    assert R.main([*argv, "--train-only", ",".join(s.name for s in R.RUNS)]) == 0
+
+    assert R.main([*argv, "--only", "steps"]) == 0
+    prof = R.PROFILES["ci"]
+    assert len(list((out / "evals" / "steps").iterdir())) == 2 * len(prof.e3_samplers) * len(prof.e3_steps)
+    assert not (out / "evals" / "table").exists() and not (out / "evals" / "discrepancy").exists()
+    assert not (out / "e1_p_sweep.json").exists() and not (out / "reproduction.md").exists()
+    assert R.main([*argv, "--only", "table,discrepancy"]) == 0
+    assert len(list((out / "evals" / "table").iterdir())) == len(R.RUNS) + 1  # + bicubic
+    assert len(list((out / "evals" / "discrepancy").glob("*.json"))) == 2
+
+    # the plain invocation finds every evaluation done and only reports
+    logs: list[str] = []
+    R.reproduce(prof, out, data, device="cpu", workers=0, log=logs.append, command="report")
+    assert logs and all(m.endswith("skipped") for m in logs if not m.startswith("  "))
+    info = json.loads((out / "run_info.json").read_text())
+    assert [inv.get("only") for inv in info["invocations"]] == [["steps"], ["discrepancy", "table"], None]
+    md = (out / "reproduction.md").read_text()
+    assert "(steps only)" in md and "(discrepancy, table only)" in md
+    assert info["invocations"][-1]["command"] == "report"
