@@ -94,6 +94,18 @@ def test_speedup_from_synthetic_metrics_jsonl(tmp_path: Path) -> None:
     assert R.train_seconds(ref) == pytest.approx(35.0)
 
 
+def test_up_to_best_cuts_a_falling_curve_at_its_first_peak() -> None:
+    assert R.up_to_best([(1, 10.0), (2, 14.0), (3, 12.0), (4, 14.0), (5, 9.0)]) == [(1, 10.0), (2, 14.0)]
+    assert R.up_to_best([(1, 1.0), (2, 2.0)]) == [(1, 1.0), (2, 2.0)]
+    assert R.up_to_best([]) == []
+    # against a peak, p = 1 must reach the peak, not the lower final value
+    fast = [(1, 11.0), (2, 13.0), (3, 14.5)]
+    ref = [(1, 10.0), (2, 14.0), (3, 12.0)]
+    assert R.convergence_speedup(fast, ref)["reach_step"] == 2
+    assert R.convergence_speedup(fast, R.up_to_best(ref)) == {"ref_final_step": 2, "ref_final": 14.0,
+                                                              "reach_step": 3, "speedup": pytest.approx(2 / 3)}
+
+
 def test_steps_to_match() -> None:
     ref = {5: 19.0, 100: 21.5, 1000: 22.0}
     m = R.steps_to_match({5: 20.0, 10: 21.0, 100: 22.5, 1000: 23.0}, ref)
@@ -234,10 +246,15 @@ def test_ci_profile_end_to_end(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) 
     assert f"| {e1['checks'][0]['claim']} | **{'yes' if best == '0' else 'no'}** |" in md
 
     e2 = json.loads((out / "e2_convergence.json").read_text())
-    (row2,) = _table(md, "## E2")
-    sp = e2["speedup"]
-    assert row2[1:] == [str(sp["ref_final_step"]), f"{sp['ref_final']:.2f}", str(sp["reach_step"] or "never"),
-                        f"×{sp['speedup']:.2f}" if sp["speedup"] else "-"]
+    rows2 = _table(md, "## E2")
+    assert [r[0] for r in rows2] == ["image target, p = ∞ final", "image target, p = ∞ best",
+                                     "residual target, p = ∞ final", "residual target, p = ∞ best"]
+    for row2, sp in zip(rows2, (e2["speedup"], e2["speedup_best"], e2["residual"]["speedup"],
+                                e2["residual"]["speedup_best"])):
+        assert row2[1:] == [str(sp["ref_final_step"]), f"{sp['ref_final']:.2f}", str(sp["reach_step"] or "never"),
+                            f"×{sp['speedup']:.2f}" if sp["speedup"] else "-"]
+    ref = e2["curves"]["p=inf"]
+    assert e2["speedup_best"]["ref_final"] == max(v for _, v in ref)
     assert [s for s, _ in e2["curves"]["p=1"]] == [12, 24]  # val_every 12 over 24 steps
 
     e3 = json.loads((out / "e3_sampling_steps.json").read_text())
