@@ -255,6 +255,11 @@ def test_ci_profile_end_to_end(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) 
                             f"×{sp['speedup']:.2f}" if sp["speedup"] else "-"]
     ref = e2["curves"]["p=inf"]
     assert e2["speedup_best"]["ref_final"] == max(v for _, v in ref)
+    shapes = md.split("## E2", 1)[1].split("| run | PSNR peak", 1)[1]
+    assert set(e2["shapes"]) == {s.name for s in R.RUNS}
+    sh = e2["shapes"]["image_pinf"]
+    assert (sh["peak"], sh["last"]) == (max(v for _, v in ref), ref[-1][1]) and sh["last_step"] == 24
+    assert f"| image_pinf | {sh['peak']:.2f} | {sh['peak_step']} | {sh['last']:.2f} |" in shapes
     assert [s for s, _ in e2["curves"]["p=1"]] == [12, 24]  # val_every 12 over 24 steps
 
     e3 = json.loads((out / "e3_sampling_steps.json").read_text())
