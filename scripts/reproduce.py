@@ -26,9 +26,9 @@ Compute (the experiments are six training runs plus evaluations):
     profile  UNet (params)   runs x steps (batch, crop)   evals                      2-core CPU     one H100
     ci       tiny (~10 k)    6 x 24 (2, 32 px)            2 crops, 2-4 steps         ~15-40 s       -
     smoke    small (2.6 M)   6 x 100 (4, 32 px)           4 crops, <= 50 steps       ~10-30 min     -
-    full     small (2.6 M)   6 x 4000 (8, 64 px)          28 crops x 200 DDPM steps,  ~5 h          ~20-30 min
+    full     small (2.6 M)   6 x 4000 (8, 64 px)          28 crops x 100 DDPM steps,  ~5 h          ~20-30 min
                                                           E3 4 crops x 1385 steps x 4,
-                                                          E4 16 crops x 1000 steps x 4
+                                                          E4 8 crops x 1000 steps x 4
 
 The CPU figures scale the measured 0.3 s (standard) / 0.4 s (DREAM) per batch-8 step of the small UNet on 64 px
 crops and ~65 ms per 128 px forward on an idle 2-core AVX-512 CPU (/work/shared/offline.md); the H100 figure
@@ -125,8 +125,8 @@ PROFILES: dict[str, Profile] = {
                      e3_steps=(5, 10, 20, 50), e3_samplers=("ddpm", "ddim"), e4_images=4, e4_crop=32, e4_steps=50),
     "full": Profile(name="full", preset="small", patch=64, batch_size=8, steps=4000, lr=2e-4, lr_warmup=100,
                     ema_decay=0.999, save_every=500, val_every=250, val_count=7, val_crop=128, val_steps=20,
-                    workers=1, eval_images=28, eval_crop=128, e1_sampler="ddpm", e1_steps=200, e3_images=4,
-                    e3_steps=(5, 10, 20, 50, 100, 200, 1000), e3_samplers=("ddpm", "ddim"), e4_images=16,
+                    workers=1, eval_images=28, eval_crop=128, e1_sampler="ddpm", e1_steps=100, e3_images=4,
+                    e3_steps=(5, 10, 20, 50, 100, 200, 1000), e3_samplers=("ddpm", "ddim"), e4_images=8,
                     e4_crop=64, e4_steps=1000),
 }
 
