@@ -1134,7 +1134,16 @@ def write_markdown(out: Path, doc: Path, fig_prefix: str = "") -> Path:
           "the perception side of the trade-off is not measured at all, and FID on a few dozen crops would be "
           "meaningless anyway.",
           f"- E2's validation PSNR comes from {e2['val']['count']} crops with a {e2['val']['steps']}-step DDIM "
-          "sampler, so the step at which one curve crosses another is noisy.", ""]
+          "sampler, so the step at which one curve crosses another is noisy."]
+    falling = [n for n, c in (e2.get("shapes") or {}).items()
+               if c["last"] < c["peak"] - 0.5 and None not in (c["ssim_y_last"], c["ssim_y_at_peak"])
+               and c["ssim_y_last"] > c["ssim_y_at_peak"]]
+    if falling:
+        L.append(f"- Validation PSNR peaked and then fell while SSIM (Y) kept rising for {', '.join(falling)}: the "
+                 f"models learned to draw sharper detail, which a {e2['val']['steps']}-step DDIM sample places "
+                 "imprecisely, so PSNR (which rewards the blurry average) drops. The paper's models are trained "
+                 "far past this stage; here the step budget ends inside it.")
+    L.append("")
     doc.parent.mkdir(parents=True, exist_ok=True)
     doc.write_text("\n".join(L) + "\n", encoding="utf-8")
     return doc
