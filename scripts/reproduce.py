@@ -1139,10 +1139,10 @@ def write_markdown(out: Path, doc: Path, fig_prefix: str = "") -> Path:
                if c["last"] < c["peak"] - 0.5 and None not in (c["ssim_y_last"], c["ssim_y_at_peak"])
                and c["ssim_y_last"] > c["ssim_y_at_peak"]]
     if falling:
-        L.append(f"- Validation PSNR peaked and then fell while SSIM (Y) kept rising for {', '.join(falling)}: the "
-                 f"models learned to draw sharper detail, which a {e2['val']['steps']}-step DDIM sample places "
-                 "imprecisely, so PSNR (which rewards the blurry average) drops. The paper's models are trained "
-                 "far past this stage; here the step budget ends inside it.")
+        L.append(f"- Validation PSNR peaked and then fell while SSIM (Y) kept rising for {', '.join(falling)}. "
+                 f"Our reading (not tested): the models learn to draw sharper detail, which a "
+                 f"{e2['val']['steps']}-step DDIM sample places imprecisely, and PSNR rewards the blurry average; "
+                 "the paper's models are trained far past this stage, while here the step budget ends inside it.")
     L.append("")
     doc.parent.mkdir(parents=True, exist_ok=True)
     doc.write_text("\n".join(L) + "\n", encoding="utf-8")
