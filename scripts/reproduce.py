@@ -26,20 +26,27 @@ Compute (the experiments are six training runs plus evaluations):
     profile  UNet (params)   runs x steps (batch, crop)   evals                      2-core CPU     one H100
     ci       tiny (~10 k)    6 x 24 (2, 32 px)            2 crops, 2-4 steps         ~15-40 s       -
     smoke    small (2.6 M)   6 x 100 (4, 32 px)           4 crops, <= 50 steps       ~10-30 min     -
-    full     small (2.6 M)   6 x 4000 (8, 64 px)          28 crops x 100 DDPM steps,  ~5 h          ~20-30 min
-                                                          E3 4 crops x 1385 steps x 4,
-                                                          E4 8 crops x 1000 steps x 4
+    full     small (2.6 M)   6 x 4000 (8, 64 px)          28 crops x 100 DDPM steps,  2 h 33 min    ~20-30 min
+                                                          E3 4 crops x 1385 steps x 4, (measured,
+                                                          E4 8 crops x 1000 steps x 4  bf16)
 
-The CPU figures scale the measured 0.3 s (standard) / 0.4 s (DREAM) per batch-8 step of the small UNet on 64 px
-crops and ~65 ms per 128 px forward on an idle 2-core AVX-512 CPU (/work/shared/offline.md); the H100 figure
-assumes kernel-launch-bound steps of ~20 ms and forwards of ~4 ms and has not been measured. Nothing else may run
-on the CPU meanwhile: on an oversubscribed machine torch's threads slow down by an order of magnitude (use
-``--threads 1`` when sharing).
+The full profile's CPU time was measured on 2026-11-26 on a 2-core Xeon with AMX-BF16, ``--precision bf16``:
+two ``--train-only`` processes with ``--threads 1`` (0.4-0.6 s per batch-8 step each) trained the six runs in
+2 h 01 min, then two ``--only`` processes (table,discrepancy and steps) evaluated in 32 min; fp32 steps are about
+twice as slow there. The H100 figure assumes kernel-launch-bound steps of ~20 ms and forwards of ~4 ms and has
+not been measured. Nothing else may run on the CPU meanwhile: on an oversubscribed machine torch's threads slow
+down by an order of magnitude (use ``--threads 1`` per process when sharing).
 
 Usage::
 
     python scripts/reproduce.py --profile full --out runs/reproduce-full --device cuda --doc docs/reproduction.md
     python scripts/reproduce.py --profile smoke --out runs/reproduce-smoke --threads 1 --doc docs/reproduction.md
+    # the full profile on a 2-core CPU, as it was run for docs/reproduction.md (each line a background process):
+    python scripts/reproduce.py --profile full --out OUT --precision bf16 --workers 0 --threads 1 \
+        --train-only image_p1,image_p0,residual_pinf          # and, side by side:
+    python scripts/reproduce.py ... --train-only image_pinf,image_p2,residual_p1
+    python scripts/reproduce.py ... --only table,discrepancy  # and, side by side:  ... --only steps
+    python scripts/reproduce.py --profile full --out OUT --precision bf16 --doc docs/reproduction.md
     python scripts/reproduce.py --profile ci --out /tmp/repro-ci --data-dir /path/with/train+val
     python scripts/reproduce.py --out runs/reproduce-full --doc-only --doc docs/reproduction.md   # re-render
 
@@ -131,7 +138,9 @@ PROFILES: dict[str, Profile] = {
 }
 
 # Estimated cost of the full profile (see the module docstring for how it was derived); shown in the report.
-FULL_COST = {"cpu": "about 5 hours on an idle 2-core CPU (scaled from measured step and forward times)",
+FULL_COST = {"cpu": "2 h 33 min measured on an idle 2-core AMX-capable Xeon with `--precision bf16`, as two "
+                    "`--threads 1` processes side by side (training 2 h 01 min, evaluations 32 min; 2026-11-26); "
+                    "about twice that in fp32",
              "h100": "about 20-30 minutes on one H100 run after run (estimate); side by side on one H200 with "
                      "four other jobs the six runs took about 7.5 minutes to reach 3760-3960 of their 4000 steps "
                      "(0.10 s per step each; measured 2026-11-26), evaluations not timed"}
@@ -685,13 +694,14 @@ def plot_e4(e4: dict, path: Path) -> str | None:
             mean = torch.tensor(m[f"{kind}_mean"])
             std = torch.tensor(m[f"{kind}_std"])
             ax.plot(t, mean, c=c, label='"training"' if kind == "train" else '"sampling"')
-            ax.fill_between(t, (mean - std).clamp_min(1e-8), mean + std, color=c, alpha=0.2)
-        ax.set_yscale("log")
+            # a linear axis: on a log axis mean - std < 0 wherever the spread exceeds the mean, and the band breaks
+            ax.fill_between(t, (mean - std).clamp_min(0.0), mean + std, color=c, alpha=0.2)
+        ax.set_ylim(bottom=0.0)
         ax.set_xlabel("t")
         ax.set_title(f"p = {m['p']} ({m['name']})", fontsize=9)
     axes[0][0].set_ylabel("MSE of x̂0 vs y0 ([0,1] image)")
     axes[0][0].legend(fontsize=7)
-    fig.suptitle("E4: training-sampling discrepancy (mean ± std over crops)", fontsize=10)
+    fig.suptitle("E4: training-sampling discrepancy (mean ± std over crops, band cut at 0)", fontsize=10)
     return _save(fig, plt, path)
 
 
@@ -978,7 +988,7 @@ def write_markdown(out: Path, doc: Path, fig_prefix: str = "") -> Path:
                                                          "e5_residual.json"))
     figs = info.get("figures", {})
     prof = e1["profile"]
-    last = [inv for inv in info["invocations"] if "only" not in inv][-1]  # the reporting invocation
+    last = [inv for inv in info["invocations"] if "only" not in inv and "train_only" not in inv][-1]  # reporting
     hw = last["hardware"]
     L: list[str] = ["# Reproducing DREAM at small scale", ""]
     L.append("*Generated by `scripts/reproduce.py` from the JSON files it wrote; no number below was typed by "
@@ -1004,14 +1014,15 @@ def write_markdown(out: Path, doc: Path, fig_prefix: str = "") -> Path:
           f"- data: training photos `{last['data']}/train` ({last.get('train_images', '?')} images), held-out photos "
           f"`{last['data']}/val`; evaluation on {prof['eval_images']} held-out HR crops of {prof['eval_crop']} px "
           "(LR = antialiased bicubic x4, 8-bit), each crop sampled whole (no tiling)",
-          f"- hardware (last invocation): {hw['cpu']}, {hw['cpu_count']} cores, torch threads {hw['threads']}, "
+          f"- hardware (reporting invocation; each invocation's threads and precision are on the next line): "
+          f"{hw['cpu']}, {hw['cpu_count']} cores, "
           f"GPU {hw['gpu'] or 'none'}, device `{last['device']}`, precision `{last.get('precision', '?')}`; torch {hw['torch']}, dreamsr {hw['dreamsr']}, "
           f"Python {hw['python']}",
-          "- wall time: " + "; ".join(f"{inv['started']} `{inv['profile']}`"
-                                      f"{' (' + ', '.join(inv['only']) + ' only)' if inv.get('only') else ''} "
-                                      f"{_dur(inv['wall_seconds'])}"
-                                      for inv in info["invocations"]),
-          f"- compute in the results: training {_dur(sum(r['train_seconds'] or 0 for r in e1['rows'] + e5['rows'][2:]))}"
+          "- wall time per invocation: " + "; ".join(
+              f"{inv['started']} `{inv['profile']}`{_invocation_part(inv)} {_dur(inv['wall_seconds'])} "
+              f"({inv['hardware']['threads']} thread{'s' if inv['hardware']['threads'] != 1 else ''}, "
+              f"{inv.get('precision', '?')})" for inv in info["invocations"]),
+          f"- compute in the results (per-run sums; runs trained side by side overlap in wall time): training {_dur(sum(r['train_seconds'] or 0 for r in e1['rows'] + e5['rows'][2:]))}"
           f", E1/E5 evaluations {_dur(sum(r['eval_seconds'] or 0 for r in e1['rows'] + e5['rows'][2:]))}, "
           f"E3 {_dur(sum(c['seconds'] for c in e3['curves']))}, E4 {_dur(sum(m['seconds'] for m in e4['models']))}",
           "- commands: " + "; ".join(f"`{inv['command']}`" for inv in info["invocations"]), ""]
@@ -1150,14 +1161,23 @@ def write_markdown(out: Path, doc: Path, fig_prefix: str = "") -> Path:
 
 
 # ---------------------------------------------------------------------------------------------- driver
+EXPERIMENTS = ("e1_p_sweep", "e2_convergence", "e3_sampling_steps", "e4_discrepancy", "e5_residual")
+
+
 def _figures(out: Path, e1: dict, e2: dict, e3: dict, e4: dict, e5: dict) -> dict[str, str | None]:
     return {"e1": plot_e1(e1, out / "e1_p_sweep.png"), "e2": plot_e2(e2, out / "e2_convergence.png"),
             "e3": plot_e3(e3, out / "e3_sampling_steps.png"), "e4": plot_e4(e4, out / "e4_discrepancy.png"),
             "e5": plot_e5(e5, out / "e5_residual.png")}
 
 
-def _render(out: Path, doc: Path) -> Path:
-    """Write ``doc``; when it lives outside ``out``, copy the figures to ``<doc dir>/<doc stem>/``."""
+def _render(out: Path, doc: Path, redraw: bool = False) -> Path:
+    """Write ``doc``; when it lives outside ``out``, copy the figures to ``<doc dir>/<doc stem>/``. With ``redraw``
+    the figures are first drawn again from OUT's experiment JSONs (when matplotlib is installed)."""
+    if redraw and _pyplot() is not None:
+        exps = [_read_json(out / f"{name}.json") for name in EXPERIMENTS]
+        figures = _figures(out, *exps)
+        path = out / "run_info.json"
+        _write_json(path, {**_read_json(path), "figures": figures, "figures_note": None})
     info = _read_json(out / "run_info.json")
     prefix = ""
     if doc.resolve().parent != out.resolve():
@@ -1263,6 +1283,15 @@ def partial_curves(out: Path, doc: Path, profile: Profile, note: str = "") -> Pa
     doc.write_text("\n".join(L) + "\n", encoding="utf-8")
     _write_json(doc.with_suffix(".json"), results)
     return doc
+
+
+def _invocation_part(inv: dict[str, Any]) -> str:
+    """' (train image_p1, image_p0 only)', ' (steps only)' or '' for a reporting invocation."""
+    if inv.get("train_only"):
+        return " (train " + ", ".join(inv["train_only"]) + " only)"
+    if inv.get("only"):
+        return " (" + ", ".join(inv["only"]) + " only)"
+    return ""
 
 
 def _record_invocation(out: Path, record: dict[str, Any], figures: dict[str, Any] | None = None) -> None:
@@ -1425,7 +1454,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.doc_only:
-        print(_render(out, args.doc or out / "reproduction.md"))
+        print(_render(out, args.doc or out / "reproduction.md", redraw=True))
         return 0
     if args.partial_curves:
         print(partial_curves(out, args.doc or out / "partial.md", prof, args.note))
@@ -1435,14 +1464,22 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"[{_dt.datetime.now().strftime('%H:%M:%S')}] {msg}", flush=True)
 
     if args.train_only:
+        from dreamsr.runtime import resolve_device
+
         by_name = {s.name: s for s in RUNS}
         wanted = [n.strip() for n in args.train_only.split(",") if n.strip()]
         unknown = [n for n in wanted if n not in by_name]
         if unknown or not wanted:
             ap.error(f"--train-only: unknown run(s) {', '.join(unknown) or '(none given)'}; "
                      f"choose from {', '.join(by_name)}")
+        t_start, started = time.perf_counter(), _now()
         for n in wanted:
             train_run(by_name[n], prof, out, args.data_dir, args.device, args.precision, args.workers, log)
+        _record_invocation(out, {
+            "started": started, "command": "python scripts/reproduce.py " + " ".join(
+                sys.argv[1:] if argv is None else list(argv)), "profile": prof.name, "train_only": wanted,
+            "device": str(resolve_device(args.device)), "precision": args.precision, "hardware": hardware(),
+            "wall_seconds": round(time.perf_counter() - t_start, 3)})
         return 0
 
     command = "python scripts/reproduce.py " + " ".join(sys.argv[1:] if argv is None else list(argv))

@@ -302,18 +302,16 @@ def test_ci_profile_end_to_end(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) 
     assert md2.count(R.NO_PLOT) == 5
     assert _table(md2, "## E1") == rows
 
-    # a report elsewhere gets the figures copied beside it (re-render only)
+    # --doc-only draws the figures again from the JSONs; a report elsewhere gets them copied beside it
     monkeypatch.undo()
-    if has_mpl:
-        R._figures(out, *(json.loads((out / f"{n}.json").read_text()) for n in EXPERIMENTS))
-        info["figures"] = {k: f"{n}.png" for k, n in zip(("e1", "e2", "e3", "e4", "e5"), EXPERIMENTS)}
-        (out / "run_info.json").write_text(json.dumps(info))
-    doc2 = R._render(out, tmp_path / "docs" / "reproduction.md")
+    doc2 = R._render(out, tmp_path / "docs" / "reproduction.md", redraw=True)
     text = doc2.read_text()
     if has_mpl:
-        assert "](reproduction/e1_p_sweep.png)" in text
+        figures = json.loads((out / "run_info.json").read_text())["figures"]
+        assert figures == {k: f"{n}.png" for k, n in zip(("e1", "e2", "e3", "e4", "e5"), EXPERIMENTS)}
+        assert "](reproduction/e1_p_sweep.png)" in text and R.NO_PLOT not in text
         assert (tmp_path / "docs" / "reproduction" / "e4_discrepancy.png").is_file()
-    assert re.search(r"wall time: .*`ci` \d+s; .*`ci` \d+s", text)
+    assert re.search(r"wall time per invocation: .*`ci` \d+s \(\d+ threads?, \w+\); .*`ci` \d+s", text)
 
 
 def test_train_only_trains_the_named_runs_and_nothing_else(tmp_path: Path) -> None:
@@ -327,6 +325,10 @@ def test_train_only_trains_the_named_runs_and_nothing_else(tmp_path: Path) -> No
     # finished as the plain invocation would check it, so that one only evaluates them
     assert R._run_finished(runs / "image_p0", steps) and R._run_finished(runs / "residual_p1", steps)
     assert not (out / "e1_p_sweep.json").exists()
+    # recorded, so the report can state the training processes' commands and wall time
+    (inv,) = json.loads((out / "run_info.json").read_text())["invocations"]
+    assert inv["train_only"] == ["image_p0", "residual_p1"] and "--train-only image_p0,residual_p1" in inv["command"]
+    assert inv["wall_seconds"] > 0 and inv["hardware"]["threads"] >= 1
     with pytest.raises(SystemExit) as exc:
         R.main([*argv, "--train-only", "image_p3"])
     assert exc.value.code == 2
@@ -380,7 +382,10 @@ def test_only_shares_the_evaluations_between_processes(tmp_path: Path) -> None:
     R.reproduce(prof, out, data, device="cpu", workers=0, log=logs.append, command="report")
     assert logs and all(m.endswith("skipped") for m in logs if not m.startswith("  "))
     info = json.loads((out / "run_info.json").read_text())
-    assert [inv.get("only") for inv in info["invocations"]] == [["steps"], ["discrepancy", "table"], None]
+    assert [inv.get("only") for inv in info["invocations"]] == [None, None, ["steps"], ["discrepancy", "table"], None]
+    assert [inv.get("train_only") for inv in info["invocations"]][:2] == [["image_p1"], [s.name for s in R.RUNS]]
     md = (out / "reproduction.md").read_text()
-    assert "(steps only)" in md and "(discrepancy, table only)" in md
+    assert "(steps only)" in md and "(discrepancy, table only)" in md and "(train image_p1 only)" in md
+    # the setting describes the reporting invocation, not the last training or evaluation process
+    assert "report" in md.split("commands: ")[1]
     assert info["invocations"][-1]["command"] == "report"
