@@ -300,6 +300,8 @@ def test_ci_profile_end_to_end(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) 
     assert len(info["invocations"]) == 2 and not any(info["figures"].values())
     md2 = (out / "reproduction.md").read_text()
     assert md2.count(R.NO_PLOT) == 5
+    # 24 steps of a tiny UNet: the report says the models compared are below bicubic
+    assert re.search(r"- Quality: image_\w+ \(-\d+\.\d\d dB\).* below bicubic in PSNR \(Y\) after 24 steps", md2)
     assert _table(md2, "## E1") == rows
 
     # --doc-only draws the figures again from the JSONs; a report elsewhere gets them copied beside it
