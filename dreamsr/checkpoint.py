@@ -31,7 +31,7 @@ __all__ = ["CheckpointInfo", "save_checkpoint", "load_checkpoint", "load_state_s
 
 FORMAT = "dreamsr.checkpoint"
 FORMAT_VERSION = "1"
-SAMPLING_KEYS = frozenset({"steps", "start", "back_project"})
+SAMPLING_KEYS = frozenset({"steps", "start", "back_project", "ensemble"})
 _STORE_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 
@@ -45,7 +45,7 @@ class CheckpointInfo:
     color: str = "rgb"  # colour space of the model's input/output
     training: dict = field(default_factory=dict)  # p, steps, dataset, patch, lr, ... as trained
     dreamsr_version: str = ""
-    # recommended sampling defaults measured for this model ({"steps", "start", "back_project"}); `dreamsr
+    # recommended sampling defaults measured for this model ({"steps", "start", "back_project", "ensemble"}); `dreamsr
     # upscale` uses them unless the user gives the option (a recommended truncated start only when it is at
     # least the number of steps). Empty: the pipeline's own defaults.
     sampling: dict = field(default_factory=dict)

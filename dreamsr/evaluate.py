@@ -248,6 +248,7 @@ class EvalConfig:
     batch: int = 4  # tiles per network call (does not change results)
     start: int | None = None  # truncated start: trained step t0 to begin from the noised condition
     back_project: bool = False  # LR back-projection of every y0_hat (pipeline option)
+    ensemble: int = 1  # geometric self-ensemble members averaged per super-resolution: 1, 2, 4 or 8
     metric_weights: str | None = None  # folder with LPIPS/FID backbone files (else the torch hub cache)
     lpips_net: str = "alex"  # LPIPS backbone
     device: str = "auto"
@@ -272,6 +273,8 @@ class EvalConfig:
                 raise ConfigError(f"{name} must be >= {lo}, got {v}")
         if self.sampler not in ("ddim", "ddpm"):
             raise ConfigError(f"sampler must be ddim or ddpm, got {self.sampler!r}")
+        if self.ensemble not in (1, 2, 4, 8):
+            raise ConfigError(f"ensemble must be 1, 2, 4 or 8, got {self.ensemble}")
         if self.merge is not None and self.merge not in ("step", "end"):
             raise ConfigError(f"merge must be step or end, got {self.merge!r}")
         if self.lpips_net not in M.LPIPS_FILES:
@@ -340,7 +343,7 @@ class _Diffusion:
                            tile=protocol.tile if cfg.tile is None else cfg.tile,
                            overlap=protocol.overlap if cfg.overlap is None else cfg.overlap,
                            merge=protocol.merge if cfg.merge is None else cfg.merge, batch=cfg.batch,
-                           start=cfg.start, back_project=cfg.back_project)
+                           start=cfg.start, back_project=cfg.back_project, ensemble=cfg.ensemble)
 
     def upscale(self, lr: torch.Tensor, seed: int, callback: Callable[[int, int], None] | None) -> torch.Tensor:
         return self.up.upscale(lr, seed=seed, callback=callback, **self.kwargs)
@@ -784,7 +787,9 @@ def finished_summary(config: EvalConfig, out_dir: str | os.PathLike) -> dict[str
         cached = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return None
-    if _comparable_config(cached.get("config", {})) != _comparable_config(asdict(config)):
+    # a field added to EvalConfig after the summary was written is absent there: its default is what ran
+    stored = {**asdict(EvalConfig()), **cached.get("config", {})}
+    if _comparable_config(stored) != _comparable_config(asdict(config)):
         return None
     if config.weights and cached.get("model", {}).get("sha256") != sha256_file(Path(config.weights)):
         return None
@@ -834,7 +839,10 @@ def _markdown(s: dict[str, Any]) -> str:
         smp = model.get("sampling", {})
         lines.append(f"- sampling: {s['sampler']}, {s['steps']} steps, seed {s['seed']}, {s['samples']} sample(s) "
                      f"per image, tiles {smp.get('tile')} px / overlap {smp.get('overlap')} px, merge "
-                     f"{smp.get('merge')}")
+                     f"{smp.get('merge')}"
+                     + (f", truncated start at t0 = {smp['start']}" if smp.get("start") else "")
+                     + (", back-projection" if smp.get("back_project") else "")
+                     + (f", self-ensemble of {smp['ensemble']}" if (smp.get("ensemble") or 1) > 1 else ""))
         lines.append(f"- weights: {model.get('weights')} (sha256 {str(model.get('sha256'))[:12]})")
     else:
         lines.append(f"- reference upscaler: {model.get('description')}")

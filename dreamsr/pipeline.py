@@ -19,7 +19,10 @@ Options: a truncated start (``start`` = trained step t0: sampling begins from th
 level t0, Eq. 3, instead of pure noise) and LR back-projection (after each y0_hat, the HR estimate is
 corrected so its bicubic downsample matches the LR input: hr += up(lr - down(hr)), Irani & Peleg's
 iterative back-projection (``BACK_PROJECTION_ITERS`` rounds), applied to the *image* whatever the diffused
-target).
+target), and a geometric self-ensemble (``ensemble`` = 2, 4 or 8: the LR image is flipped/rotated, each
+version is super-resolved with the same options and seed, the results are mapped back and averaged; EDSR's
+"+" models, Lim et al. 2017). The members are the dihedral transforms in :data:`ENSEMBLE_TRANSFORMS` order:
+2 = identity and horizontal flip, 4 adds the two 180-degree ones, 8 adds the four that swap height and width.
 """
 
 from __future__ import annotations
@@ -45,7 +48,7 @@ from dreamsr.tiling import TileGrid, accumulate, make_grid, reflect_pad, split, 
 from dreamsr.unet import UNet
 
 __all__ = ["Upscaler", "UpscaleResult", "ProgressFn", "MIN_SIDE", "BACK_PROJECTION_ITERS", "tile_seed",
-           "output_size"]
+           "output_size", "ENSEMBLE_SIZES", "ENSEMBLE_TRANSFORMS", "dihedral"]
 
 ProgressFn = Callable[[int, int], None]  # (model calls done, model calls in total) after every tile batch
 Sampler = Literal["ddim", "ddpm"]
@@ -55,6 +58,21 @@ MIN_SIDE = 4  # smallest LR side (px) accepted: a 1x1 or 2x3 image carries nothi
 # Back-projection iterations per y0_hat. One iteration of hr += U(lr - D(hr)) removes only ~half of the
 # LR mismatch (bicubic U then antialiased D attenuates); three leave ~15-20% (measured at x2 and x4).
 BACK_PROJECTION_ITERS = 3
+# Self-ensemble members as (quarter turns counter-clockwise, horizontal flip first); a prefix of length 1, 2, 4
+# or 8 is a group, so every member's inverse is in the same ensemble.
+ENSEMBLE_TRANSFORMS: tuple[tuple[int, bool], ...] = ((0, False), (0, True), (2, False), (2, True),
+                                                     (1, False), (1, True), (3, False), (3, True))
+ENSEMBLE_SIZES = (1, 2, 4, 8)
+
+
+def dihedral(x: torch.Tensor, turns: int, flip: bool, *, inverse: bool = False) -> torch.Tensor:
+    """Apply (or undo, with ``inverse``) one of :data:`ENSEMBLE_TRANSFORMS` to ``x`` [..., H, W]: a horizontal
+    flip when ``flip``, then ``turns`` counter-clockwise quarter turns."""
+    if not inverse:
+        x = x.flip(-1) if flip else x
+        return torch.rot90(x, turns % 4, dims=(-2, -1))
+    x = torch.rot90(x, -(turns % 4), dims=(-2, -1))
+    return x.flip(-1) if flip else x
 
 
 def tile_seed(seed: int, index: int) -> int:
@@ -159,8 +177,10 @@ class Upscaler:
 
     # ------------------------------------------------------------------------------------------------
     def validate(self, *, steps: int, sampler: str, eta: float | None, tile: int, overlap: int, batch: int,
-                 merge: str, start: int | None) -> None:
+                 merge: str, start: int | None, ensemble: int = 1) -> None:
         """Raise ConfigError for any option out of range (before any work is done)."""
+        if ensemble not in ENSEMBLE_SIZES:
+            raise ConfigError(f"ensemble must be one of {', '.join(map(str, ENSEMBLE_SIZES))}, got {ensemble}")
         if steps < 1:
             raise ConfigError(f"steps must be >= 1, got {steps}")
         if sampler not in SAMPLERS:
@@ -180,15 +200,15 @@ class Upscaler:
                               + (" (lower --steps or raise --start)" if start is not None else ""))
 
     def model_calls(self, height: int, width: int, *, steps: int, tile: int = 40, overlap: int = 5,
-                    batch: int = 4) -> int:
+                    batch: int = 4, ensemble: int = 1) -> int:
         """Network calls (tile batches) that :meth:`upscale` makes for an ``height`` x ``width`` LR image."""
-        grid = make_grid(height, width, tile, overlap)
-        return steps * math.ceil(len(grid) / batch)
+        grid = make_grid(height, width, tile, overlap)  # a transposed copy has the same number of tiles
+        return ensemble * steps * math.ceil(len(grid) / batch)
 
     @torch.no_grad()
     def upscale(self, lr: torch.Tensor, *, steps: int = 50, sampler: Sampler = "ddim", eta: float | None = None,
                 seed: int = 0, tile: int = 40, overlap: int = 5, batch: int = 4, merge: Merge = "step",
-                start: int | None = None, back_project: bool = False,
+                start: int | None = None, back_project: bool = False, ensemble: int = 1,
                 callback: ProgressFn | None = None) -> torch.Tensor:
         """Super-resolve ``lr`` [3, h, w] float in [0, 1] by the model's native ``scale``.
 
@@ -199,10 +219,26 @@ class Upscaler:
         from the same noise); ``tile``/``overlap`` in LR pixels (``tile=0``: no tiling); ``batch`` tiles per
         network call (does not change the result); ``merge`` "step" | "end" (see the module docstring);
         ``start`` a trained step t0 for a truncated start; ``back_project`` LR back-projection after every
-        y0_hat; ``callback(done, total)`` after every network call.
+        y0_hat; ``ensemble`` 1, 2, 4 or 8 geometric self-ensemble members (the mean of that many upscales of
+        flipped/rotated copies, each with ``seed``; ``ensemble`` times the work); ``callback(done, total)``
+        after every network call (``total`` counts every member's calls).
         """
         self.validate(steps=steps, sampler=sampler, eta=eta, tile=tile, overlap=overlap, batch=batch,
-                      merge=merge, start=start)
+                      merge=merge, start=start, ensemble=ensemble)
+        if ensemble > 1:
+            acc: torch.Tensor | None = None
+            for k, (turns, flip) in enumerate(ENSEMBLE_TRANSFORMS[:ensemble]):
+                def member_cb(done: int, total: int, k: int = k) -> None:
+                    if callback is not None:
+                        callback(k * total + done, ensemble * total)
+
+                sr = self.upscale(dihedral(lr, turns, flip), steps=steps, sampler=sampler, eta=eta, seed=seed,
+                                  tile=tile, overlap=overlap, batch=batch, merge=merge, start=start,
+                                  back_project=back_project, ensemble=1, callback=member_cb)
+                sr = dihedral(sr, turns, flip, inverse=True)
+                acc = sr if acc is None else acc + sr
+            assert acc is not None
+            return acc / ensemble
         if lr.dim() != 3 or lr.shape[0] != 3:
             raise InputError(f"expected an RGB image [3, h, w], got shape {tuple(lr.shape)}")
         h, w = int(lr.shape[1]), int(lr.shape[2])

@@ -105,7 +105,7 @@ def test_every_mode_end_to_end(tmp_path: Path, ckpt: Path) -> None:
 @pytest.mark.parametrize("opts", [
     ["--merge", "end"], ["--sampler", "ddpm"], ["--sampler", "ddim", "--eta", "0.5"],
     ["--start", "100", "--back-project"], ["--tile", "0"], ["--tile", "8", "--overlap", "2", "--batch", "3"],
-    ["--precision", "bf16"], ["--device", "cpu", "--precision", "fp32"],
+    ["--precision", "bf16"], ["--device", "cpu", "--precision", "fp32"], ["--ensemble", "8"],
 ])
 def test_sampling_options(tmp_path: Path, ckpt: Path, opts: list[str]) -> None:
     Image.fromarray(photo()).save(tmp_path / "a.png")
@@ -241,6 +241,7 @@ def test_unwritable_output_folder(tmp_path: Path, ckpt: Path) -> None:
     (["--batch", "0"], "--batch"), (["--ext", "gif"], "--ext"), (["--eta", "-1"], "--eta"),
     (["--start", "1", "--steps", "2"], "--start"), (["--start", "5000"], "start"), (["--suffix", "{oops}"], "{scale}"),
     (["--model", "x", "--weights", "y.safetensors"], "either"), (["--device", "tpu"], "device"),
+    (["--ensemble", "3"], "ensemble must be one of 1, 2, 4, 8"),
 ])
 def test_usage_errors_exit_2_and_write_nothing(tmp_path: Path, ckpt: Path, opts: list[str], words: str) -> None:
     Image.fromarray(photo()).save(tmp_path / "a.png")
@@ -313,20 +314,21 @@ def test_cli_pixel_limit_default_is_the_library_default() -> None:
 
 
 def test_model_recommended_sampling_is_the_default_and_options_override_it(tmp_path: Path) -> None:
-    """A checkpoint's recommended steps/back-projection apply when the user gives neither; flags win."""
+    """A checkpoint's recommended steps/back-projection/ensemble apply when the user gives none; flags win."""
     rec = write_tiny_checkpoint(tmp_path / "rec.safetensors", scale=2,
-                                sampling={"steps": 2, "back_project": True})
+                                sampling={"steps": 2, "back_project": True, "ensemble": 2})
     src = tmp_path / "in.png"
     Image.fromarray(photo()).save(src)
     outs = {}
-    for name, extra in (("default", []), ("explicit", ["--steps", "2", "--back-project"]),
-                        ("off", ["--steps", "2", "--no-back-project"])):
+    for name, extra in (("default", []), ("explicit", ["--steps", "2", "--back-project", "--ensemble", "2"]),
+                        ("off", ["--steps", "2", "--no-back-project"]), ("single", ["--ensemble", "1"])):
         dst = tmp_path / f"{name}.png"
         r = run(src, "-w", rec, "-o", dst, "--quiet", *extra)
         assert r.exit_code == 0, r.output
         outs[name] = np.asarray(Image.open(dst))
     assert np.array_equal(outs["default"], outs["explicit"])
     assert not np.array_equal(outs["default"], outs["off"])
+    assert not np.array_equal(outs["default"], outs["single"])
 
 
 def test_model_recommended_truncated_start_applies_only_to_chains_that_fit(tmp_path: Path) -> None:

@@ -179,6 +179,8 @@ def test_bad_options_are_config_errors(tmp_path: Path) -> None:
         evaluate(EvalConfig(set="folder", data_dir=str(data), metrics=("psnr", "niqe")), tmp_path / "o")
     with pytest.raises(ConfigError, match="samples"):
         evaluate(EvalConfig(set="folder", data_dir=str(data), samples=0), tmp_path / "o")
+    with pytest.raises(ConfigError, match="ensemble must be 1, 2, 4 or 8"):
+        evaluate(EvalConfig(set="folder", data_dir=str(data), ensemble=3), tmp_path / "o")
 
 
 def test_faces_protocol_resizes_to_128_and_evaluates_16_to_128(tmp_path: Path) -> None:
@@ -293,6 +295,14 @@ def test_a_finished_evaluation_is_reused_only_for_the_same_settings_and_weights(
     assert reused and again == json.loads((out / "summary.json").read_text())
     assert finished_summary(dataclasses.replace(cfg, steps=2), out) is None
     assert finished_summary(dataclasses.replace(cfg, seed=1), out) is None
+    assert finished_summary(dataclasses.replace(cfg, ensemble=2), out) is None
+    ens, _ = evaluate_cached(dataclasses.replace(cfg, ensemble=2), tmp_path / "o2")  # reaches the pipeline
+    assert ens["model"]["sampling"]["ensemble"] == 2 and ens["metrics"] != first["metrics"]
+    # a summary written before a config field existed ran that field's default
+    stored = json.loads((out / "summary.json").read_text())
+    del stored["config"]["ensemble"]
+    (out / "summary.json").write_text(json.dumps(stored))
+    assert finished_summary(cfg, out) is not None and finished_summary(dataclasses.replace(cfg, ensemble=4), out) is None
     # a different checkpoint under the same path is evaluated again
     write_tiny_checkpoint(weights, scale=4, target="image", seed=1)
     assert finished_summary(cfg, out) is None

@@ -11,7 +11,7 @@ import torch
 from dreamsr.diffusion import Schedule
 from dreamsr.errors import ConfigError, InputError
 from dreamsr.images import downsample, load_image, upsample
-from dreamsr.pipeline import MIN_SIDE, Upscaler, tile_seed
+from dreamsr.pipeline import ENSEMBLE_TRANSFORMS, MIN_SIDE, Upscaler, dihedral, tile_seed
 from dreamsr.tiling import make_grid
 from tests._helpers import (SKIMAGE_DATA, IdentityOnCondition, Pointwise, Recorder, seam_ratio, tiny_info,
                             write_tiny_checkpoint)
@@ -192,7 +192,8 @@ def test_residual_output_is_condition_plus_scaled_residual() -> None:
 # ---- options, inputs, model state ---------------------------------------------------------------------------
 @pytest.mark.parametrize("kwargs", [dict(steps=0), dict(tile=8, overlap=5), dict(batch=0), dict(overlap=-1),
                                     dict(merge="middle"), dict(sampler="euler"), dict(eta=-0.1),
-                                    dict(start=0), dict(start=5000)])
+                                    dict(start=0), dict(start=5000), dict(ensemble=0), dict(ensemble=3),
+                                    dict(ensemble=16)])
 def test_bad_options_are_config_errors(kwargs: dict) -> None:
     up = Upscaler(IdentityOnCondition(), tiny_info(scale=2))
     with pytest.raises(ConfigError):
@@ -263,3 +264,54 @@ def test_seam_metric_sees_seams() -> None:
     for k, (y0, x0) in enumerate(grid.boxes()):
         pasted[:, y0:y0 + grid.tile_h, x0:x0 + grid.tile_w] += 0.02 * ((k * 7) % 5 - 2)
     assert seam_ratio(pasted, by, by) > 1.3 * base
+
+
+# ---- geometric self-ensemble --------------------------------------------------------------------------------
+# the eight maps written out by hand (each with its inverse), independent of dihedral()
+_BY_HAND = [
+    (lambda x: x, lambda y: y),
+    (lambda x: x.flip(-1), lambda y: y.flip(-1)),
+    (lambda x: x.flip(-2, -1), lambda y: y.flip(-2, -1)),  # 180 degrees
+    (lambda x: x.flip(-2), lambda y: y.flip(-2)),  # hflip then 180 degrees = vflip
+    (lambda x: x.transpose(-2, -1).flip(-2), lambda y: y.flip(-2).transpose(-2, -1)),  # 90 degrees ccw
+    (lambda x: x.transpose(-2, -1), lambda y: y.transpose(-2, -1)),  # hflip then 90 ccw = transpose
+    (lambda x: x.transpose(-2, -1).flip(-1), lambda y: y.flip(-1).transpose(-2, -1)),  # 270 degrees ccw
+    (lambda x: x.transpose(-2, -1).flip(-2, -1), lambda y: y.flip(-2, -1).transpose(-2, -1)),  # anti-transpose
+]
+
+
+def test_dihedral_matches_the_maps_written_by_hand_and_inverts() -> None:
+    x = torch.arange(2 * 3 * 5, dtype=torch.float32).reshape(2, 3, 5)
+    for (turns, flip), (fwd, inv) in zip(ENSEMBLE_TRANSFORMS, _BY_HAND):
+        assert torch.equal(dihedral(x, turns, flip), fwd(x))
+        assert torch.equal(dihedral(fwd(x), turns, flip, inverse=True), x) and torch.equal(inv(fwd(x)), x)
+    # every prefix used as an ensemble is a group: it holds each member's inverse and each product
+    for n in (1, 2, 4, 8):
+        images = {tuple(fwd(x).flatten().tolist()) for fwd, _ in _BY_HAND[:n]}
+        for f, _ in _BY_HAND[:n]:
+            for _, g_inv in _BY_HAND[:n]:
+                assert tuple(g_inv(f(x)).flatten().tolist()) in images
+
+
+@pytest.mark.parametrize("ensemble", [2, 4, 8])
+def test_ensemble_is_the_mean_of_the_mapped_back_member_upscales(tiny_residual: Upscaler, ensemble: int) -> None:
+    lr = torch.rand(3, 9, 13, generator=torch.Generator().manual_seed(3))  # not square: members 5-8 transpose
+    kw = dict(steps=2, tile=6, overlap=2, seed=7)
+    members = [inv(tiny_residual.upscale(fwd(lr), **kw)) for fwd, inv in _BY_HAND[:ensemble]]
+    expect = torch.stack(members).mean(0)
+    got = tiny_residual.upscale(lr, ensemble=ensemble, **kw)
+    assert got.shape == (3, 18, 26)
+    assert torch.allclose(got, expect, atol=1e-6)
+    # the members differ (a random UNet is not equivariant), so the mean is not just one of them
+    assert float((members[1] - members[0]).abs().max()) > 1e-3
+    assert torch.equal(tiny_residual.upscale(lr, ensemble=1, **kw), tiny_residual.upscale(lr, **kw))
+
+
+def test_ensemble_progress_counts_every_members_calls() -> None:
+    up = Upscaler(IdentityOnCondition(), tiny_info(scale=2))
+    seen: list[tuple[int, int]] = []
+    up.upscale(torch.rand(3, 20, 12), steps=2, tile=10, overlap=2, batch=2, ensemble=8,
+               callback=lambda d, t: seen.append((d, t)))
+    total = up.model_calls(20, 12, steps=2, tile=10, overlap=2, batch=2, ensemble=8)
+    assert total == 8 * up.model_calls(20, 12, steps=2, tile=10, overlap=2, batch=2)
+    assert seen == [(i, total) for i in range(1, total + 1)]

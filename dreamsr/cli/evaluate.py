@@ -157,6 +157,8 @@ def evaluate(
     start: Optional[int] = typer.Option(None, "--start", min=1,
                                         help="Truncated start: begin at trained step t0 from the noised condition."),
     back_project: bool = typer.Option(False, "--back-project", help="Correct every estimate to match the LR input."),
+    ensemble: int = typer.Option(1, "--ensemble", help="Self-ensemble: average 1, 2, 4 or 8 flipped/rotated "
+                                 "upscales per image (that many times the work)."),
     metric_weights: Optional[Path] = typer.Option(None, "--metric-weights", help="Folder with the LPIPS/FID backbone "
                                                   "files \\[default: $TORCH_HOME/hub/checkpoints]."),
     lpips_net: str = typer.Option("alex", "--lpips-net", help="LPIPS backbone: alex | vgg | squeeze."),
@@ -192,7 +194,7 @@ def evaluate(
                          weights=str(weights) if weights else None, scale=scale, metrics=_parse_metrics(metrics),
                          convention=convention, crop_border=crop_border, steps=steps, sampler=sampler,  # type: ignore[arg-type]
                          eta=eta, seed=seed, samples=samples, merge=merge, batch=batch, start=start,
-                         back_project=back_project,
+                         back_project=back_project, ensemble=ensemble,
                          metric_weights=str(metric_weights) if metric_weights else None, lpips_net=lpips_net,
                          device=device, precision=precision, grids=grids, save_images=save_images,
                          command=shlex.join(["dreamsr", *sys.argv[1:]]))

@@ -172,6 +172,9 @@ def upscale(
                                                 "correct the estimate so its bicubic downsample matches the input. "
                                                 "Default: the model's recommendation, else off.",
                                                 show_default=False),
+    ensemble: Optional[int] = typer.Option(None, "--ensemble", help="Self-ensemble: average 1, 2, 4 or 8 "
+                                           "flipped/rotated upscales (that many times the work). Default: the "
+                                           "model's recommendation, else 1.", show_default=False),
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:N or mps."),
     precision: Literal["auto", "fp32", "bf16", "fp16"] = typer.Option("auto", "--precision", help="auto = bf16/fp16 "
                                                                      "on CUDA, fp32 on CPU."),
@@ -262,8 +265,9 @@ def upscale(
             if start is None and recommended.get("start") is not None and int(recommended["start"]) >= steps:
                 start = int(recommended["start"])  # a truncated chain of the recommended length or shorter
             start = start or None  # 0: the full chain
+            ensemble = int(recommended.get("ensemble", 1)) if ensemble is None else ensemble
             up.validate(steps=steps, sampler=sampler, eta=eta, tile=tile, overlap=overlap, batch=batch, merge=merge,
-                        start=start)
+                        start=start, ensemble=ensemble)
         except ConfigError as err:
             _usage(str(err))
         except DreamSRError as err:
@@ -287,11 +291,13 @@ def upscale(
                                f"{steps} steps, tile {tile or 'off'}"
                                + (f"/{overlap}" if tile else "") + f", merge {merge}, seed {seed}"
                                + (f", start {start}" if start else "") + (", back-projection" if back_project else "")
+                               + (f", ensemble of {ensemble}" if ensemble > 1 else "")
                                + f"; {up.device} {up.precision}"), soft_wrap=True)
         try:
             _run_jobs(up, jobs, out_scale=out_scale, overwrite=overwrite, max_pixels=max_pixels, quiet=quiet,
                       options=dict(steps=steps, sampler=sampler, eta=eta, seed=seed, tile=tile, overlap=overlap,
-                                   batch=batch, merge=merge, start=start, back_project=back_project))
+                                   batch=batch, merge=merge, start=start, back_project=back_project,
+                                   ensemble=ensemble))
         except KeyboardInterrupt:  # the image being written leaves no temporary file behind
             done = sum(j.status == "ok" for j in jobs)
             _error(f"interrupted; {done} image(s) written")
@@ -319,7 +325,7 @@ def upscale(
                 "device": str(up.device), "precision": up.precision,
                 "settings": {"steps": steps, "sampler": sampler, "eta": eta, "seed": seed, "tile": tile,
                              "overlap": overlap, "batch": batch, "merge": merge, "start": start,
-                             "back_project": back_project},
+                             "back_project": back_project, "ensemble": ensemble},
             })
         out.print_json(json.dumps(summary))
     if n_failed:
