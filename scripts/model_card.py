@@ -9,7 +9,8 @@ card's default step count, and writes ``OUT/card_tables.md`` and ``OUT/card.json
 
 Usage::
 
-    python scripts/model_card.py WEIGHTS VAL_DIR OUT [--steps 10,20,50,100] [--seed 0] [--threads 1] [--device cuda]
+    python scripts/model_card.py WEIGHTS VAL_DIR OUT [--steps 10,20,50,100] [--option-steps 10,20] [--ensemble 4,8]
+        [--seed 0] [--threads 1] [--device cuda]
 """
 
 from __future__ import annotations
@@ -52,6 +53,9 @@ def main(argv: list[str] | None = None) -> int:
                     help="comma-separated DDIM step counts at which start/back-projection are measured, the "
                          "recommended one first (its grids make the figure); 0: skip them")
     ap.add_argument("--start", type=int, default=500, help="truncated start t0 to measure")
+    ap.add_argument("--ensemble", default="",
+                    help="comma-separated self-ensemble sizes (2, 4, 8) measured on top of the recommended setting "
+                         "(first --option-steps, start, back-projection)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=0)
     ap.add_argument("--device", default="cpu", help="cpu, cuda, ... (default: cpu)")
@@ -74,6 +78,9 @@ def main(argv: list[str] | None = None) -> int:
                  (f"ddim {k} + start {args.start} + back-projection",
                   dict(weights=w, steps=k, start=args.start, back_project=True))]
     k = option_steps[0] if option_steps else 20  # the recommended setting's step count: its grids make the figure
+    for e in [int(x) for x in str(args.ensemble).split(",") if x.strip()]:
+        runs.append((f"ddim {k} + start {args.start} + back-projection + ensemble {e}",
+                     dict(weights=str(args.weights), steps=k, start=args.start, back_project=True, ensemble=e)))
     results = []
     for label, kw in runs:
         folder = args.out / label.replace(" + ", "_").replace(" ", "-")
