@@ -93,12 +93,16 @@ def test_model_card_tables_bicubic_and_each_sampler(tmp_path: Path, val_dir: Pat
 def test_model_card_option_rows_and_the_figure_of_the_recommended_setting(tmp_path: Path, val_dir: Path) -> None:
     w = write_tiny_checkpoint(tmp_path / "m.safetensors", scale=4)
     out = tmp_path / "card"
-    argv = [str(w), str(val_dir), str(out), "--steps", "1", "--option-steps", "2,1", "--start", "3"]
+    argv = [str(w), str(val_dir), str(out), "--steps", "1", "--option-steps", "2,1", "--start", "3", "--ensemble", "2"]
     assert _script("model_card").main(argv) == 0
-    labels = [r["label"] for r in json.loads((out / "card.json").read_text())["results"]]
+    results = json.loads((out / "card.json").read_text())["results"]
+    labels = [r["label"] for r in results]
     assert labels == ["bicubic", "ddim 1", "ddpm 1", "ddim 2 + back-projection", "ddim 2 + start 3",
                       "ddim 2 + start 3 + back-projection", "ddim 1 + back-projection", "ddim 1 + start 3",
-                      "ddim 1 + start 3 + back-projection"]
+                      "ddim 1 + start 3 + back-projection", "ddim 2 + start 3 + back-projection + ensemble 2"]
+    ens = json.loads((out / "ddim-2_start-3_back-projection_ensemble-2" / "summary.json").read_text())
+    assert ens["config"]["ensemble"] == 2 and ens["config"]["start"] == 3 and ens["config"]["back_project"]
+    assert results[-1]["metrics"] != results[5]["metrics"]  # the ensemble changed the image
     grid = sorted((out / "ddim-2_start-3_back-projection" / "grids").glob("*.png"))[0]
     assert (out / "figure.png").read_bytes() == grid.read_bytes()
 
