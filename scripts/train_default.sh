@@ -6,7 +6,7 @@
 # The shipped model was made in two stages (docs/models.md):
 #   1. 2431 DREAM steps at batch 32 on 64 px crops, lr 2e-4 (on an H200 shared with nine other runs: 6.2 min;
 #      about 2.7 h on two idle CPU cores). The step count is where that run's 6.2-minute time limit stopped it.
-#   2. 5000 fine-tuning steps from stage 1's EMA weights (--init-weights), batch 8, lr 1e-4 with a cosine decay,
+#   2. 4000 fine-tuning steps from stage 1's EMA weights (--init-weights), batch 8, lr 1e-4 with a cosine decay,
 #      seed 1 (on one CPU thread: about 85 min).
 # Both stages resume from their run folders (--resume auto), so the script is safe to rerun after an
 # interruption. Set DEVICE=cuda to force the GPU (default: auto). Numbers will not be bit-identical to the
@@ -34,7 +34,7 @@ common=(--dataset folder --data-dir "$work/corpus/train" --val-dir "$work/corpus
 dreamsr train "${common[@]}" --batch-size 32 --lr 2e-4 --steps 2431 --seed 0 --save-every 250 --keep 2 \
   --val-every 2000 --run-dir "$work/stage1"
 # stage 2 (one thread per process avoids OpenMP spin-wait collapse when the two cores are shared)
-dreamsr train "${common[@]}" --batch-size 8 --lr 1e-4 --lr-schedule cosine --steps 5000 --seed 1 \
+dreamsr train "${common[@]}" --batch-size 8 --lr 1e-4 --lr-schedule cosine --steps 4000 --seed 1 \
   --save-every 250 --keep 2 --val-every 2500 --threads 1 --init-weights "$work/stage1/model.safetensors" \
   --run-dir "$work/stage2"
 # the model card's tables (bicubic; DDIM and DDPM at 10/20/50/100 steps; truncated start and back-projection)
