@@ -112,6 +112,7 @@ class TrainConfig:
     keep: int = 3  # training-state checkpoints kept (the newest)
     log_every: int = 10  # write a metrics.jsonl line every this many steps
     time_limit: float = 0.0  # stop cleanly (checkpoint + export) after this many seconds (0: no limit)
+    stop_at: int = 0  # stop cleanly (checkpoint + export) after this step, keeping the lr schedule of `steps` (0: off)
     resume: str | None = None  # checkpoint file, run folder (its latest checkpoint), or "auto" (run_dir's, if any)
     init_weights: str | None = None  # start a new run from these inference weights (fine-tuning; fresh optimizer)
     export_dtype: Literal["fp32", "fp16", "bf16"] = "fp32"  # storage dtype of run_dir/model.safetensors
@@ -149,6 +150,7 @@ class TrainConfig:
             (self.val_sampler in ("ddim", "ddpm"), f"val_sampler must be ddim or ddpm, got {self.val_sampler!r}"),
             (self.export_dtype in ("fp32", "fp16", "bf16"), f"export_dtype must be fp32, fp16 or bf16"),
             (self.time_limit >= 0, "time_limit must be >= 0"),
+            (self.stop_at >= 0, f"stop_at must be >= 0, got {self.stop_at}"),
         ]
         for ok, msg in checks:
             if not ok:
@@ -205,7 +207,7 @@ class TrainConfig:
 # training trajectory up to the checkpoint (lr and ema_decay do change what follows, on purpose).
 RESUMABLE_FIELDS = frozenset({
     "data_dir", "val_dir", "val_dataset", "cache_mb", "workers", "steps", "device", "run_dir", "save_every", "keep",
-    "log_every", "time_limit", "resume", "export_dtype", "export_ema", "val_every", "val_count", "val_crop",
+    "log_every", "time_limit", "stop_at", "resume", "export_dtype", "export_ema", "val_every", "val_count", "val_crop",
     "val_steps", "val_sampler", "val_seed", "lr", "ema_decay", "lr_warmup", "lr_schedule", "lr_min_ratio",
 })
 
@@ -711,6 +713,9 @@ def _train(cfg: TrainConfig, dctx: _Dist, callback: Callback | None) -> TrainRes
         saved = TrainConfig.from_dict(json.loads(state_meta["config"]))
         _check_resume_config(saved, cfg, resume_path)
         start_step = int(state_meta["step"])
+        if cfg.stop_at and cfg.stop_at <= start_step < cfg.steps:
+            raise ConfigError(f"{resume_path} is at step {start_step}, already at or past --stop-at {cfg.stop_at}; "
+                              f"raise --stop-at or leave it out to train on to step {cfg.steps}")
 
     # model, EMA, optimizer
     torch.manual_seed(mix_seed(cfg.seed, 0))  # initial weights
@@ -916,6 +921,8 @@ def _train(cfg: TrainConfig, dctx: _Dist, callback: Callback | None) -> TrainRes
                 stop = False
             if cfg.time_limit and time.perf_counter() - t_start >= cfg.time_limit:
                 stop = True
+            if cfg.stop_at and step >= cfg.stop_at and step < cfg.steps:
+                stop = True  # part of the schedule done: checkpoint + export, --resume continues it
             stop = stop or pending_stop
             if dctx.enabled:
                 flag = torch.tensor([1.0 if stop else 0.0], device=device)

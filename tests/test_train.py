@@ -247,6 +247,28 @@ def test_time_limit_stops_cleanly_with_a_checkpoint(photos: Path, tmp_path: Path
     assert info.training["steps"] == 1
 
 
+def test_stop_at_keeps_the_schedule_so_resuming_equals_one_run(photos: Path, tmp_path: Path) -> None:
+    """--stop-at 2 of a 4-step cosine schedule, then a resume, is bit-identical to 4 steps in one go."""
+    kw = dict(steps=4, save_every=0, lr_schedule="cosine", lr_warmup=0)
+    full = train(tiny_config(photos, tmp_path / "full", **kw))
+    part = train(tiny_config(photos, tmp_path / "split", stop_at=2, **kw))
+    assert part.stopped and part.step == 2
+    assert latest_checkpoint(tmp_path / "split").name == "step_00000002.safetensors"
+    _, info = load_checkpoint(part.export)
+    assert info.training["steps"] == 2  # the export describes what was trained so far
+    lrs = [json.loads(l)["lr"] for l in (tmp_path / "split/metrics.jsonl").read_text().splitlines()]
+    # step 2 follows the 4-step cosine from 1e-3 (a 2-step schedule would give 0.55e-3)
+    assert lrs[1] == pytest.approx(1e-3 * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi / 4))))
+    rest = train(tiny_config(photos, tmp_path / "split", resume="auto", **kw))
+    assert rest.step == full.step == 4 and not rest.stopped
+    _assert_same_state(tmp_path / "full/checkpoints/step_00000004.safetensors",
+                       tmp_path / "split/checkpoints/step_00000004.safetensors")
+    # resuming with a stop that is already behind the checkpoint is refused, naming both steps
+    with pytest.raises(ConfigError, match="at step 2, already at or past --stop-at 2"):
+        train(tiny_config(photos, tmp_path / "again", resume=str(tmp_path / "split/checkpoints/step_00000002"
+                                                                   ".safetensors"), stop_at=2, **kw))
+
+
 def test_init_weights_starts_a_fine_tuning_run_from_given_weights(photos: Path, tmp_path: Path) -> None:
     # fp32 export of a 4-step run with a large lr, so its weights are far from the seed's initial ones
     src = train(tiny_config(photos, tmp_path / "a", steps=4, lr=5e-2)).export
@@ -388,8 +410,14 @@ def test_cli_trains_resumes_with_saved_settings_and_exports(photos: Path, tmp_pa
     cfg = read_state_config(run)
     assert cfg.steps == 3 and math.isinf(cfg.p) and cfg.target == "residual" and cfg.lr == 2e-4
     assert latest_checkpoint(run).name == "step_00000003.safetensors"
+    # --stop-at ends this invocation early; the next resume trains on without repeating it
+    r = _cli("--resume", str(run), "--steps", "5", "--stop-at", "4", *common)
+    assert r.exit_code == 0 and "train stopped at step 4" in r.output, r.output
+    r = _cli("--resume", str(run), *common)
+    assert r.exit_code == 0, r.output
+    assert latest_checkpoint(run).name == "step_00000005.safetensors"
     # a conflicting setting is refused with exit code 1 and one line naming it
-    r = _cli("--resume", str(run), "--p", "1", "--steps", "4", *common)
+    r = _cli("--resume", str(run), "--p", "1", "--steps", "6", *common)
     assert r.exit_code == 1 and "p: checkpoint inf vs now 1.0" in r.output
     # export only, in fp16
     (run / "model.safetensors").unlink()
@@ -399,7 +427,7 @@ def test_cli_trains_resumes_with_saved_settings_and_exports(photos: Path, tmp_pa
     with safe_open(str(run / "model.safetensors"), "pt") as fh:
         assert fh.get_tensor("head.weight").dtype == torch.float16
     _, info = load_checkpoint(run / "model.safetensors")
-    assert info.training["steps"] == 3 and info.training["p"] == "inf"
+    assert info.training["steps"] == 5 and info.training["p"] == "inf"
 
 
 def test_cli_rejects_bad_options(photos: Path, tmp_path: Path) -> None:

@@ -208,6 +208,9 @@ def train(
                                             rich_help_panel="Run"),
     time_limit: Optional[float] = typer.Option(None, "--time-limit", min=0.0, help="Stop cleanly after this many "
                                                "minutes (0: none).", rich_help_panel="Run"),
+    stop_at: Optional[int] = typer.Option(None, "--stop-at", min=0, help="Stop cleanly after this step, keeping "
+                                          "the learning-rate schedule of --steps; --resume continues (0: off).",
+                                          rich_help_panel="Run"),
     export_dtype: Optional[str] = typer.Option(None, "--export-dtype", help="fp32, fp16 or bf16 for "
                                                "model.safetensors. (default: fp32)", rich_help_panel="Run"),
     export_ema: Optional[bool] = typer.Option(None, "--export-ema/--export-raw", help="Export EMA or raw weights. "
@@ -246,8 +249,8 @@ def train(
         "lr_warmup": lr_warmup, "lr_schedule": lr_schedule, "grad_clip": grad_clip, "ema_decay": ema_decay,
         "seed": seed, "device": device, "precision": precision, "channels_last": channels_last,
         "run_dir": str(run_dir) if run_dir else None, "save_every": save_every, "keep": keep, "log_every": log_every,
-        "time_limit": time_limit * 60 if time_limit is not None else None, "export_dtype": export_dtype,
-        "export_ema": export_ema, "val_every": val_every, "val_count": val_count, "val_crop": val_crop,
+        "time_limit": time_limit * 60 if time_limit is not None else None, "stop_at": stop_at,
+        "export_dtype": export_dtype, "export_ema": export_ema, "val_every": val_every, "val_count": val_count, "val_crop": val_crop,
         "val_steps": val_steps, "val_sampler": val_sampler,
         "init_weights": str(init_weights) if init_weights else None,
     }
@@ -267,6 +270,7 @@ def train(
             if "run_dir" not in given and resume != "auto":
                 given["run_dir"] = str(src if src.is_dir() else src.parent.parent)
         given["resume"] = resume
+        given.setdefault("stop_at", 0)  # --stop-at applies to one invocation; a resume trains on unless told
 
     if export_only:
         if resume is None or resume == "auto" and src is None:
