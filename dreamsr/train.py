@@ -713,9 +713,6 @@ def _train(cfg: TrainConfig, dctx: _Dist, callback: Callback | None) -> TrainRes
         saved = TrainConfig.from_dict(json.loads(state_meta["config"]))
         _check_resume_config(saved, cfg, resume_path)
         start_step = int(state_meta["step"])
-        if cfg.stop_at and cfg.stop_at <= start_step < cfg.steps:
-            raise ConfigError(f"{resume_path} is at step {start_step}, already at or past --stop-at {cfg.stop_at}; "
-                              f"raise --stop-at or leave it out to train on to step {cfg.steps}")
 
     # model, EMA, optimizer
     torch.manual_seed(mix_seed(cfg.seed, 0))  # initial weights
@@ -835,11 +832,14 @@ def _train(cfg: TrainConfig, dctx: _Dist, callback: Callback | None) -> TrainRes
         _append_jsonl(metrics_path, {"event": "val", "step": step_done, **res})
         return emit("val", step_done, res)
 
+    # --stop-at ends this invocation early without changing the schedule; a checkpoint already past it trains
+    # nothing (so a script replaying a run in parts can be rerun after an interruption)
+    end_step = min(cfg.steps, max(cfg.stop_at, start_step)) if cfg.stop_at else cfg.steps
     acc_loss, acc_n, acc_data, t_log, t_other = 0.0, 0, 0.0, time.perf_counter(), 0.0
     pending_stop = False
     it = iter(loader)
     try:
-        for k in range(start_step, cfg.steps):
+        for k in range(start_step, end_step):
             t_data = time.perf_counter()
             hr, _lr, cond = next(it)
             acc_data += time.perf_counter() - t_data
@@ -942,7 +942,7 @@ def _train(cfg: TrainConfig, dctx: _Dist, callback: Callback | None) -> TrainRes
     finally:
         del it
 
-    if dctx.main and start_step >= cfg.steps and resume_path is not None:
+    if dctx.main and start_step >= end_step and resume_path is not None:
         export_path = _export(start_step)  # nothing left to train: still give the user the export
     if dctx.enabled:
         dist.barrier()

@@ -263,10 +263,11 @@ def test_stop_at_keeps_the_schedule_so_resuming_equals_one_run(photos: Path, tmp
     assert rest.step == full.step == 4 and not rest.stopped
     _assert_same_state(tmp_path / "full/checkpoints/step_00000004.safetensors",
                        tmp_path / "split/checkpoints/step_00000004.safetensors")
-    # resuming with a stop that is already behind the checkpoint is refused, naming both steps
-    with pytest.raises(ConfigError, match="at step 2, already at or past --stop-at 2"):
-        train(tiny_config(photos, tmp_path / "again", resume=str(tmp_path / "split/checkpoints/step_00000002"
-                                                                   ".safetensors"), stop_at=2, **kw))
+    # a stop that is already behind the checkpoint trains nothing (a replay script can be rerun) and re-exports
+    again = train(tiny_config(photos, tmp_path / "split", resume="auto", stop_at=2, **kw))
+    assert again.step == 4 and latest_checkpoint(tmp_path / "split").name == "step_00000004.safetensors"
+    _, info = load_checkpoint(again.export)
+    assert info.training["steps"] == 4
 
 
 def test_init_weights_starts_a_fine_tuning_run_from_given_weights(photos: Path, tmp_path: Path) -> None:
