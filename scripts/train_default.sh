@@ -11,14 +11,17 @@
 #   3. 24000 fine-tuning steps from stage 2's EMA weights, batch 8, bf16 autocast on the CPU, seed 2. The run was
 #      planned for 9000 steps and its schedule extended twice with --resume (at step 2000 to 15000, at 15000 to
 #      24000; the cosine follows each new --steps from that point); --stop-at replays that exactly.
-#      About 2.3 h on two CPU threads with AMX (0.33-0.37 s per step); much slower without bf16 hardware support.
-# Every stage resumes from their run folders (--resume auto), so the script is safe to rerun after an
+#      2 h 56 min of wall time on two CPU threads of an AMX Xeon VM (median 0.37-0.41 s per step; the first 1510
+#      steps ran on one thread). fp32 is about 2x slower per step there (docs/benchmarks.md); on a CPU
+#      without AMX set S3_PRECISION=fp32, since bf16 autocast without hardware support is slower still.
+# Every stage resumes from its run folder (--resume auto), so the script is safe to rerun after an
 # interruption. Set DEVICE=cuda to force the GPU (default: auto). Numbers will not be bit-identical to the
 # shipped file across devices or thread counts.
 # Needs: sudo apt-get install lomiri-wallpapers-16.04 lomiri-wallpapers-20.04 mate-backgrounds
 set -euo pipefail
 work="${1:-work-default}"
 device="${DEVICE:-auto}"
+s3_precision="${S3_PRECISION:-bf16}"
 mkdir -p "$work"
 [ -d "$work/corpus/train" ] || python scripts/build_corpus.py "$work/corpus"
 # centre 256x256 crops of the validation photos: what the model card's table is measured on
@@ -41,9 +44,9 @@ dreamsr train "${common[@]}" --batch-size 32 --lr 2e-4 --steps 2431 --seed 0 --s
 dreamsr train "${common[@]}" --batch-size 8 --lr 1e-4 --lr-schedule cosine --steps 4000 --seed 1 \
   --save-every 250 --keep 2 --val-every 2500 --threads 1 --init-weights "$work/stage1/model.safetensors" \
   --run-dir "$work/stage2"
-# stage 3 (bf16 autocast: about 2x faster than fp32 on CPUs with AMX; use fp32 elsewhere)
+# stage 3 (bf16 autocast: about 2x faster than fp32 on CPUs with AMX)
 s3=(--batch-size 8 --lr 1e-4 --lr-schedule cosine --seed 2 --save-every 500 --keep 2 --val-every 2000 --threads 2
-    --precision bf16 --init-weights "$work/stage2/model.safetensors" --run-dir "$work/stage3")
+    --precision "$s3_precision" --init-weights "$work/stage2/model.safetensors" --run-dir "$work/stage3")
 dreamsr train "${common[@]}" "${s3[@]}" --steps 9000 --stop-at 2000
 dreamsr train "${common[@]}" "${s3[@]}" --steps 15000
 dreamsr train "${common[@]}" "${s3[@]}" --steps 24000
