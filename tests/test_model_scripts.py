@@ -88,6 +88,13 @@ def test_model_card_tables_bicubic_and_each_sampler(tmp_path: Path, val_dir: Pat
     assert [r["label"] for r in card["results"]] == ["bicubic", "ddim 2", "ddpm 2"]
     rows = (out / "card_tables.md").read_text().splitlines()
     assert rows[2].startswith("| bicubic |") and rows[2].endswith("+0.00 |") and len(rows) == 5
+    # a second run reuses the finished evaluations and reports their own wall time, not the reuse's
+    assert _script("model_card").main([str(w), str(val_dir), str(out), "--steps", "2", "--option-steps", "0",
+                                       "--only-cached"]) == 0
+    again = json.loads((out / "card.json").read_text())["results"]
+    evaluated = json.loads((out / "ddim-2" / "summary.json").read_text())["seconds"]
+    assert again[1]["seconds"] == card["results"][1]["seconds"] == round(evaluated, 1)
+    assert again[1]["metrics"] == card["results"][1]["metrics"]
 
 
 def test_model_card_option_rows_and_the_figure_of_the_recommended_setting(tmp_path: Path, val_dir: Path) -> None:
