@@ -921,8 +921,8 @@ def _train(cfg: TrainConfig, dctx: _Dist, callback: Callback | None) -> TrainRes
                 stop = False
             if cfg.time_limit and time.perf_counter() - t_start >= cfg.time_limit:
                 stop = True
-            if cfg.stop_at and step >= cfg.stop_at and step < cfg.steps:
-                stop = True  # part of the schedule done: checkpoint + export, --resume continues it
+            if step == end_step < cfg.steps:
+                stop = True  # --stop-at reached: checkpoint + export, --resume continues the schedule
             stop = stop or pending_stop
             if dctx.enabled:
                 flag = torch.tensor([1.0 if stop else 0.0], device=device)

@@ -250,8 +250,8 @@ def train(
         "seed": seed, "device": device, "precision": precision, "channels_last": channels_last,
         "run_dir": str(run_dir) if run_dir else None, "save_every": save_every, "keep": keep, "log_every": log_every,
         "time_limit": time_limit * 60 if time_limit is not None else None, "stop_at": stop_at,
-        "export_dtype": export_dtype, "export_ema": export_ema, "val_every": val_every, "val_count": val_count, "val_crop": val_crop,
-        "val_steps": val_steps, "val_sampler": val_sampler,
+        "export_dtype": export_dtype, "export_ema": export_ema, "val_every": val_every, "val_count": val_count,
+        "val_crop": val_crop, "val_steps": val_steps, "val_sampler": val_sampler,
         "init_weights": str(init_weights) if init_weights else None,
     }
     given = {k: v for k, v in given.items() if v is not None}
