@@ -162,10 +162,10 @@ def evaluate(
     metric_weights: Optional[Path] = typer.Option(None, "--metric-weights", help="Folder with the LPIPS/FID backbone "
                                                   "files \\[default: $TORCH_HOME/hub/checkpoints]."),
     lpips_net: str = typer.Option("alex", "--lpips-net", help="LPIPS backbone: alex | vgg | squeeze."),
-    out_dir: Optional[Path] = typer.Option(None, "--out", "-o", help="Report folder \\[default: "
-                                           "eval/<set>-<model>-x<scale>]."),
+    out_dir: Optional[Path] = typer.Option(None, "--output", "-o", "--out", help="Report folder "
+                                           "(--out: the same) \\[default: eval/<set>-<model>-x<scale>]."),
     grids: int = typer.Option(4, "--grids", min=0, help="Comparison grids for the first N images."),
-    save_images: bool = typer.Option(False, "--save-images", help="Also write the SR images to <out>/sr/."),
+    save_images: bool = typer.Option(False, "--save-images", help="Also write the SR images to <output>/sr/."),
     device: str = typer.Option("auto", "--device", help="auto | cpu | cuda | cuda:N | mps."),
     precision: str = typer.Option("auto", "--precision", help="auto | fp32 | bf16 | fp16."),
     compare_runs: bool = typer.Option(False, "--compare", help="Print the given summary.json files side by side."),
@@ -176,7 +176,7 @@ def evaluate(
     \b
     Examples:
       dreamsr eval --set folder --data-dir photos/ --model bicubic --scale 4
-      dreamsr eval --set celebahq --model NAME --metrics psnr,ssim,consistency,fid --out runs/faces
+      dreamsr eval --set celebahq --model NAME --metrics psnr,ssim,consistency,fid -o runs/faces
       dreamsr eval --set div2k-val --weights my.safetensors --steps 100 --samples 3 --convention y
       dreamsr eval --compare runs/bicubic/summary.json runs/faces/summary.json
     """

@@ -1,4 +1,4 @@
-"""`dreamsr train`: DREAM training from the command line (single process, or DDP under torchrun).
+"""`dreamsr train`: DREAM training from the command line (single process, or DDP under ``python -m dreamsr.launch``).
 
 Every option maps to a field of :class:`dreamsr.train.TrainConfig`; an option not given keeps the
 TrainConfig default, or, with ``--resume``, the value stored in the checkpoint (so
@@ -191,10 +191,11 @@ def train(
                                           "PyTorch's choice). On a CPU shared with other jobs, 1 can be much "
                                           "faster; keep the same value across --resume for bit-exact continuation.",
                                           rich_help_panel="Hardware"),
-    run_dir: Optional[Path] = typer.Option(None, "--run-dir", help="Output folder. (default: runs/dreamsr)",
+    run_dir: Optional[Path] = typer.Option(None, "--output", "-o", "--run-dir", help="Run folder: checkpoints, "
+                                           "metrics, model.safetensors (--run-dir: the same). (default: runs/dreamsr)",
                                            rich_help_panel="Run"),
     resume: Optional[str] = typer.Option(None, "--resume", help="Continue exactly from a checkpoint file, a run "
-                                         "folder (its latest checkpoint) or 'auto' (--run-dir's, if any).",
+                                         "folder (its latest checkpoint) or 'auto' (--output's, if any).",
                                          rich_help_panel="Run"),
     init_weights: Optional[Path] = typer.Option(None, "--init-weights", help="Start a new run from these "
                                                 "weights (a dreamsr .safetensors with the same preset, target and "
@@ -216,7 +217,8 @@ def train(
     export_ema: Optional[bool] = typer.Option(None, "--export-ema/--export-raw", help="Export EMA or raw weights. "
                                               "(default: export-ema)", rich_help_panel="Run"),
     export_only: bool = typer.Option(False, "--export-only", help="Only write model.safetensors from the --resume "
-                                     "checkpoint, then exit.", rich_help_panel="Run"),
+                                     "checkpoint (into --output, default: its run folder), then exit.",
+                                     rich_help_panel="Run"),
     val_every: Optional[int] = typer.Option(None, "--val-every", min=0, help="Validation interval (0: never). "
                                             "(default: 1000)", rich_help_panel="Validation"),
     val_count: Optional[int] = typer.Option(None, "--val-count", min=0, help="Validation images. (default: 4)",
@@ -228,7 +230,7 @@ def train(
     val_sampler: Optional[str] = typer.Option(None, "--val-sampler", help="ddim or ddpm. (default: ddim)",
                                               rich_help_panel="Validation"),
 ) -> None:
-    """Train a DREAM super-resolution model (resumable, validated, DDP under torchrun).
+    """Train a DREAM super-resolution model (resumable, validated, DDP over several processes).
 
     Examples:
 
@@ -236,7 +238,8 @@ def train(
 
       dreamsr train --resume runs/dreamsr --steps 40000          (continue a run with its own settings)
 
-      torchrun --nproc_per_node 4 -m dreamsr train --dataset df2k --data-dir /data --preset sr3-div2k --batch-size 32
+      python -m dreamsr.launch --standalone --nproc_per_node 4 train --dataset df2k --data-dir /data --p 1
+      (DDP: torchrun's options before `train`, dreamsr's after it; see `python -m dreamsr.launch --help`)
     """
     from dreamsr.train import TrainConfig, export_from_state, read_state_config, train as run_train
 
