@@ -3,6 +3,7 @@ back-projection, the residual target, option checks, and the seam test on a real
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import pytest
@@ -11,6 +12,7 @@ import torch
 from dreamsr.diffusion import Schedule
 from dreamsr.errors import ConfigError, InputError
 from dreamsr.images import downsample, load_image, upsample
+from dreamsr.options import SamplingOptions
 from dreamsr.pipeline import ENSEMBLE_TRANSFORMS, MIN_SIDE, Upscaler, dihedral, tile_seed
 from dreamsr.tiling import make_grid
 from tests._helpers import (SKIMAGE_DATA, IdentityOnCondition, Pointwise, Recorder, seam_ratio, tiny_info,
@@ -43,6 +45,28 @@ def test_identity_model_tiled_equals_untiled(target: str, merge: str) -> None:
         assert float((ref - _bicubic(lr, 3)).abs().max()) < 1e-5  # the exact model returns its condition
         for tile, overlap in [(40, 5), (16, 8), (9, 2), (10, 0)] if h * w < 2000 else [(40, 5), (9, 2)]:
             out = up.upscale(lr, steps=2, tile=tile, overlap=overlap, batch=3, merge=merge)
+            assert float((out - ref).abs().max()) < 1e-5, (h, w, tile, overlap)
+
+
+@pytest.mark.parametrize("target", ["image", "residual"])
+@pytest.mark.parametrize("options", [dict(sampler="ddim"), dict(sampler="ddim", eta=0.5), dict(sampler="ddpm"),
+                                     dict(sampler="ddpm", start=300, back_project=True)])
+def test_noise_dependent_model_tiled_equals_untiled_in_step_mode(target: str, options: dict) -> None:
+    """The whole sampling run, not one merge: Pointwise's eps depends on y_t, so every step's output depends on
+    the noise and on every earlier step. It is elementwise, so in step mode each pixel's merged eps is a mean
+    of equal values with weights summing to 1: a tiled run must retrace the untiled run step for step (same
+    noise draws, same sampler, same options). Sizes of at least one tile: a smaller image is padded to a tile,
+    which changes the shape, hence the values, of the noise draw."""
+    up = Upscaler(Pointwise(), tiny_info(scale=3, target=target))
+    gen = torch.Generator().manual_seed(4)
+    for h, w in [(41, 41), (40, 52), (23, 30)]:
+        lr = torch.rand(3, h, w, generator=gen)
+        ref = up.upscale(lr, steps=4, seed=5, tile=0, **options)
+        assert float((up.upscale(lr, steps=4, seed=6, tile=0, **options) - ref).abs().mean()) > 1e-3  # noise matters
+        for tile, overlap in [(40, 5), (16, 8), (9, 2), (10, 0)]:
+            if tile > min(h, w):
+                continue
+            out = up.upscale(lr, steps=4, seed=5, tile=tile, overlap=overlap, batch=3, merge="step", **options)
             assert float((out - ref).abs().max()) < 1e-5, (h, w, tile, overlap)
 
 
@@ -192,12 +216,26 @@ def test_residual_output_is_condition_plus_scaled_residual() -> None:
 # ---- options, inputs, model state ---------------------------------------------------------------------------
 @pytest.mark.parametrize("kwargs", [dict(steps=0), dict(tile=8, overlap=5), dict(batch=0), dict(overlap=-1),
                                     dict(merge="middle"), dict(sampler="euler"), dict(eta=-0.1),
-                                    dict(start=0), dict(start=5000), dict(ensemble=0), dict(ensemble=3),
-                                    dict(ensemble=16)])
+                                    dict(start=-1), dict(start=5000), dict(ensemble=0), dict(ensemble=3),
+                                    dict(ensemble=16), dict(steps=20, start=10)])
 def test_bad_options_are_config_errors(kwargs: dict) -> None:
     up = Upscaler(IdentityOnCondition(), tiny_info(scale=2))
     with pytest.raises(ConfigError):
         up.upscale(torch.rand(3, 8, 8), **kwargs)
+    with pytest.raises(ConfigError):  # the typed value refuses the same settings on its own
+        SamplingOptions(**kwargs).check_chain(up.process.chain)
+
+
+def test_given_start_zero_means_the_full_chain_over_a_recommendation() -> None:
+    """``start=0`` given (the CLI's "0: the full chain") overrides a recommended truncated start; the value
+    itself never holds 0."""
+    up = Upscaler(IdentityOnCondition(), tiny_info(scale=2))
+    up.info = dataclasses.replace(up.info, sampling={"steps": 10, "start": 500})
+    assert up.options().start == 500 and up.options(start=0).start is None
+    with pytest.raises(ConfigError):
+        SamplingOptions(start=0)
+    with pytest.raises(ConfigError, match="colour"):
+        up.options(colour="red")
 
 
 @pytest.mark.parametrize("shape", [(3, 1, 1), (3, MIN_SIDE - 1, 50), (1, 8, 8), (8, 8)])
