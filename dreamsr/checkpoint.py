@@ -32,6 +32,7 @@ __all__ = ["CheckpointInfo", "save_checkpoint", "load_checkpoint", "load_state_s
 FORMAT = "dreamsr.checkpoint"
 FORMAT_VERSION = "1"
 SAMPLING_KEYS = frozenset({"steps", "start", "back_project", "ensemble"})
+TRAIN_STATE_FORMAT = "dreamsr.train-state"  # dreamsr.train.STATE_FORMAT (training states, not models)
 _STORE_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 
@@ -71,6 +72,11 @@ class CheckpointInfo:
 
     @classmethod
     def from_metadata(cls, meta: dict[str, str] | None, source: str) -> "CheckpointInfo":
+        if meta and meta.get("format") == TRAIN_STATE_FORMAT:
+            raise CheckpointError(f"{source}: this is a training state (weights, EMA and optimizer of a `dreamsr "
+                                  "train` run), not a model; use the model.safetensors its run folder gets at the "
+                                  f"end of training, or export this step: `dreamsr train --resume {source} "
+                                  "--export-only -o OUT_DIR` (writes OUT_DIR/model.safetensors)")
         if not meta or meta.get("format") != FORMAT:
             raise CheckpointError(f"{source}: not a dreamsr checkpoint (no '{FORMAT}' metadata); "
                                   "convert a .pth state dict with `dreamsr weights convert`")

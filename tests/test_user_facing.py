@@ -1,0 +1,102 @@
+"""Papercuts a new user meets: one output option name, and a training state given where a model is expected."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+import typer
+from safetensors.torch import load_file
+from typer.testing import CliRunner
+
+from dreamsr.checkpoint import TRAIN_STATE_FORMAT, load_checkpoint, read_info
+from dreamsr.cli import app
+from dreamsr.errors import CheckpointError
+from dreamsr.train import STATE_FORMAT, TrainConfig, train
+
+SKIMAGE_DATA = Path(__import__("skimage").__file__).parent / "data"
+
+
+def _option(command: str, short: str):
+    """The option of ``dreamsr COMMAND`` spelled ``short`` (typer's click parameter object)."""
+    sub = typer.main.get_command(app).commands[command]  # type: ignore[attr-defined]
+    found = [p for p in sub.params if short in getattr(p, "opts", [])]
+    assert len(found) == 1, (command, short)
+    return found[0]
+
+
+@pytest.mark.parametrize("command, aliases", [("upscale", set()), ("train", {"--run-dir"}), ("eval", {"--out"})])
+def test_output_is_minus_o_and_dash_dash_output_everywhere(command: str, aliases: set[str]) -> None:
+    opt = _option(command, "-o")
+    assert set(opt.opts) == {"-o", "--output"} | aliases  # the old names still work
+
+
+@pytest.fixture(scope="module")
+def photos(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    d = tmp_path_factory.mktemp("photos")
+    for name in ("astronaut.png", "coffee.png"):
+        shutil.copy(SKIMAGE_DATA / name, d / name)
+    return d
+
+
+@pytest.fixture(scope="module")
+def state(photos: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A training state (checkpoints/step_00000002.safetensors) of a 2-step tiny run."""
+    run = tmp_path_factory.mktemp("run")
+    with torch.random.fork_rng(devices=[]):
+        before = torch.get_num_threads()
+        torch.set_num_threads(1)
+        try:
+            train(TrainConfig(dataset="folder", data_dir=str(photos), preset="tiny", patch=32, batch_size=2, steps=2,
+                              save_every=2, val_every=0, workers=0, log_every=1, run_dir=str(run), target="residual",
+                              precision="fp32", device="cpu"))
+        finally:
+            torch.set_num_threads(before)
+    return run / "checkpoints" / "step_00000002.safetensors"
+
+
+def test_train_writes_where_output_says(photos: Path, tmp_path: Path) -> None:
+    for flag, name in (("-o", "a"), ("--output", "b"), ("--run-dir", "c")):
+        r = CliRunner().invoke(app, ["train", "--dataset", "folder", "--data-dir", str(photos), "--preset", "tiny",
+                                     "--patch", "32", "--batch-size", "2", "--steps", "1", "--workers", "0",
+                                     "--val-every", "0", "--precision", "fp32", "--threads", "1", flag,
+                                     str(tmp_path / name)])
+        assert r.exit_code == 0, r.output
+        assert (tmp_path / name / "model.safetensors").is_file()
+
+
+def test_eval_writes_where_output_says(photos: Path, tmp_path: Path) -> None:
+    for flag, name in (("-o", "a"), ("--output", "b"), ("--out", "c")):
+        r = CliRunner().invoke(app, ["eval", "--set", "folder", "--data-dir", str(photos), "--model", "bicubic",
+                                     "--scale", "4", "--metrics", "psnr", "--grids", "0", flag, str(tmp_path / name)])
+        assert r.exit_code == 0, r.output
+        assert json.loads((tmp_path / name / "summary.json").read_text())["metrics"]
+
+
+def test_a_training_state_is_named_as_such_with_the_way_to_export_it(state: Path, tmp_path: Path) -> None:
+    assert TRAIN_STATE_FORMAT == STATE_FORMAT  # the base layer cannot import train.py; one string, two names
+    for load in (load_checkpoint, read_info):
+        with pytest.raises(CheckpointError, match="training state") as err:
+            load(state)
+        assert f"dreamsr train --resume {state} --export-only -o OUT_DIR" in str(err.value)
+        assert "convert" not in str(err.value)  # not a .pth to convert
+    # following the message gives a model that loads: the state's EMA weights
+    out = tmp_path / "exported"
+    r = CliRunner().invoke(app, ["train", "--resume", str(state), "--export-only", "-o", str(out)])
+    assert r.exit_code == 0, r.output
+    model, info = load_checkpoint(out / "model.safetensors")
+    ema = {k[len("ema/"):]: v for k, v in load_file(str(state)).items() if k.startswith("ema/")}
+    assert ema.keys() == model.state_dict().keys()
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in ema.items())
+    assert info.training["steps"] == 2
+
+
+def test_upscale_weights_given_a_training_state_says_so(state: Path, tmp_path: Path) -> None:
+    r = CliRunner().invoke(app, ["upscale", str(SKIMAGE_DATA / "coffee.png"), "--weights", str(state), "-o",
+                                 str(tmp_path / "out.png"), "--steps", "1"])
+    assert r.exit_code == 1
+    text = " ".join(r.output.split())  # rich may wrap the line
+    assert "training state" in text and "--export-only" in text and not (tmp_path / "out.png").exists()
