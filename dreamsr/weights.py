@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import re
 from dataclasses import dataclass, field, replace
@@ -44,7 +45,7 @@ __all__ = [
     "ModelEntry", "HubFile", "VerifyResult", "PushResult", "SHIPPED_REGISTRY", "TASKS",
     "resolve_weights", "registry_entries", "get_entry", "default_model", "parse_registry", "check_defaults",
     "user_registry_path", "parse_hf_url", "hub_cache_dir", "cached_file", "download", "fetch", "local_path",
-    "entry_dict", "checkpoint_dict", "describe",
+    "entry_dict", "checkpoint_dict", "checkpoint_params", "describe",
     "sha256_file", "verify", "push_checkpoint", "entry_to_toml", "convert_pth",
 ]
 
@@ -74,7 +75,7 @@ class ModelEntry:
     sha256: str  # 64 lower-case hex digits of the whole .safetensors file
     scale: int  # native upscaling factor
     task: str  # one of TASKS
-    params: int  # UNet parameter count
+    params: int | None  # network parameter count; None: not stated (read from the file when it is here)
     license: str
     description: str
     default: bool = False  # the model used for this scale when no --model is given
@@ -93,8 +94,9 @@ class ModelEntry:
         return HubFile(self.repo_id, self.filename or "", self.revision or "main")
 
 
-_REQUIRED = {"sha256": str, "scale": int, "task": str, "params": int, "license": str, "description": str}
-_OPTIONAL = {"default": bool, "repo_id": str, "filename": str, "revision": str, "path": str, "bytes": int}
+_REQUIRED = {"sha256": str, "scale": int, "task": str, "license": str, "description": str}
+_OPTIONAL = {"params": int, "default": bool, "repo_id": str, "filename": str, "revision": str, "path": str,
+             "bytes": int}
 
 
 def _entry_from_table(name: str, table: Any, source: Path) -> ModelEntry:
@@ -122,7 +124,7 @@ def _entry_from_table(name: str, table: Any, source: Path) -> ModelEntry:
         raise ConfigError(f"{where}: scale must be a positive integer, got {table['scale']}")
     if table["task"] not in TASKS:
         raise ConfigError(f"{where}: task must be one of {', '.join(TASKS)}, got {table['task']!r}")
-    if table["params"] < 1 or table.get("bytes", 1) < 1:
+    if table.get("params", 1) < 1 or table.get("bytes", 1) < 1:
         raise ConfigError(f"{where}: params and bytes must be positive")
     hub_keys = [k for k in ("repo_id", "filename", "revision") if k in table]
     path: Path | None = None
@@ -148,7 +150,7 @@ def _entry_from_table(name: str, table: Any, source: Path) -> ModelEntry:
             raise ConfigError(f"{where}: revision must be a pinned commit hash (40 lower-case hex digits), "
                               f"got {table['revision']!r}")
     return ModelEntry(
-        name=name, sha256=table["sha256"], scale=table["scale"], task=table["task"], params=table["params"],
+        name=name, sha256=table["sha256"], scale=table["scale"], task=table["task"], params=table.get("params"),
         license=table["license"], description=table["description"], default=table.get("default", False),
         repo_id=table.get("repo_id"), filename=table.get("filename"), revision=table.get("revision"),
         path=path, bytes=table.get("bytes"), source=source,
@@ -518,10 +520,23 @@ def verify(names: Sequence[str] | None = None, *, cache_dir: str | os.PathLike |
 # info
 # --------------------------------------------------------------------------------------------------
 
+def checkpoint_params(path: str | os.PathLike) -> int:
+    """Number of values stored in a safetensors file (its parameter count), from the header alone."""
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as fh:
+            return sum(math.prod(fh.get_slice(k).get_shape()) for k in fh.keys())
+    except (SafetensorError, OSError, ValueError, RuntimeError) as err:
+        raise CheckpointError(f"{path}: not a readable safetensors file ({err})") from None
+
+
 def entry_dict(entry: ModelEntry, cache_dir: str | os.PathLike | None = None) -> dict[str, Any]:
-    """JSON-friendly view of a registry entry, with where its file is on this machine (``local``, or None)."""
+    """JSON-friendly view of a registry entry, with where its file is on this machine (``local``, or None).
+    ``params``: the entry's, else counted in the file when it is here, else None."""
     local = local_path(entry, cache_dir)
-    d: dict[str, Any] = {"name": entry.name, "scale": entry.scale, "task": entry.task, "params": entry.params,
+    params = entry.params if entry.params is not None else (checkpoint_params(local) if local else None)
+    d: dict[str, Any] = {"name": entry.name, "scale": entry.scale, "task": entry.task, "params": params,
                          "license": entry.license, "description": entry.description, "default": entry.default,
                          "sha256": entry.sha256, "bytes": entry.bytes, "registry": str(entry.source)}
     if entry.hub is not None:
@@ -599,7 +614,8 @@ def entry_to_toml(entry: ModelEntry) -> str:
     else:
         lines.append(f"path = {_toml_str(str(entry.path))}")
     lines += [f"sha256 = {_toml_str(entry.sha256)}", f"scale = {entry.scale}", f"task = {_toml_str(entry.task)}",
-              f"params = {entry.params}", f"license = {_toml_str(entry.license)}",
+              *([f"params = {entry.params}"] if entry.params is not None else []),
+              f"license = {_toml_str(entry.license)}",
               f"description = {_toml_str(entry.description)}"]
     if entry.bytes is not None:
         lines.append(f"bytes = {entry.bytes}")

@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 
 from dreamsr.checkpoint import TRAIN_STATE_FORMAT, load_checkpoint, read_info
 from dreamsr.cli import app
-from dreamsr.errors import CheckpointError
+from dreamsr.errors import CheckpointError, ConfigError
 from dreamsr.train import STATE_FORMAT, TrainConfig, train
 
 SKIMAGE_DATA = Path(__import__("skimage").__file__).parent / "data"
@@ -100,3 +100,42 @@ def test_upscale_weights_given_a_training_state_says_so(state: Path, tmp_path: P
     assert r.exit_code == 1
     text = " ".join(r.output.split())  # rich may wrap the line
     assert "training state" in text and "--export-only" in text and not (tmp_path / "out.png").exists()
+
+
+# --- weights.toml: params may be left out --------------------------------------------------------------------------
+
+def test_user_registry_entry_without_params(tiny_checkpoint: Path, tmp_path: Path,
+                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    """`params` may be left out of a user entry: it is counted in the file's header when the file is here."""
+    import hashlib
+
+    from dreamsr import weights as W
+    from dreamsr.unet import PRESETS, UNet
+
+    sha = hashlib.sha256(tiny_checkpoint.read_bytes()).hexdigest()
+    registry = tmp_path / "weights.toml"
+    registry.write_text(
+        f'[models.mine]\npath = "{tiny_checkpoint}"\nsha256 = "{sha}"\nscale = 4\ntask = "general"\n'
+        'license = "MIT"\ndescription = "no params line"\n\n'
+        f'[models.remote]\nrepo_id = "org/name"\nfilename = "m.safetensors"\nrevision = "{"a" * 40}"\n'
+        f'sha256 = "{"b" * 64}"\nscale = 3\ntask = "general"\nlicense = "MIT"\ndescription = "not here"\n',
+        encoding="utf-8")
+    monkeypatch.setenv("DREAMSR_WEIGHTS", str(registry))
+    entries = W.registry_entries()
+    mine, remote = entries["mine"], entries["remote"]
+    assert mine.params is None and remote.params is None
+    assert W.entry_dict(mine)["params"] == UNet(PRESETS["tiny"]).num_parameters()  # independent count
+    assert W.entry_dict(remote)["params"] is None  # not downloaded: unknown, and nothing is fetched
+    assert W.resolve_weights(model="mine") == tiny_checkpoint
+    # printed back as a registry entry: still no params line, and it parses to the same entry
+    toml = W.entry_to_toml(mine)
+    assert "params =" not in toml
+    (tmp_path / "again.toml").write_text(toml, encoding="utf-8")
+    assert W.parse_registry(tmp_path / "again.toml")["mine"] == mine
+    r = CliRunner().invoke(app, ["weights", "list"])
+    assert r.exit_code == 0, r.output
+    rows = {line.split()[0]: line.split() for line in r.output.splitlines() if line.split()}
+    assert rows["mine"][3] == f"{UNet(PRESETS['tiny']).num_parameters() / 1e3:.1f}k" and rows["remote"][3] == "?"
+    with pytest.raises(ConfigError, match="params and bytes must be positive"):
+        registry.write_text(registry.read_text().replace('task = "general"\n', 'task = "general"\nparams = 0\n', 1))
+        W.registry_entries()

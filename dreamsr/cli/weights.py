@@ -58,7 +58,9 @@ def _human_bytes(n: int | None) -> str:
     return f"{n} B"  # unreachable
 
 
-def _human_params(n: int) -> str:
+def _human_params(n: int | None) -> str:
+    if n is None:  # not stated in the registry and the file is not here
+        return "?"
     return f"{n / 1e6:.1f}M" if n >= 1e5 else f"{n / 1e3:.1f}k"
 
 
