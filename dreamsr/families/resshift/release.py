@@ -1,0 +1,375 @@
+"""Released ResShift weights (zsyOAOA/ResShift) -> dreamsr tensors: the Swin-UNet and the VQ-f4 autoencoder.
+
+Files: ``resshift_{realsrx4,bicsrx4_opencv,bicsrx4_matlab}_s15.pth`` (the UNet) and ``autoencoder_vq_f4.pth``.
+They are read only with ``torch.load(weights_only=True)`` (:func:`load_release_file`): nothing is unpickled beyond
+tensors and plain containers. The wrapping the release's own loader accepts is undone explicitly
+(:func:`unwrap_state`): a top-level ``"state_dict"`` entry (``sampler.py: load_model``), then a ``module.``
+(DistributedDataParallel) and/or ``_orig_mod.`` (``torch.compile``) prefix carried by *every* key
+(``utils/util_net.py: reload_model``).
+
+Key mapping: :class:`~dreamsr.families.resshift.network.ResShiftUNet` and
+:class:`~dreamsr.first_stages.vqf4.VQF4` use the release's module names, so every key maps to itself: the mapping
+is the identity on the exact key set of the module built from the recognised config (:func:`unet_key_map`,
+:func:`autoencoder_key_map`), and a key outside it, a key missing from the file or a shape that differs is a
+:class:`~dreamsr.errors.CheckpointError` naming the key. The configs are recognised from the tensor shapes
+(:func:`unet_config_from_state`, :func:`vqf4_config_from_state`); what shapes cannot tell is the release's value
+(GroupNorm with 32 groups, dropout 0, and x_t having as many channels as the prediction, the rest of the first
+convolution's input being the condition). The deterministic buffers of the Swin layers (``relative_position_index``,
+``attn_mask``) must equal the values the recognised geometry gives (else the file is another architecture).
+Float tensors come out as float32, the relative position indices as int64.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping
+
+import torch
+
+from dreamsr.errors import CheckpointError
+from dreamsr.families.resshift.network import (ResShiftUNet, ResShiftUNetConfig, SwinBlock,
+                                               relative_position_index, shifted_window_mask)
+from dreamsr.first_stages.vqf4 import VQF4, VQF4Config
+
+__all__ = ["ConvertedRelease", "load_release_file", "unwrap_state", "unet_config_from_state", "unet_key_map",
+           "convert_unet_state", "vqf4_config_from_state", "autoencoder_key_map", "convert_autoencoder_state",
+           "check_latent_channels", "convert_release"]
+
+_PREFIXES = ("module.", "_orig_mod.")  # DDP and torch.compile wrappers, in the order they can nest
+
+
+@dataclass(frozen=True)
+class ConvertedRelease:
+    """The outcome of :func:`convert_release`: configs and tensors keyed by the dreamsr modules' state-dict names."""
+
+    unet_config: ResShiftUNetConfig
+    unet_tensors: dict[str, torch.Tensor]
+    autoencoder_config: VQF4Config | None = None
+    autoencoder_tensors: dict[str, torch.Tensor] | None = None
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# reading and unwrapping
+# ----------------------------------------------------------------------------------------------------------------
+
+def load_release_file(path: str | os.PathLike) -> Any:
+    """``torch.load(path, map_location="cpu", weights_only=True)`` with errors a user can act on."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"file not found: {path}")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # noqa: BLE001 - UnpicklingError, RuntimeError, zip errors...
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise CheckpointError(f"{path}: cannot be read as a weights-only PyTorch file ({first})") from None
+
+
+def unwrap_state(obj: Any, source: str) -> dict[str, torch.Tensor]:
+    """The flat ``{name: tensor}`` state dict inside a loaded release file.
+
+    Accepted: a flat dict of tensors, or a dict whose ``"state_dict"`` entry is one (the release's sampler reads
+    exactly these). Then a ``module.`` and/or ``_orig_mod.`` prefix is removed when every key carries it; a prefix
+    on only some keys is an error naming a key without it.
+    """
+    if isinstance(obj, Mapping) and "state_dict" in obj and isinstance(obj["state_dict"], Mapping):
+        obj = obj["state_dict"]
+    if not isinstance(obj, Mapping) or not obj:
+        raise CheckpointError(f"{source}: expected a state dict of tensors, got {type(obj).__name__}")
+    bad = [k for k, v in obj.items() if not isinstance(k, str) or not isinstance(v, torch.Tensor)]
+    if bad:
+        raise CheckpointError(f"{source}: entry {bad[0]!r} is not a tensor (top level has: "
+                              f"{', '.join(map(str, list(obj)[:8]))}); expected a ResShift state dict")
+    state = dict(obj)
+    for prefix in _PREFIXES:
+        carrying = [k.startswith(prefix) for k in state]
+        if all(carrying):
+            state = {k[len(prefix):]: v for k, v in state.items()}
+        elif any(carrying):
+            odd = next(k for k, c in zip(state, carrying) if not c)
+            raise CheckpointError(f"{source}: some keys carry the {prefix!r} prefix and {odd!r} does not")
+    return state
+
+
+def _get(state: Mapping[str, torch.Tensor], key: str, source: str, what: str) -> torch.Tensor:
+    try:
+        return state[key]
+    except KeyError:
+        raise CheckpointError(f"{source}: tensor {key!r} is missing (not a {what} state dict?)") from None
+
+
+def _check_exact(state: Mapping[str, torch.Tensor], expected: Mapping[str, torch.Tensor], source: str) -> None:
+    """Key sets equal and shapes equal; errors name the first offending key."""
+    missing = [k for k in expected if k not in state]
+    unexpected = [k for k in state if k not in expected]
+    if missing:
+        more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
+        raise CheckpointError(f"{source}: tensor {missing[0]!r} is missing{more}")
+    if unexpected:
+        more = f" (and {len(unexpected) - 1} more)" if len(unexpected) > 1 else ""
+        raise CheckpointError(f"{source}: unexpected tensor {unexpected[0]!r}{more}")
+    for k, v in expected.items():
+        if tuple(state[k].shape) != tuple(v.shape):
+            raise CheckpointError(f"{source}: tensor {k!r} has shape {tuple(state[k].shape)}, "
+                                  f"expected {tuple(v.shape)}")
+
+
+def _float32(t: torch.Tensor, key: str, source: str) -> torch.Tensor:
+    if not t.is_floating_point():
+        raise CheckpointError(f"{source}: tensor {key!r} has dtype {t.dtype}, expected a float tensor")
+    return t.detach().to(torch.float32).contiguous()
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# the UNet
+# ----------------------------------------------------------------------------------------------------------------
+
+def _window_of(state: Mapping[str, torch.Tensor], prefix: str, source: str) -> int:
+    """Window side of the Swin layer at ``prefix`` from its bias table's (2w − 1)² rows."""
+    rows = _get(state, f"{prefix}.blocks.0.attn.relative_position_bias_table", source, "ResShift UNet").shape[0]
+    side = math.isqrt(rows)
+    if side * side != rows or side % 2 == 0:
+        raise CheckpointError(f"{source}: {prefix}.blocks.0.attn.relative_position_bias_table has {rows} rows, "
+                              f"not (2w-1)^2 for a window w")
+    return (side + 1) // 2
+
+
+def unet_config_from_state(state: Mapping[str, torch.Tensor], source: str = "state dict") -> ResShiftUNetConfig:
+    """Recognise the :class:`ResShiftUNetConfig` of a released-layout UNet state dict (unwrapped) from its shapes.
+
+    Read from shapes: model_channels (time_embed.0), the first conv's input channels, out_channels (out.2),
+    channel_mult and num_res_blocks (the ResBlocks and ``op`` downsamples of input_blocks), use_scale_shift_norm
+    (emb_layers width), swin_levels (where input_blocks carry a Swin layer), swin_embed_dim / depth / heads /
+    mlp_ratio (middle_block.1), window sizes (bias tables) and image_size (an ``attn_mask``'s window count, else
+    the layer whose window is its whole map). Assumed, as in the release: norm_groups 32, dropout 0, and x_t having
+    out_channels channels (the rest of the first conv's input is the condition).
+    """
+    what = "ResShift UNet"
+    te = _get(state, "time_embed.0.weight", source, what)
+    if te.dim() != 2 or te.shape[0] != 4 * te.shape[1]:
+        raise CheckpointError(f"{source}: time_embed.0.weight has shape {tuple(te.shape)}, expected (4C, C)")
+    mc = int(te.shape[1])
+    first = _get(state, "input_blocks.0.0.weight", source, what)
+    out_channels = int(_get(state, "out.2.weight", source, what).shape[0])
+    cond_channels = int(first.shape[1]) - out_channels
+    if cond_channels < 0:
+        raise CheckpointError(f"{source}: input_blocks.0.0.weight takes {first.shape[1]} channels, fewer than the "
+                              f"{out_channels} it predicts")
+
+    # walk the encoder: ResBlocks (in_layers) per level, an ``op`` downsample between levels
+    mults: list[int] = []
+    blocks_per_level: list[int] = []
+    swin_levels: list[int] = []
+    scale_shift: bool | None = None
+    i, count, level_mult = 1, 0, None
+    while True:
+        if f"input_blocks.{i}.0.op.weight" in state or f"input_blocks.{i}.0.in_layers.2.weight" not in state:
+            if count == 0:
+                raise CheckpointError(f"{source}: input_blocks.{i} is neither a ResBlock nor a downsample where "
+                                      f"a level should start")
+            mults.append(level_mult)
+            blocks_per_level.append(count)
+            if f"input_blocks.{i}.0.op.weight" not in state:
+                break
+            i, count, level_mult = i + 1, 0, None
+            continue
+        w = state[f"input_blocks.{i}.0.in_layers.2.weight"]
+        if w.shape[0] % mc:
+            raise CheckpointError(f"{source}: input_blocks.{i}.0.in_layers.2.weight has {w.shape[0]} output "
+                                  f"channels, not a multiple of {mc}")
+        level_mult = int(w.shape[0]) // mc
+        emb = _get(state, f"input_blocks.{i}.0.emb_layers.1.weight", source, what)
+        scale_shift = bool(emb.shape[0] == 2 * w.shape[0]) if scale_shift is None else scale_shift
+        if count == 0 and f"input_blocks.{i}.1.patch_embed.proj.weight" in state:
+            swin_levels.append(len(mults))
+        count += 1
+        i += 1
+    if len(set(blocks_per_level)) != 1:
+        raise CheckpointError(f"{source}: the levels have {blocks_per_level} ResBlocks; only equal counts are "
+                              f"supported")
+    levels = len(mults)
+
+    mid = "middle_block.1"
+    embed = int(_get(state, f"{mid}.patch_embed.proj.weight", source, what).shape[0])
+    depth = 0
+    while f"{mid}.blocks.{depth}.norm1.weight" in state:
+        depth += 1
+    if depth == 0:
+        raise CheckpointError(f"{source}: tensor '{mid}.blocks.0.norm1.weight' is missing")
+    heads = int(_get(state, f"{mid}.blocks.0.attn.relative_position_bias_table", source, what).shape[1])
+    hidden = int(_get(state, f"{mid}.blocks.0.mlp.fc1.weight", source, what).shape[0])
+    if heads < 1 or embed % heads:
+        raise CheckpointError(f"{source}: {heads} attention heads do not divide the Swin width {embed}")
+
+    # windows and the training size: the encoder's Swin layers and the middle one, with their levels
+    layers: dict[int, str] = {}
+    for j in range(1, i):
+        if f"input_blocks.{j}.1.patch_embed.proj.weight" in state:
+            layers.setdefault(_level_of_input_block(j, blocks_per_level[0], levels), f"input_blocks.{j}.1")
+    layers[levels - 1] = mid
+    windows = {lv: _window_of(state, p, source) for lv, p in layers.items()}
+    window_size, image_size = max(windows.values()), None
+    for lv, p in layers.items():
+        key = f"{p}.blocks.1.attn_mask"
+        if key in state:
+            nw = int(state[key].shape[0])
+            side = math.isqrt(nw)
+            if side * side != nw:
+                raise CheckpointError(f"{source}: {key} has {nw} windows, not a square number")
+            window_size, image_size = windows[lv], windows[lv] * side * 2 ** lv
+            break
+    if image_size is None:  # no shifted block: a layer's window is its whole map r (r <= window_size) or
+        # window_size <= r, so window * 2^level <= image_size with equality for the former
+        image_size = max(w * 2 ** lv for lv, w in windows.items())
+    try:
+        return ResShiftUNetConfig(
+            image_size=image_size, in_channels=out_channels, cond_channels=cond_channels, out_channels=out_channels,
+            model_channels=mc, channel_mult=tuple(mults), num_res_blocks=blocks_per_level[0],
+            swin_levels=tuple(swin_levels), swin_depth=depth, swin_embed_dim=embed,
+            swin_head_channels=embed // heads, window_size=window_size, mlp_ratio=hidden / embed, norm_groups=32,
+            dropout=0.0, use_scale_shift_norm=bool(scale_shift))
+    except Exception as err:  # ConfigError from validation: the shapes describe no valid network
+        raise CheckpointError(f"{source}: the tensor shapes describe no valid ResShift UNet ({err})") from None
+
+
+def _level_of_input_block(index: int, blocks: int, levels: int) -> int:
+    """Level of ``input_blocks.{index}`` (index >= 1) when every level has ``blocks`` ResBlocks + 1 downsample."""
+    return min((index - 1) // (blocks + 1), levels - 1)
+
+
+def _meta_state(module_type: type, config: Any) -> dict[str, torch.Tensor]:
+    with torch.device("meta"):
+        return module_type(config).state_dict()
+
+
+def unet_key_map(config: ResShiftUNetConfig) -> dict[str, str]:
+    """Release key -> dreamsr key for a UNet of ``config``: the identity on the module's exact key set."""
+    return {k: k for k in _meta_state(ResShiftUNet, config)}
+
+
+_INDEX = re.compile(r"\.attn\.relative_position_index$")
+_MASK = re.compile(r"\.attn_mask$")
+
+
+def convert_unet_state(state: Mapping[str, torch.Tensor], source: str = "state dict",
+                       config: ResShiftUNetConfig | None = None) -> tuple[ResShiftUNetConfig, dict[str, torch.Tensor]]:
+    """A released-layout UNet state dict (unwrapped) -> (config, tensors for ``ResShiftUNet(config)``).
+
+    ``config`` defaults to the one recognised from the shapes. Every key must be in :func:`unet_key_map`, every
+    mapped key present with the module's shape; the Swin buffers must equal their computed values.
+    """
+    config = config or unet_config_from_state(state, source)
+    expected = _meta_state(ResShiftUNet, config)
+    _check_exact(state, expected, source)
+    model = None
+    out: dict[str, torch.Tensor] = {}
+    for src_key, dst_key in unet_key_map(config).items():
+        t = state[src_key]
+        if _INDEX.search(src_key) or _MASK.search(src_key):
+            if model is None:
+                model = _buffer_reference(config)
+            want = model[dst_key]
+            got = t.detach().to(want.dtype)
+            if not torch.equal(got, want):
+                raise CheckpointError(f"{source}: buffer {src_key!r} differs from the value the window geometry of "
+                                      f"the recognised config gives (another architecture?)")
+            out[dst_key] = want.clone()
+        else:
+            out[dst_key] = _float32(t, src_key, source)
+    return config, out
+
+
+def _buffer_reference(config: ResShiftUNetConfig) -> dict[str, torch.Tensor]:
+    """The computed Swin buffers of ``config`` (relative position indices and masks), by state-dict key."""
+    ref: dict[str, torch.Tensor] = {}
+    with torch.device("meta"):
+        model = ResShiftUNet(config)
+    for name, module in model.named_modules():
+        if isinstance(module, SwinBlock):
+            ref[f"{name}.attn.relative_position_index"] = relative_position_index(module.window)
+            if module.shift > 0:
+                ref[f"{name}.attn_mask"] = shifted_window_mask(module.resolution, module.resolution, module.window,
+                                                               module.shift)
+    return ref
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# the autoencoder
+# ----------------------------------------------------------------------------------------------------------------
+
+def vqf4_config_from_state(state: Mapping[str, torch.Tensor], source: str = "state dict") -> VQF4Config:
+    """Recognise the :class:`VQF4Config` of a ``VQModelTorch`` state dict (unwrapped) from its shapes.
+
+    Read: ch and in_channels (encoder.conv_in), ch_mult and num_res_blocks (encoder.down.*.block.*),
+    z_channels (encoder.conv_out), embed_dim (quant_conv), n_embed (quantize.embedding), out_channels
+    (decoder.conv_out). Assumed, as in the release: GroupNorm with 32 groups.
+    """
+    what = "VQ autoencoder"
+    conv_in = _get(state, "encoder.conv_in.weight", source, what)
+    ch = int(conv_in.shape[0])
+    mults, level = [], 0
+    while f"encoder.down.{level}.block.0.conv1.weight" in state:
+        w = state[f"encoder.down.{level}.block.0.conv1.weight"]
+        if w.shape[0] % ch:
+            raise CheckpointError(f"{source}: encoder.down.{level}.block.0.conv1.weight has {w.shape[0]} channels, "
+                                  f"not a multiple of {ch}")
+        mults.append(int(w.shape[0]) // ch)
+        level += 1
+    if not mults:
+        raise CheckpointError(f"{source}: tensor 'encoder.down.0.block.0.conv1.weight' is missing "
+                              f"(not a VQ autoencoder state dict?)")
+    blocks = 0
+    while f"encoder.down.0.block.{blocks}.conv1.weight" in state:
+        blocks += 1
+    try:
+        return VQF4Config(
+            in_channels=int(conv_in.shape[1]),
+            out_channels=int(_get(state, "decoder.conv_out.weight", source, what).shape[0]),
+            ch=ch, ch_mult=tuple(mults), num_res_blocks=blocks,
+            z_channels=int(_get(state, "encoder.conv_out.weight", source, what).shape[0]),
+            embed_dim=int(_get(state, "quant_conv.weight", source, what).shape[0]),
+            n_embed=int(_get(state, "quantize.embedding.weight", source, what).shape[0]),
+            norm_groups=32)
+    except Exception as err:  # ConfigError from validation
+        raise CheckpointError(f"{source}: the tensor shapes describe no valid VQ autoencoder ({err})") from None
+
+
+def autoencoder_key_map(config: VQF4Config) -> dict[str, str]:
+    """Release key -> dreamsr key for a VQ-f4 of ``config``: the identity on the module's exact key set."""
+    return {k: k for k in _meta_state(VQF4, config)}
+
+
+def convert_autoencoder_state(state: Mapping[str, torch.Tensor], source: str = "state dict",
+                              config: VQF4Config | None = None) -> tuple[VQF4Config, dict[str, torch.Tensor]]:
+    """A ``VQModelTorch`` state dict (unwrapped) -> (config, float32 tensors for ``VQF4(config)``)."""
+    config = config or vqf4_config_from_state(state, source)
+    _check_exact(state, _meta_state(VQF4, config), source)
+    return config, {dst: _float32(state[src], src, source) for src, dst in autoencoder_key_map(config).items()}
+
+
+def check_latent_channels(unet: ResShiftUNetConfig, autoencoder: VQF4Config, source: str = "autoencoder") -> None:
+    """The autoencoder's latent must be what the UNet takes as x_t and predicts."""
+    if autoencoder.latent_channels != unet.in_channels or autoencoder.latent_channels != unet.out_channels:
+        raise CheckpointError(f"{source}: the autoencoder's latent has {autoencoder.latent_channels} channels but "
+                              f"the UNet takes {unet.in_channels} and predicts {unet.out_channels}")
+
+
+def convert_release(unet_path: str | os.PathLike,
+                    autoencoder_path: str | os.PathLike | None = None) -> ConvertedRelease:
+    """Read a released UNet file (and optionally ``autoencoder_vq_f4.pth``) and convert both strictly.
+
+    Raises CheckpointError (naming the file and the key) for anything that is not the release's layout, and when
+    the autoencoder's latent channels differ from the UNet's input. Writes nothing.
+    """
+    src = str(unet_path)
+    unet_config, unet_tensors = convert_unet_state(unwrap_state(load_release_file(unet_path), src), src)
+    if autoencoder_path is None:
+        return ConvertedRelease(unet_config, unet_tensors)
+    ae_src = str(autoencoder_path)
+    ae_config, ae_tensors = convert_autoencoder_state(unwrap_state(load_release_file(autoencoder_path), ae_src),
+                                                      ae_src)
+    check_latent_channels(unet_config, ae_config, ae_src)
+    return ConvertedRelease(unet_config, unet_tensors, ae_config, ae_tensors)
