@@ -10,11 +10,12 @@ method accepts gamma / alpha_bar as tensors on the caller's device.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from typing import Literal
 
 import torch
 
+from dreamsr.config import from_dict_strict
 from dreamsr.errors import ConfigError
 
 __all__ = ["DiffusionConfig", "Schedule", "Respaced", "broadcast"]
@@ -49,11 +50,7 @@ class DiffusionConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> "DiffusionConfig":
-        known = {f.name for f in fields(cls)}
-        unknown = set(d) - known
-        if unknown:
-            raise ConfigError(f"DiffusionConfig: unknown keys {sorted(unknown)}")
-        return cls(**d)
+        return from_dict_strict(cls, d)
 
     # --- parameterisation of the diffused signal -------------------------------------------------
     def to_target(self, hr: torch.Tensor, x0: torch.Tensor) -> torch.Tensor:

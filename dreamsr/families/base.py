@@ -1,0 +1,61 @@
+"""What the jobs need from a model family (SR3 today; IDM and ResShift next): its network and how it sees the LR.
+
+A family is a plain value (:class:`Family`), listed in the plain dict :data:`dreamsr.families.FAMILIES`; the jobs
+never branch on a family's name. The network of every family is called as ``net(y_t, cond, level)``:
+
+- ``y_t`` [B, C, H, W]: the noisy sample in the process's signal space;
+- ``cond``: the LR condition as the family wants it, from :meth:`Family.condition` (SR3: the bicubic-upsampled
+  LR at the sample's size; a family with an LR encoder: the LR image itself);
+- ``level`` [B]: what the process conditions on (Gaussian: γ = sqrt(ᾱ)).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable, Literal, Mapping
+
+import torch
+from torch import nn
+
+from dreamsr.errors import ConfigError
+
+__all__ = ["Family"]
+
+
+@dataclass(frozen=True)
+class Family:
+    """A model family: config type, network builder, presets and the layout of its condition."""
+
+    name: str  # the key in FAMILIES and in a checkpoint's metadata
+    config_type: Any  # frozen dataclass with to_dict()/from_dict() (strict) and a `size_multiple` property
+    build: Callable[[Any], nn.Module]  # network from its config (random init; the caller loads weights)
+    presets: Mapping[str, Any]  # named configs
+    processes: tuple[str, ...] = ("gaussian",)  # the processes this family's network can serve
+    # where the condition lives: "hr" = on the sample's pixel grid (tiled like y_t), "lr" = on the LR grid
+    cond_grid: Literal["hr", "lr"] = "hr"
+    notes: str = field(default="", compare=False)  # one line for `dreamsr weights info`
+
+    def config_from_dict(self, d: Mapping[str, Any]) -> Any:
+        return self.config_type.from_dict(dict(d))
+
+    def preset(self, name: str) -> Any:
+        """The named config; ConfigError listing the presets otherwise."""
+        try:
+            return self.presets[name]
+        except KeyError:
+            raise ConfigError(f"unknown {self.name} preset {name!r}; choose one of "
+                              f"{', '.join(self.presets)}") from None
+
+    def condition(self, lr: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
+        """The network's condition from the LR image ``lr`` [B, 3, h, w] and its bicubic upsample ``up``
+        [B, 3, H, W] (both [-1, 1]): ``up`` for an "hr" grid family, ``lr`` for an "lr" grid family."""
+        return up if self.cond_grid == "hr" else lr
+
+    def size_multiple(self, config: Any) -> int:
+        """The sample's sides must be multiples of this (tiles are padded to it)."""
+        return int(config.size_multiple)
+
+    def check_process(self, process: str) -> None:
+        if process not in self.processes:
+            raise ConfigError(f"the {self.name} family does not run the {process!r} process "
+                              f"(it runs {', '.join(self.processes)})")
