@@ -5,9 +5,12 @@ Loading needs no flags; a missing, unexpected or reshaped tensor is a :class:`Ch
 never a partial load. Tensors may be stored in fp16/bf16 and are loaded into the requested dtype.
 
 Metadata keys (all strings, JSON where structured):
-``format`` = "dreamsr.checkpoint", ``format_version`` = "1", ``unet`` (UNetConfig JSON), ``diffusion``
-(DiffusionConfig JSON), ``scale`` (int), ``color`` ("rgb"), ``training`` (JSON: p, steps, dataset, ...),
-``dreamsr_version``.
+``format`` = "dreamsr.checkpoint", ``format_version`` = "1", ``family`` (a key of
+:data:`dreamsr.families.FAMILIES`), ``process`` (a key of :data:`dreamsr.processes.PROCESSES`), ``network`` (the
+family's config JSON), ``diffusion`` (the process's config JSON), ``scale`` (int), ``color`` ("rgb"),
+``training`` (JSON: p, steps, dataset, ...), ``sampling`` (recommended sampling, JSON), ``dreamsr_version``.
+Files written before families existed have no ``family``/``process`` and call the network config ``unet``: they
+load as ``sr3``/``gaussian``.
 """
 
 from __future__ import annotations
@@ -22,16 +25,20 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
-from dreamsr.diffusion import DiffusionConfig
+from typing import Any
+
+from torch import nn
+
 from dreamsr.errors import CheckpointError, ConfigError
-from dreamsr.unet import UNet, UNetConfig
+from dreamsr.families import get_family
+from dreamsr.options import RECOMMENDABLE
+from dreamsr.processes import build_process, get_process, process_config
 
 __all__ = ["CheckpointInfo", "save_checkpoint", "load_checkpoint", "load_state_strict", "read_info", "FORMAT",
            "FORMAT_VERSION"]
 
 FORMAT = "dreamsr.checkpoint"
 FORMAT_VERSION = "1"
-SAMPLING_KEYS = frozenset({"steps", "start", "back_project", "ensemble"})
 TRAIN_STATE_FORMAT = "dreamsr.train-state"  # dreamsr.train.STATE_FORMAT (training states, not models)
 _STORE_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
@@ -40,8 +47,8 @@ _STORE_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfl
 class CheckpointInfo:
     """What a checkpoint says about itself."""
 
-    unet: UNetConfig
-    diffusion: DiffusionConfig
+    network: Any  # the family's network config (SR3: UNetConfig)
+    diffusion: Any  # the process's config (gaussian: DiffusionConfig)
     scale: int  # native upscaling factor (LR -> HR)
     color: str = "rgb"  # colour space of the model's input/output
     training: dict = field(default_factory=dict)  # p, steps, dataset, patch, lr, ... as trained
@@ -50,18 +57,39 @@ class CheckpointInfo:
     # upscale` uses them unless the user gives the option (a recommended truncated start only when it is at
     # least the number of steps). Empty: the pipeline's own defaults.
     sampling: dict = field(default_factory=dict)
+    family: str = "sr3"  # a key of dreamsr.families.FAMILIES: which network `network` configures
+    process: str = "gaussian"  # a key of dreamsr.processes.PROCESSES: what `diffusion` configures
 
     def __post_init__(self) -> None:
-        unknown = set(self.sampling) - SAMPLING_KEYS
+        unknown = set(self.sampling) - RECOMMENDABLE
         if unknown:
             raise CheckpointError(f"unknown recommended sampling keys {sorted(unknown)}; "
-                                  f"allowed: {sorted(SAMPLING_KEYS)}")
+                                  f"allowed: {sorted(RECOMMENDABLE)}")
+        family = get_family(self.family)
+        get_process(self.process)
+        try:
+            family.check_process(self.process)
+        except ConfigError as err:
+            raise CheckpointError(str(err)) from None
+        if not isinstance(self.network, family.config_type):
+            raise CheckpointError(f"a {self.family} checkpoint needs a {family.config_type.__name__} network "
+                                  f"config, got {type(self.network).__name__}")
+
+    def build_network(self) -> nn.Module:
+        """The family's network for :attr:`network` (random init)."""
+        return get_family(self.family).build(self.network)
+
+    def build_process(self) -> Any:
+        """The process object for :attr:`diffusion` (see :class:`dreamsr.processes.base.Process`)."""
+        return build_process(self.process, self.diffusion)
 
     def to_metadata(self) -> dict[str, str]:
         return {
             "format": FORMAT,
             "format_version": FORMAT_VERSION,
-            "unet": json.dumps(self.unet.to_dict(), sort_keys=True),
+            "family": self.family,
+            "process": self.process,
+            "network": json.dumps(self.network.to_dict(), sort_keys=True),
             "diffusion": json.dumps(self.diffusion.to_dict(), sort_keys=True),
             "scale": str(int(self.scale)),
             "color": self.color,
@@ -84,9 +112,13 @@ class CheckpointInfo:
             raise CheckpointError(f"{source}: checkpoint format version {meta.get('format_version')!r} is not "
                                   f"supported by this dreamsr (expects {FORMAT_VERSION}); upgrade dreamsr")
         try:
+            family, process = meta.get("family", "sr3"), meta.get("process", "gaussian")
+            network = meta["network"] if "network" in meta else meta["unet"]  # "unet": files before families
             return cls(
-                unet=UNetConfig.from_dict(json.loads(meta["unet"])),
-                diffusion=DiffusionConfig.from_dict(json.loads(meta["diffusion"])),
+                family=family,
+                process=process,
+                network=get_family(family).config_from_dict(json.loads(network)),
+                diffusion=process_config(process, json.loads(meta["diffusion"])),
                 scale=int(meta["scale"]),
                 color=meta.get("color", "rgb"),
                 training=json.loads(meta.get("training", "{}")),
@@ -97,15 +129,16 @@ class CheckpointInfo:
             raise CheckpointError(f"{source}: invalid checkpoint metadata ({err})") from None
 
 
-def save_checkpoint(path: str | os.PathLike, model: UNet, info: CheckpointInfo, *, dtype: str = "fp32") -> Path:
+def save_checkpoint(path: str | os.PathLike, model: nn.Module, info: CheckpointInfo, *, dtype: str = "fp32"
+                    ) -> Path:
     """Write ``model``'s weights and ``info`` to ``path`` atomically (temp file, fsync, rename).
 
     ``dtype`` ("fp32" | "fp16" | "bf16") is the storage precision. Returns the path written.
     """
     if dtype not in _STORE_DTYPES:
         raise ConfigError(f"storage dtype must be one of {', '.join(_STORE_DTYPES)}, got {dtype!r}")
-    if model.config != info.unet:
-        raise ConfigError("save_checkpoint: the model's config differs from info.unet")
+    if getattr(model, "config", None) != info.network:
+        raise ConfigError("save_checkpoint: the model's config differs from info.network")
     path = Path(path)
     tensors = {k: v.detach().to("cpu", _STORE_DTYPES[dtype]).contiguous() for k, v in model.state_dict().items()}
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
@@ -172,14 +205,14 @@ def load_state_strict(model: torch.nn.Module, tensors: dict[str, torch.Tensor], 
 
 
 def load_checkpoint(path: str | os.PathLike, *, device: str | torch.device = "cpu",
-                    dtype: torch.dtype = torch.float32) -> tuple[UNet, CheckpointInfo]:
-    """Build the exact UNet described by the checkpoint's metadata and load its weights.
+                    dtype: torch.dtype = torch.float32) -> tuple[nn.Module, CheckpointInfo]:
+    """Build the exact network (of the checkpoint's family) its metadata describes and load its weights.
 
     Returns ``(model, info)`` with the model in eval mode on ``device`` in ``dtype``.
     """
     path = Path(path)
     tensors, meta = _open(path, with_tensors=True)
     info = CheckpointInfo.from_metadata(meta, str(path))
-    model = UNet(info.unet)
+    model = info.build_network()
     load_state_strict(model, tensors, str(path))
     return model.to(device=device, dtype=dtype).eval(), info

@@ -56,11 +56,13 @@ import torch.nn.functional as F
 from dreamsr import metrics as M
 from dreamsr.errors import ConfigError, DatasetError, DreamSRError, InputError
 from dreamsr.images import downsample, load_rgb, resize, upsample
+from dreamsr.options import SamplingOptions
 from dreamsr.weights import sha256_file
 
 __all__ = [
     "SETS", "SetSpec", "Protocol", "PROTOCOLS", "EvalItem", "EvalConfig", "Progress", "EvalReport",
     "METRICS", "REFERENCE_MODELS", "resolve_set", "evaluate", "evaluate_cached", "finished_summary", "compare", "compare_markdown", "load_summary",
+    "format_metric", "metric_label",
     "IMAGE_EXTENSIONS",
 ]
 
@@ -237,18 +239,20 @@ class EvalConfig:
     metrics: tuple[str, ...] = ("psnr", "ssim", "consistency")
     convention: Convention = "both"  # PSNR/SSIM conventions to report
     crop_border: int | None = None  # Y convention border; default = scale
-    steps: int = 50  # sampler steps
-    sampler: str = "ddim"  # ddim | ddpm
+    # sampling (dreamsr.options.SamplingOptions fields): None = not given, i.e. the model's recommendation, else
+    # SamplingOptions' default (tile/overlap/merge: the set's protocol)
+    steps: int | None = None  # sampler steps
+    sampler: str | None = None  # ddim | ddpm
     eta: float | None = None  # None: the sampler's default
-    seed: int = 0  # first seed; sample k uses seed + k
+    seed: int | None = None  # first seed; sample k uses seed + k
     samples: int = 1  # K super-resolutions per image (diffusion models)
     tile: int | None = None  # LR tile side; None: the protocol's
     overlap: int | None = None  # LR tile overlap; None: the protocol's
     merge: str | None = None  # "step" | "end"; None: the protocol's
-    batch: int = 4  # tiles per network call (does not change results)
-    start: int | None = None  # truncated start: trained step t0 to begin from the noised condition
-    back_project: bool = False  # LR back-projection of every y0_hat (pipeline option)
-    ensemble: int = 1  # geometric self-ensemble members averaged per super-resolution: 1, 2, 4 or 8
+    batch: int | None = None  # tiles per network call (does not change results)
+    start: int | None = None  # truncated start: trained step t0 to begin from the noised condition (0: full chain)
+    back_project: bool | None = None  # LR back-projection of every x0 estimate (pipeline option)
+    ensemble: int | None = None  # geometric self-ensemble members averaged per super-resolution: 1, 2, 4 or 8
     metric_weights: str | None = None  # folder with LPIPS/FID backbone files (else the torch hub cache)
     lpips_net: str = "alex"  # LPIPS backbone
     device: str = "auto"
@@ -267,18 +271,20 @@ class EvalConfig:
         if self.convention not in ("rgb", "y", "both"):
             raise ConfigError(f"convention must be rgb, y or both, got {self.convention!r}")
         for name, v, lo in (("limit", self.limit, 1), ("scale", self.scale, 1), ("crop_border", self.crop_border, 0),
-                            ("steps", self.steps, 1), ("samples", self.samples, 1), ("batch", self.batch, 1),
-                            ("grids", self.grids, 0), ("tile", self.tile, 0), ("overlap", self.overlap, 0)):
+                            ("samples", self.samples, 1), ("grids", self.grids, 0)):
             if v is not None and v < lo:
                 raise ConfigError(f"{name} must be >= {lo}, got {v}")
-        if self.sampler not in ("ddim", "ddpm"):
-            raise ConfigError(f"sampler must be ddim or ddpm, got {self.sampler!r}")
-        if self.ensemble not in (1, 2, 4, 8):
-            raise ConfigError(f"ensemble must be 1, 2, 4 or 8, got {self.ensemble}")
-        if self.merge is not None and self.merge not in ("step", "end"):
-            raise ConfigError(f"merge must be step or end, got {self.merge!r}")
+        if self.start is not None and self.start < 0:
+            raise ConfigError(f"start must be >= 0 (0: the full chain), got {self.start}")
+        SamplingOptions.check_given(**self.sampling_given())
         if self.lpips_net not in M.LPIPS_FILES:
             raise ConfigError(f"LPIPS network must be one of {', '.join(M.LPIPS_FILES)}, got {self.lpips_net!r}")
+
+
+    def sampling_given(self) -> dict[str, Any]:
+        """The sampling fields as given (None: not given), for :meth:`dreamsr.pipeline.Upscaler.options`."""
+        return {name: getattr(self, name) for name in ("steps", "sampler", "eta", "seed", "tile", "overlap", "batch",
+                                                       "merge", "start", "back_project", "ensemble")}
 
 
 @dataclass(frozen=True)
@@ -339,21 +345,23 @@ class _Diffusion:
     def __init__(self, upscaler: Any, cfg: EvalConfig, protocol: Protocol, source: dict[str, Any]) -> None:
         self.up, self.cfg, self.protocol, self.source = upscaler, cfg, protocol, source
         self.scale = int(upscaler.scale)
-        self.kwargs = dict(steps=cfg.steps, sampler=cfg.sampler, eta=cfg.eta,
-                           tile=protocol.tile if cfg.tile is None else cfg.tile,
-                           overlap=protocol.overlap if cfg.overlap is None else cfg.overlap,
-                           merge=protocol.merge if cfg.merge is None else cfg.merge, batch=cfg.batch,
-                           start=cfg.start, back_project=cfg.back_project, ensemble=cfg.ensemble)
+        given = cfg.sampling_given()
+        for name in ("tile", "overlap", "merge"):  # the set's protocol unless given
+            given[name] = getattr(protocol, name) if given[name] is None else given[name]
+        # the model's recommended sampling under what was given (Upscaler.options)
+        self.options: SamplingOptions = upscaler.options(**given)
 
     def upscale(self, lr: torch.Tensor, seed: int, callback: Callable[[int, int], None] | None) -> torch.Tensor:
-        return self.up.upscale(lr, seed=seed, callback=callback, **self.kwargs)
+        return self.up.upscale(lr, self.options, seed=seed, callback=callback)
 
     def metadata(self) -> dict[str, Any]:
         info = self.up.info
-        return {**self.source, "kind": "diffusion", "scale": self.scale, "unet": info.unet.to_dict(),
+        return {**self.source, "kind": "diffusion", "scale": self.scale, "family": info.family,
+                "process": info.process, "network": info.network.to_dict(),
                 "diffusion": info.diffusion.to_dict(), "training": info.training,
                 "checkpoint_dreamsr_version": info.dreamsr_version, "device": str(self.up.device),
-                "precision": self.up.precision, "sampling": dict(self.kwargs)}
+                "precision": self.up.precision, "sampling": self.options.to_dict(),
+                "recommended_sampling": dict(info.sampling)}
 
 
 
@@ -518,6 +526,7 @@ def evaluate(config: EvalConfig, out_dir: str | os.PathLike, *, progress: Progre
     if protocol.hr_size is not None and protocol.hr_size % scale:
         raise ConfigError(f"set {cfg.set} is {protocol.hr_size}x{protocol.hr_size} HR; x{scale} does not divide it")
     samples = cfg.samples if run.stochastic else 1
+    first_seed = run.options.seed if isinstance(run, _Diffusion) else (cfg.seed or 0)
     crop = scale if cfg.crop_border is None else cfg.crop_border
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -576,7 +585,7 @@ def evaluate(config: EvalConfig, out_dir: str | os.PathLike, *, progress: Progre
         sr0: torch.Tensor | None = None
         try:
             for k in range(samples):
-                seed = cfg.seed + k
+                seed = first_seed + k
                 t0 = time.perf_counter()
                 emit(label, "upscale")
                 sr = run.upscale(lr.to(device), seed,
@@ -708,16 +717,16 @@ def evaluate(config: EvalConfig, out_dir: str | os.PathLike, *, progress: Progre
         "command": cfg.command,
         "set": cfg.set,
         "data_dir": str(_data_root(cfg.data_dir)),
-        "protocol": {**asdict(protocol), **({"tile": run.kwargs["tile"], "overlap": run.kwargs["overlap"],
-                                             "merge": run.kwargs["merge"]} if isinstance(run, _Diffusion)
+        "protocol": {**asdict(protocol), **({"tile": run.options.tile, "overlap": run.options.overlap,
+                                             "merge": run.options.merge} if isinstance(run, _Diffusion)
                                             else {"tile": 0, "overlap": 0, "note": "reference upscalers run on "
                                                   "the whole image (tiling does not apply)"})},
         "scale": scale,
         "model": run.metadata(),
-        "seed": cfg.seed,
+        "seed": first_seed,
         "samples": samples,
-        "steps": cfg.steps if run.stochastic else None,
-        "sampler": cfg.sampler if run.stochastic else None,
+        "steps": run.options.steps if isinstance(run, _Diffusion) else None,
+        "sampler": run.options.sampler if isinstance(run, _Diffusion) else None,
         "conventions": {"rgb": M.CONVENTIONS["rgb"], "y": M.CONVENTIONS["y"].replace("= scale", f"= {crop}"),
                         "sr_quantized": "SR rounded to 8 bits before metrics; LR synthesised by antialiased "
                                         "bicubic and rounded to 8 bits"},
@@ -812,7 +821,7 @@ def _write_json(path: Path, summary: dict[str, Any]) -> None:
     os.replace(tmp, path)
 
 
-def _fmt(v: Any, metric: str) -> str:
+def format_metric(v: Any, metric: str) -> str:
     v = _unfinite(v)
     if v is None:
         return "-"
@@ -824,7 +833,7 @@ def _fmt(v: Any, metric: str) -> str:
     return f"{v:.{digits}f}"
 
 
-def _label(entry: dict[str, Any]) -> str:
+def metric_label(entry: dict[str, Any]) -> str:
     m, c = entry["metric"], entry.get("convention", "rgb")
     if m in ("psnr", "ssim"):
         return f"{m.upper()} ({'Y' if c == 'y' else 'RGB'})"
@@ -857,12 +866,12 @@ def _markdown(s: dict[str, Any]) -> str:
     lines += ["", "| metric | mean | std | count | convention |", "|---|---:|---:|---:|---|"]
     for e in s["metrics"]:
         if e.get("available") is False:
-            lines.append(f"| {_label(e)} | unavailable | | | {e['reason']} |")
+            lines.append(f"| {metric_label(e)} | unavailable | | | {e['reason']} |")
             continue
-        std = _fmt(e.get("std"), e["metric"])
+        std = format_metric(e.get("std"), e["metric"])
         if e.get("std_over") and std != "-":
             std += f" ({e['std_over'].split(' (')[0]})"
-        lines.append(f"| {_label(e)} | {_fmt(e['mean'], e['metric'])} | {std} | {e['count']} | "
+        lines.append(f"| {metric_label(e)} | {format_metric(e['mean'], e['metric'])} | {std} | {e['count']} | "
                      f"{e.get('convention_text', '')} |")
     if s["warnings"]:
         lines += ["", "## Warnings", ""] + [f"- {w}" for w in s["warnings"]]
@@ -920,7 +929,7 @@ def compare(paths: Sequence[str | os.PathLike]) -> dict[str, Any]:
         for s in sums:
             e = next((e for e in s["metrics"] if e["metric"] == metric and e.get("convention", "rgb") == conv), None)
             if e is not None:
-                label = _label(e)
+                label = metric_label(e)
             values.append(None if e is None or e.get("available") is False else (e["mean"], e.get("std")))
         rows.append({"metric": metric, "convention": conv, "label": label, "values": values})
     warnings = []
@@ -943,8 +952,8 @@ def compare_markdown(table: dict[str, Any]) -> str:
                 cells.append("-")
             else:
                 mean, std = v
-                s = _fmt(mean, row["metric"])
-                std_s = _fmt(std, row["metric"])
+                s = format_metric(mean, row["metric"])
+                std_s = format_metric(std, row["metric"])
                 cells.append(s if std_s == "-" else f"{s} ± {std_s}")
         lines.append(f"| {row['label']} | " + " | ".join(cells) + " |")
     lines += [f"\n> {w}" for w in table["warnings"]]

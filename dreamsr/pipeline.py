@@ -1,20 +1,22 @@
-"""The :class:`Upscaler`: model + noise schedule + sampler + tiling -> a super-resolved image.
+"""The :class:`Upscaler`: network + diffusion process + tiling -> a super-resolved image.
 
 Data flow of :meth:`Upscaler.upscale` for an LR image ``lr`` [3, h, w] in [0, 1] and scale s:
 
-1. condition ``x0`` = bicubic(lr) to [3, h*s, w*s], mapped to [-1, 1] (SR3's condition, computed once on the
-   whole image so every tile sees the same condition pixels as the untiled image);
+1. ``up`` = bicubic(lr) to [3, h*s, w*s], mapped to [-1, 1], computed once on the whole image (so every tile sees
+   the same pixels as the untiled image); the family turns (lr, up) into the network's condition
+   (:meth:`dreamsr.families.base.Family.condition`: SR3 uses ``up``);
 2. the LR tile grid (paper Sec. 6.2: 40x40 tiles, 5 px overlap; :mod:`dreamsr.tiling`) is scaled by s to the
    HR grid; images smaller than a tile are padded by reflection and cropped back;
 3. ``merge="step"`` (default): the whole (padded) HR image is one sample. At every step the network
-   predicts eps for all tiles (in batches of ``batch``), the tiles' eps are blended with feathered weights
-   summing to 1, and the sampler takes one step on the whole image. The noise is one image-sized draw,
-   so it is shared where tiles overlap, there are no seams, and the result does not depend on ``batch``.
-   ``merge="end"``: the paper's protocol; each tile is sampled on its own (its own generator, seeded from
-   ``seed`` and the tile index, so ``batch`` does not matter either) and the finished tiles are blended.
-4. the sampled y0 is mapped back to an image (``DiffusionConfig.from_target``: identity for the ``image``
-   target, ``x0 + y0 / residual_scale`` for ``residual``), cropped, and returned in [0, 1].
+   predicts (ε, or x0, as the process says) for all tiles (in batches of ``batch``), the tiles' predictions are
+   blended with feathered weights summing to 1, and the process takes one step on the whole image. The noise is
+   one image-sized draw, so it is shared where tiles overlap, there are no seams, and the result does not depend
+   on ``batch``. ``merge="end"``: the paper's protocol; each tile is sampled on its own (its own generator, seeded
+   from ``seed`` and the tile index, so ``batch`` does not matter either) and the finished tiles are blended.
+4. the sampled signal is mapped back to an image by the process (Gaussian: identity for the ``image`` target,
+   ``up + y0 / residual_scale`` for ``residual``), cropped, and returned in [0, 1].
 
+The settings are one :class:`~dreamsr.options.SamplingOptions`, resolved against the checkpoint's recommendation.
 Options: a truncated start (``start`` = trained step t0: sampling begins from the condition noised to
 level t0, Eq. 3, instead of pure noise) and LR back-projection (after each y0_hat, the HR estimate is
 corrected so its bicubic downsample matches the LR input: hr += up(lr - down(hr)), Irani & Peleg's
@@ -32,27 +34,24 @@ import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Literal
+from typing import Callable
 
 import torch
 from torch import nn
 
 from dreamsr.checkpoint import CheckpointInfo, load_checkpoint
-from dreamsr.diffusion import Schedule
 from dreamsr.errors import ConfigError, InputError
+from dreamsr.families import get_family
 from dreamsr.images import (DEFAULT_MAX_PIXELS, LoadedImage, OutputExistsError, downsample, format_for_path,
                             from_model, load_image, resize, save_image, to_model, upsample)
+from dreamsr.options import ENSEMBLE_SIZES, SamplingOptions
 from dreamsr.runtime import autocast, resolve_device, resolve_precision
-from dreamsr.samplers import SAMPLERS
-from dreamsr.tiling import TileGrid, accumulate, make_grid, reflect_pad, split, validate_tiling
-from dreamsr.unet import UNet
+from dreamsr.tiling import TileGrid, accumulate, make_grid, reflect_pad, split
 
 __all__ = ["Upscaler", "UpscaleResult", "ProgressFn", "MIN_SIDE", "BACK_PROJECTION_ITERS", "tile_seed",
            "output_size", "ENSEMBLE_SIZES", "ENSEMBLE_TRANSFORMS", "dihedral"]
 
 ProgressFn = Callable[[int, int], None]  # (model calls done, model calls in total) after every tile batch
-Sampler = Literal["ddim", "ddpm"]
-Merge = Literal["step", "end"]
 
 MIN_SIDE = 4  # smallest LR side (px) accepted: a 1x1 or 2x3 image carries nothing to super-resolve
 # Back-projection iterations per y0_hat. One iteration of hr += U(lr - D(hr)) removes only ~half of the
@@ -62,7 +61,6 @@ BACK_PROJECTION_ITERS = 3
 # or 8 is a group, so every member's inverse is in the same ensemble.
 ENSEMBLE_TRANSFORMS: tuple[tuple[int, bool], ...] = ((0, False), (0, True), (2, False), (2, True),
                                                      (1, False), (1, True), (3, False), (3, True))
-ENSEMBLE_SIZES = (1, 2, 4, 8)
 
 
 def dihedral(x: torch.Tensor, turns: int, flip: bool, *, inverse: bool = False) -> torch.Tensor:
@@ -100,16 +98,20 @@ class UpscaleResult:
 
 
 class Upscaler:
-    """Holds a UNet, its checkpoint info (diffusion config, native scale) and the device/precision choices.
+    """Holds a network, its checkpoint info (family, process, native scale) and the device/precision choices.
 
-    ``model`` is any module with ``forward(y_t, x0, gamma) -> eps`` (a :class:`~dreamsr.unet.UNet`); it is
-    moved to ``device`` (in place, as ``nn.Module.to``), optionally to channels_last, and put in eval mode
-    only while sampling (its previous mode is restored, so a training loop can validate with its own model).
-    ``precision`` goes through :func:`~dreamsr.runtime.resolve_precision` ("auto": bf16/fp16 on CUDA, fp32
-    elsewhere); anything but fp32 runs the network under autocast.
+    ``model`` is any module called as ``model(y_t, cond, level) -> prediction`` (the family's network, see
+    :mod:`dreamsr.families.base`); it is moved to ``device`` (in place, as ``nn.Module.to``), optionally to
+    channels_last, and put in eval mode only while sampling (its previous mode is restored, so a training loop can
+    validate with its own model). ``precision`` goes through :func:`~dreamsr.runtime.resolve_precision` ("auto":
+    bf16/fp16 on CUDA, fp32 elsewhere); anything but fp32 runs the network under autocast.
+
+    Sampling settings are a :class:`~dreamsr.options.SamplingOptions`; :meth:`options` resolves them against the
+    checkpoint's recommendation (``info.sampling``), so every caller gets the model's recommended sampling unless
+    it overrides a field.
     """
 
-    def __init__(self, model: UNet | nn.Module, info: CheckpointInfo, *, device: str | torch.device = "cpu",
+    def __init__(self, model: nn.Module, info: CheckpointInfo, *, device: str | torch.device = "cpu",
                  precision: str = "fp32", channels_last: bool = True) -> None:
         self.device = resolve_device(device) if isinstance(device, str) else torch.device(device)
         self.precision = resolve_precision(precision, self.device)
@@ -118,9 +120,9 @@ class Upscaler:
         self.scale: int = int(info.scale)
         if self.scale < 1:
             raise ConfigError(f"checkpoint scale must be >= 1, got {self.scale}")
-        self.diffusion = info.diffusion
-        self.schedule = Schedule(info.diffusion)
-        self.size_multiple = int(info.unet.size_multiple)
+        self.family = get_family(info.family)
+        self.process = info.build_process()
+        self.size_multiple = self.family.size_multiple(info.network)
         model = model.to(self.device)
         if self.channels_last:
             model = model.to(memory_format=torch.channels_last)
@@ -146,99 +148,82 @@ class Upscaler:
         return cls.from_checkpoint(path, device=device, precision=precision, channels_last=channels_last)
 
     # ------------------------------------------------------------------------------------------------
-    def _eps(self, y_t: torch.Tensor, x0: torch.Tensor, gamma: torch.Tensor) -> torch.Tensor:
-        """One network call on a tile batch: y_t, x0 [n, 3, th, tw] float32 [-1, 1]-ish, gamma [n] -> eps
-        [n, 3, th, tw] float32. Tiles whose sides are not multiples of the UNet's size multiple are padded
-        by reflection and the prediction cropped back."""
+    def options(self, base: SamplingOptions | None = None, **given: object) -> SamplingOptions:
+        """The sampling settings to use: ``base`` with ``given`` fields replaced, or (no ``base``) the defaults
+        under this model's recommendation under ``given`` (a ``None`` value means "not given"); checked against
+        the process's trained chain. Raises ConfigError before any work."""
+        if base is None:
+            opts = SamplingOptions.resolve(self.info.sampling, **given)
+        else:
+            changes = {k: v for k, v in given.items() if v is not None}
+            opts = base.replace(**changes) if changes else base
+        opts.check_chain(self.process.chain)
+        return opts
+
+    def _predict(self, y_t: torch.Tensor, cond: torch.Tensor, level: torch.Tensor) -> torch.Tensor:
+        """One network call on a tile batch: y_t [n, C, th, tw], cond [n, C', ...] float32, level [n] ->
+        prediction [n, C, th, tw] float32. Tiles whose sides are not multiples of the network's size multiple
+        are padded by reflection (the condition by the same fraction of its size) and the prediction cropped."""
         th, tw = y_t.shape[-2:]
         m = self.size_multiple
         ph, pw = (-th) % m, (-tw) % m
         if ph or pw:
-            y_t, x0 = reflect_pad(y_t, ph, pw), reflect_pad(x0, ph, pw)
+            ch, cw = cond.shape[-2:]
+            y_t = reflect_pad(y_t, ph, pw)
+            cond = reflect_pad(cond, ph * ch // th, pw * cw // tw)
         if self.channels_last:
             y_t = y_t.contiguous(memory_format=torch.channels_last)
-            x0 = x0.contiguous(memory_format=torch.channels_last)
+            cond = cond.contiguous(memory_format=torch.channels_last)
         with autocast(self.device, self.precision):
-            eps = self.model(y_t, x0, gamma)
-        return eps.float()[..., :th, :tw].contiguous()
+            out = self.model(y_t, cond, level)
+        return out.float()[..., :th, :tw].contiguous()
 
-    def _back_projection(self, x0: torch.Tensor, lr: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:
-        """x0_fn for the samplers: correct y0_hat [B, 3, H, W] (target space) so that the bicubic downsample of
-        the HR *image* matches ``lr`` [B, 3, H/s, W/s] ([-1, 1]); ``x0`` [B, 3, H, W] is the condition."""
-        s, cfg = self.scale, self.diffusion
+    def _back_projection(self, up: torch.Tensor, lr: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:
+        """x0_fn for the process: correct y0_hat [B, C, H, W] (signal space) so that the bicubic downsample of
+        the HR *image* matches ``lr`` [B, 3, H/s, W/s] ([-1, 1]); ``up`` [B, 3, H, W] is bicubic(lr)."""
+        s, proc = self.scale, self.process
 
         def x0_fn(y0_hat: torch.Tensor) -> torch.Tensor:
-            img = cfg.from_target(y0_hat, x0)
+            img = proc.from_signal(y0_hat, up)
             for _ in range(BACK_PROJECTION_ITERS):
                 img = img + upsample(lr - downsample(img, s), s)  # back-projection: hr += U(lr - D(hr))
-            return cfg.to_target(img.clamp(-1, 1), x0)
+            return proc.to_signal(img.clamp(-1, 1), up)
 
         return x0_fn
 
     # ------------------------------------------------------------------------------------------------
-    def validate(self, *, steps: int, sampler: str, eta: float | None, tile: int, overlap: int, batch: int,
-                 merge: str, start: int | None, ensemble: int = 1) -> None:
-        """Raise ConfigError for any option out of range (before any work is done)."""
-        if ensemble not in ENSEMBLE_SIZES:
-            raise ConfigError(f"ensemble must be one of {', '.join(map(str, ENSEMBLE_SIZES))}, got {ensemble}")
-        if steps < 1:
-            raise ConfigError(f"steps must be >= 1, got {steps}")
-        if sampler not in SAMPLERS:
-            raise ConfigError(f"sampler must be one of {', '.join(SAMPLERS)}, got {sampler!r}")
-        if eta is not None and (eta < 0 or not math.isfinite(eta)):
-            raise ConfigError(f"eta must be >= 0, got {eta}")
-        validate_tiling(tile, overlap)
-        if batch < 1:
-            raise ConfigError(f"batch must be >= 1, got {batch}")
-        if merge not in ("step", "end"):
-            raise ConfigError(f"merge must be 'step' or 'end', got {merge!r}")
-        top = self.schedule.T if start is None else start
-        if not 1 <= top <= self.schedule.T:
-            raise ConfigError(f"start must be a trained step in [1, {self.schedule.T}], got {start}")
-        if steps > top:
-            raise ConfigError(f"cannot take {steps} steps from a chain of {top} trained steps"
-                              + (" (lower --steps or raise --start)" if start is not None else ""))
-
-    def model_calls(self, height: int, width: int, *, steps: int, tile: int = 40, overlap: int = 5,
-                    batch: int = 4, ensemble: int = 1) -> int:
-        """Network calls (tile batches) that :meth:`upscale` makes for an ``height`` x ``width`` LR image."""
-        grid = make_grid(height, width, tile, overlap)  # a transposed copy has the same number of tiles
-        return ensemble * steps * math.ceil(len(grid) / batch)
+    def model_calls(self, height: int, width: int, options: SamplingOptions | None = None, **given: object) -> int:
+        """Network calls (tile batches) that :meth:`upscale` makes for an ``height`` x ``width`` LR image with
+        the same ``options``/``given`` settings."""
+        opts = self.options(options, **given)
+        grid = make_grid(height, width, opts.tile, opts.overlap)  # a transposed copy has as many tiles
+        return opts.ensemble * opts.steps * math.ceil(len(grid) / opts.batch)
 
     @torch.no_grad()
-    def upscale(self, lr: torch.Tensor, *, steps: int = 50, sampler: Sampler = "ddim", eta: float | None = None,
-                seed: int = 0, tile: int = 40, overlap: int = 5, batch: int = 4, merge: Merge = "step",
-                start: int | None = None, back_project: bool = False, ensemble: int = 1,
-                callback: ProgressFn | None = None) -> torch.Tensor:
+    def upscale(self, lr: torch.Tensor, options: SamplingOptions | None = None, *,
+                callback: ProgressFn | None = None, **given: object) -> torch.Tensor:
         """Super-resolve ``lr`` [3, h, w] float in [0, 1] by the model's native ``scale``.
 
         Returns [3, h*scale, w*scale] float32 in [0, 1] on ``lr``'s device.
 
-        ``steps`` respaced sampler steps (``sampler`` "ddim" | "ddpm"; ``eta`` None = the sampler's default:
-        0 for DDIM, 1 for DDPM); ``seed`` seeds every random draw (CPU generators, so CPU and GPU runs start
-        from the same noise); ``tile``/``overlap`` in LR pixels (``tile=0``: no tiling); ``batch`` tiles per
-        network call (does not change the result); ``merge`` "step" | "end" (see the module docstring);
-        ``start`` a trained step t0 for a truncated start; ``back_project`` LR back-projection after every
-        y0_hat; ``ensemble`` 1, 2, 4 or 8 geometric self-ensemble members (the mean of that many upscales of
-        flipped/rotated copies, each with ``seed``; ``ensemble`` times the work); ``callback(done, total)``
-        after every network call (``total`` counts every member's calls).
+        ``options`` (default: this model's recommended sampling, see :meth:`options`) with any ``given`` field
+        (``steps=...``, ``seed=...``; :class:`~dreamsr.options.SamplingOptions` names them) replaced;
+        ``callback(done, total)`` after every network call (``total`` counts every ensemble member's calls).
         """
-        self.validate(steps=steps, sampler=sampler, eta=eta, tile=tile, overlap=overlap, batch=batch,
-                      merge=merge, start=start, ensemble=ensemble)
-        if ensemble > 1:
+        opts = self.options(options, **given)
+        if opts.ensemble > 1:
             acc: torch.Tensor | None = None
-            for k, (turns, flip) in enumerate(ENSEMBLE_TRANSFORMS[:ensemble]):
+            single = opts.replace(ensemble=1)
+            for k, (turns, flip) in enumerate(ENSEMBLE_TRANSFORMS[:opts.ensemble]):
                 def member_cb(done: int, total: int, k: int = k) -> None:
                     if callback is not None:
-                        callback(k * total + done, ensemble * total)
+                        callback(k * total + done, opts.ensemble * total)
 
-                sr = self.upscale(dihedral(lr, turns, flip), steps=steps, sampler=sampler, eta=eta, seed=seed,
-                                  tile=tile, overlap=overlap, batch=batch, merge=merge, start=start,
-                                  back_project=back_project, ensemble=1, callback=member_cb)
+                sr = self.upscale(dihedral(lr, turns, flip), single, callback=member_cb)
                 sr = dihedral(sr, turns, flip, inverse=True)
                 acc = sr if acc is None else acc + sr
             assert acc is not None
-            return acc / ensemble
+            return acc / opts.ensemble
         if lr.dim() != 3 or lr.shape[0] != 3:
             raise InputError(f"expected an RGB image [3, h, w], got shape {tuple(lr.shape)}")
         h, w = int(lr.shape[1]), int(lr.shape[2])
@@ -247,17 +232,15 @@ class Upscaler:
         if not bool(torch.isfinite(lr).all()):
             raise InputError("image contains NaN or infinite values")
         s = self.scale
-        grid = make_grid(h, w, tile, overlap)
+        grid = make_grid(h, w, opts.tile, opts.overlap)
         hgrid = grid.scaled(s)
         lr_dev = lr.device
         lr_m = to_model(lr.to(self.device, torch.float32).clamp(0, 1))  # [-1, 1]
-        x0 = upsample(lr_m, s)  # SR3 condition on the whole image (not clamped, as in training)
-        x0_p = reflect_pad(x0, *hgrid.pad)  # [3, Hp, Wp]
+        up = upsample(lr_m, s)  # the bicubic estimate on the whole image (not clamped, as in training)
+        up_p = reflect_pad(up, *hgrid.pad)  # [3, Hp, Wp]
         lr_p = reflect_pad(lr_m, *grid.pad)  # [3, hp, wp]
-        kw = {} if eta is None else {"eta": float(eta)}
-        sample = SAMPLERS[sampler]
-        n_batches = math.ceil(len(hgrid) / batch)
-        total = steps * n_batches
+        n_batches = math.ceil(len(hgrid) / opts.batch)
+        total = opts.steps * n_batches
         done = 0
 
         def tick() -> None:
@@ -269,66 +252,61 @@ class Upscaler:
         was_training = self.model.training
         self.model.eval()
         try:
-            if merge == "step":
-                y = self._sample_step(x0_p, lr_p, hgrid, steps=steps, sample=sample, seed=seed, batch=batch,
-                                      start=start, back_project=back_project, tick=tick, kw=kw)
-            else:
-                y = self._sample_end(x0_p, lr_p, grid, hgrid, steps=steps, sample=sample, seed=seed, batch=batch,
-                                     start=start, back_project=back_project, tick=tick, kw=kw)
+            run = self._sample_step if opts.merge == "step" else self._sample_end
+            y = run(up_p, lr_p, grid, hgrid, opts, tick)
         finally:
             self.model.train(was_training)
         return from_model(y[:, :h * s, :w * s]).to(lr_dev)
 
-    def _sample_step(self, x0_p: torch.Tensor, lr_p: torch.Tensor, hgrid: TileGrid, *, steps: int,
-                     sample: Callable[..., torch.Tensor], seed: int, batch: int, start: int | None,
-                     back_project: bool, tick: Callable[[], None], kw: dict) -> torch.Tensor:
-        """Step-blend mode: the whole padded image is one sample; eps is merged over tiles at every step."""
-        cfg = self.diffusion
+    def _sample_step(self, up_p: torch.Tensor, lr_p: torch.Tensor, grid: TileGrid, hgrid: TileGrid,
+                     opts: SamplingOptions, tick: Callable[[], None]) -> torch.Tensor:
+        """Step-blend mode: the whole padded image is one sample; predictions are merged over tiles at every step."""
+        proc, fam = self.process, self.family
         weights = hgrid.weights(torch.float32)
-        chunks = [list(range(i, min(i + batch, len(hgrid)))) for i in range(0, len(hgrid), batch)]
-        gen = torch.Generator("cpu").manual_seed(int(seed))
-        noise = torch.randn((1, *x0_p.shape), generator=gen, dtype=torch.float32).to(self.device)
+        chunks = [list(range(i, min(i + opts.batch, len(hgrid)))) for i in range(0, len(hgrid), opts.batch)]
+        gen = torch.Generator("cpu").manual_seed(int(opts.seed))
+        noise = torch.randn((1, *up_p.shape), generator=gen, dtype=torch.float32).to(self.device)
+        up_b, lr_b = up_p.unsqueeze(0), lr_p.unsqueeze(0)
+        cond = fam.condition(lr_b, up_b)[0]
+        cgrid = hgrid if fam.cond_grid == "hr" else grid
 
-        def eps_fn(y_t: torch.Tensor, gamma: torch.Tensor) -> torch.Tensor:
+        def model_fn(y_t: torch.Tensor, level: torch.Tensor) -> torch.Tensor:
             out = torch.zeros_like(y_t[0])
             for idx in chunks:
-                e = self._eps(split(y_t, hgrid, idx), split(x0_p, hgrid, idx), gamma[:1].expand(len(idx)))
+                e = self._predict(split(y_t, hgrid, idx), split(cond, cgrid, idx), level[:1].expand(len(idx)))
                 accumulate(out, e, hgrid, idx, weights)  # feathered blend, weights sum to 1
                 tick()
             return out.unsqueeze(0)
 
-        x0_b = x0_p.unsqueeze(0)
-        init = cfg.to_target(x0_b, x0_b) if start is not None else None  # image: x0; residual: zeros
-        x0_fn = self._back_projection(x0_b, lr_p.unsqueeze(0)) if back_project else None
-        y0 = sample(eps_fn, noise, self.schedule, steps, generator=gen, clip=True, start=start, init=init,
-                    x0_fn=x0_fn, **kw)
-        return cfg.from_target(y0, x0_b)[0]
+        x0_fn = self._back_projection(up_b, lr_b) if opts.back_project else None
+        y0 = proc.sample(model_fn, noise, proc.anchor(up_b), steps=opts.steps, sampler=opts.sampler, generator=gen,
+                         start=opts.start, x0_fn=x0_fn, **opts.sampler_kwargs)
+        return proc.from_signal(y0, up_b)[0]
 
-    def _sample_end(self, x0_p: torch.Tensor, lr_p: torch.Tensor, grid: TileGrid, hgrid: TileGrid, *, steps: int,
-                    sample: Callable[..., torch.Tensor], seed: int, batch: int, start: int | None,
-                    back_project: bool, tick: Callable[[], None], kw: dict) -> torch.Tensor:
+    def _sample_end(self, up_p: torch.Tensor, lr_p: torch.Tensor, grid: TileGrid, hgrid: TileGrid,
+                    opts: SamplingOptions, tick: Callable[[], None]) -> torch.Tensor:
         """Merge-at-end mode (paper Sec. 6.2): tiles sampled independently, blended once finished."""
-        cfg = self.diffusion
+        proc, fam = self.process, self.family
         weights = hgrid.weights(torch.float32)
-        out = torch.zeros_like(x0_p)
+        out = torch.zeros_like(up_p)
         th, tw = hgrid.tile_h, hgrid.tile_w
-        for i in range(0, len(hgrid), batch):
-            idx = list(range(i, min(i + batch, len(hgrid))))
-            gens = [torch.Generator("cpu").manual_seed(tile_seed(seed, k)) for k in idx]
+        for i in range(0, len(hgrid), opts.batch):
+            idx = list(range(i, min(i + opts.batch, len(hgrid))))
+            gens = [torch.Generator("cpu").manual_seed(tile_seed(opts.seed, k)) for k in idx]
             noise = torch.stack([torch.randn((3, th, tw), generator=g, dtype=torch.float32) for g in gens])
             noise = noise.to(self.device)
-            x0_t = split(x0_p, hgrid, idx)
+            up_t, lr_t = split(up_p, hgrid, idx), split(lr_p, grid, idx)
+            cond_t = fam.condition(lr_t, up_t)
 
-            def eps_fn(y_t: torch.Tensor, gamma: torch.Tensor, x0_t: torch.Tensor = x0_t) -> torch.Tensor:
-                e = self._eps(y_t, x0_t, gamma)
+            def model_fn(y_t: torch.Tensor, level: torch.Tensor, cond_t: torch.Tensor = cond_t) -> torch.Tensor:
+                e = self._predict(y_t, cond_t, level)
                 tick()
                 return e
 
-            init = cfg.to_target(x0_t, x0_t) if start is not None else None
-            x0_fn = self._back_projection(x0_t, split(lr_p, grid, idx)) if back_project else None
-            y0 = sample(eps_fn, noise, self.schedule, steps, generator=gens, clip=True, start=start, init=init,
-                        x0_fn=x0_fn, **kw)
-            accumulate(out, cfg.from_target(y0, x0_t), hgrid, idx, weights)
+            x0_fn = self._back_projection(up_t, lr_t) if opts.back_project else None
+            y0 = proc.sample(model_fn, noise, proc.anchor(up_t), steps=opts.steps, sampler=opts.sampler,
+                             generator=gens, start=opts.start, x0_fn=x0_fn, **opts.sampler_kwargs)
+            accumulate(out, proc.from_signal(y0, up_t), hgrid, idx, weights)
         return out
 
     # ------------------------------------------------------------------------------------------------
@@ -377,6 +355,11 @@ class Upscaler:
                              native_scale=self.scale, scale=float(out_scale or self.scale),
                              seconds=time.perf_counter() - t0, warnings=warns)
 
+    def describe_process(self) -> str:
+        """A few words on the process for run headers, e.g. ``gaussian, residual target``."""
+        target = getattr(self.info.diffusion, "target", None)
+        return self.info.process + (f", {target} target" if target else "")
+
     def __repr__(self) -> str:
-        return (f"Upscaler(scale={self.scale}, target={self.diffusion.target!r}, device={str(self.device)!r}, "
+        return (f"Upscaler(family={self.info.family!r}, scale={self.scale}, process={self.describe_process()!r}, device={str(self.device)!r}, "
                 f"precision={self.precision!r})")

@@ -46,11 +46,13 @@ from safetensors.torch import save_file
 
 from dreamsr import losses
 from dreamsr.checkpoint import CheckpointInfo, load_state_strict, save_checkpoint
+from dreamsr.config import from_dict_strict
 from dreamsr.data import (FACE_LAYOUTS, DataConfig, SRTrainDataset, load_val_images, make_loader, mix_seed,
                           resolve_layout, find_images)
 from dreamsr.diffusion import DiffusionConfig, Schedule
 from dreamsr.errors import CheckpointError, ConfigError, TrainingError
 from dreamsr.images import to_model, upsample
+from dreamsr.options import SamplingOptions
 from dreamsr.runtime import autocast, resolve_device, resolve_precision
 from dreamsr.unet import UNet, UNetConfig, preset
 
@@ -193,14 +195,10 @@ class TrainConfig:
     @classmethod
     def from_dict(cls, d: dict) -> "TrainConfig":
         """Inverse of :meth:`to_dict`; unknown keys are an error."""
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = set(d) - known
-        if unknown:
-            raise ConfigError(f"TrainConfig: unknown keys {sorted(unknown)}")
         d = dict(d)
         if "p" in d:
             d["p"] = float(d["p"])
-        return cls(**d)
+        return from_dict_strict(cls, d)
 
 
 # Fields that may differ between a checkpoint's config and the config resuming it: they do not change the
@@ -493,7 +491,7 @@ def _model_info(cfg: TrainConfig, step: int) -> CheckpointInfo:
         "ema": cfg.export_ema, "seed": cfg.seed, "loss": cfg.loss, "hr_downscale": cfg.hr_downscale,
         "init_weights": Path(cfg.init_weights).name if cfg.init_weights else None,
     }
-    return CheckpointInfo(unet=cfg.unet_config(), diffusion=cfg.diffusion_config(), scale=cfg.scale,
+    return CheckpointInfo(network=cfg.unet_config(), diffusion=cfg.diffusion_config(), scale=cfg.scale,
                           training=training, dreamsr_version=__version__)
 
 
@@ -505,7 +503,7 @@ def _init_from_weights(cfg: TrainConfig, model: UNet, ema: UNet) -> None:
     from dreamsr.checkpoint import load_checkpoint
 
     src, info = load_checkpoint(cfg.init_weights)
-    for what, theirs, ours in (("UNet", info.unet, cfg.unet_config()),
+    for what, theirs, ours in (("UNet", info.network, cfg.unet_config()),
                                ("diffusion", info.diffusion, cfg.diffusion_config())):
         if theirs != ours:
             diff = [f.name for f in dataclasses.fields(ours) if getattr(theirs, f.name) != getattr(ours, f.name)]
@@ -618,11 +616,13 @@ def _validate(model: UNet, cfg: TrainConfig, images: list[tuple[str, torch.Tenso
     model.eval()
     try:
         up = Upscaler(model, info, device=device, precision=precision, channels_last=channels_last)
-        tile = 0 if cfg.val_crop else 40  # small centre crops go through in one piece
+        # small centre crops go through in one piece; whole images in the default tiles
+        opts = SamplingOptions(steps=cfg.val_steps, sampler=cfg.val_sampler, seed=cfg.val_seed,
+                               **({"tile": 0} if cfg.val_crop else {}))
         rows, ps, ss, bps, bss, prgb = [], [], [], [], [], []
         for _name, hr in images:
             lr = downsample(hr, cfg.scale).clamp(0, 1).mul(255).round().div(255)
-            sr = up.upscale(lr, steps=cfg.val_steps, sampler=cfg.val_sampler, seed=cfg.val_seed, tile=tile).cpu()
+            sr = up.upscale(lr, opts).cpu()
             bic = upsample(lr, cfg.scale).clamp(0, 1)
             ps.append(psnr(sr, hr, crop_border=cfg.scale, y_channel=True))
             ss.append(ssim(sr, hr, crop_border=cfg.scale, y_channel=True))

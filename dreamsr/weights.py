@@ -568,7 +568,8 @@ def checkpoint_dict(path: str | os.PathLike) -> dict[str, Any]:
             dtypes.add(str(sl.get_dtype()))
     return {"file": str(path), "sha256": sha256_file(path), "bytes": path.stat().st_size, "tensors": count,
             "params": numel, "dtypes": sorted(dtypes), "scale": info.scale, "color": info.color,
-            "unet": info.unet.to_dict(), "diffusion": info.diffusion.to_dict(), "training": info.training,
+            "family": info.family, "process": info.process,
+            "network": info.network.to_dict(), "diffusion": info.diffusion.to_dict(), "training": info.training,
             "dreamsr_version": info.dreamsr_version, "sampling": info.sampling}
 
 
@@ -721,8 +722,11 @@ def convert_pth(src: str | os.PathLike, dst: str | os.PathLike, unet: UNetConfig
             nested = [k for k, v in obj.items() if isinstance(v, dict)]
             hint = f"; pick one of its nested dicts with --key ({', '.join(map(str, nested))})" if nested else ""
         raise CheckpointError(f"{src}: expected a flat state dict of tensors{hint}")
+    if any(k.startswith("denoise_fn.") for k in obj):
+        raise CheckpointError(f"{src}: a released SR3/DREAM GaussianDiffusion state dict ('denoise_fn.*'); convert "
+                              "it with `dreamsr weights convert --from sr3 IN.pth OUT.safetensors`")
     model = UNet(unet)
     load_state_strict(model, obj, str(src))
-    info = CheckpointInfo(unet=unet, diffusion=diffusion or DiffusionConfig(), scale=scale,
+    info = CheckpointInfo(network=unet, diffusion=diffusion or DiffusionConfig(), scale=scale,
                           training={"converted_from": src.name, **(training or {})}, dreamsr_version=__version__)
     return save_checkpoint(dst, model, info, dtype=dtype)

@@ -26,7 +26,7 @@ def main() -> int:
     ap.add_argument("--back-project", action="store_true")
     args = ap.parse_args()
     model, info = load_checkpoint(args.src)
-    info = CheckpointInfo(unet=info.unet, diffusion=info.diffusion, scale=info.scale, color=info.color,
+    info = CheckpointInfo(network=info.network, diffusion=info.diffusion, scale=info.scale, color=info.color,
                           training=info.training, dreamsr_version=info.dreamsr_version,
                           sampling={"steps": args.steps, "back_project": bool(args.back_project),
                                     **({"start": args.start} if args.start else {})})

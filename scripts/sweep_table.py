@@ -66,7 +66,7 @@ def main(argv: list[str] | None = None) -> int:
         tr = info.training
         rows.append({"label": label, "weights": path.name, "sha256": sha, "target": info.diffusion.target,
                      "patch": tr.get("patch"), "batch": tr.get("batch_size"), "lr": tr.get("lr"),
-                     "embed_scale": info.unet.embed_scale, "p": tr.get("p"), "steps": tr.get("steps"),
+                     "embed_scale": info.network.embed_scale, "p": tr.get("p"), "steps": tr.get("steps"),
                      "init_weights": tr.get("init_weights"), "metrics": m})
         print(f"{label}: {m}", flush=True)
     cols = ("PSNR Y", "SSIM Y", "PSNR RGB", "SSIM RGB", "consistency ×1e5")

@@ -21,7 +21,7 @@ def write_tiny_checkpoint(path: Path, *, scale: int = 2, target: str = "residual
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = UNet(PRESETS["tiny"])
-    info = CheckpointInfo(unet=model.config, diffusion=DiffusionConfig(target=target), scale=scale,
+    info = CheckpointInfo(network=model.config, diffusion=DiffusionConfig(target=target), scale=scale,
                           training={"steps": 0, "dataset": "none"}, dreamsr_version="test", sampling=sampling or {})
     return save_checkpoint(path, model, info)
 
@@ -32,7 +32,7 @@ def tiny_info(*, scale: int = 2, target: str = "image"):
     from dreamsr.diffusion import DiffusionConfig
     from dreamsr.unet import PRESETS
 
-    return CheckpointInfo(unet=PRESETS["tiny"], diffusion=DiffusionConfig(target=target), scale=scale)
+    return CheckpointInfo(network=PRESETS["tiny"], diffusion=DiffusionConfig(target=target), scale=scale)
 
 
 class IdentityOnCondition(nn.Module):

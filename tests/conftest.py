@@ -26,7 +26,7 @@ def tiny_checkpoint(tmp_path: Path) -> Path:
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
         model = UNet(PRESETS["tiny"])
-    info = CheckpointInfo(unet=model.config, diffusion=DiffusionConfig(), scale=4,
+    info = CheckpointInfo(network=model.config, diffusion=DiffusionConfig(), scale=4,
                           training={"p": 1.0, "steps": 0, "dataset": "none"}, dreamsr_version="test")
     return save_checkpoint(tmp_path / "tiny.safetensors", model, info)
 

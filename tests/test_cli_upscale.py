@@ -13,11 +13,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image, ImageCms
 from typer.testing import CliRunner
 
 from dreamsr.cli import app
-from dreamsr.images import _encode_png16, load_image
+from dreamsr.images import load_image, save_image
 from tests._helpers import SKIMAGE_DATA, write_tiny_checkpoint
 
 SRGB = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
@@ -66,7 +67,7 @@ def make_all_modes(folder: Path) -> None:
     Image.fromarray(np.dstack([a[:, :, 0], alpha]), "LA").save(folder / "greya.png")
     Image.fromarray(a).quantize(16).save(folder / "pal.png", transparency=0)
     Image.fromarray(a).convert("CMYK").save(folder / "cmyk.jpg", quality=95)
-    (folder / "deep.png").write_bytes(_encode_png16(a.astype(np.uint16) * 257, None))
+    save_image(folder / "deep.png", torch.from_numpy(a).permute(2, 0, 1) / 255, bits=16)  # 16-bit PNG
     im = Image.fromarray(a)
     exif = im.getexif()
     exif[0x0112] = 6
@@ -102,16 +103,48 @@ def test_every_mode_end_to_end(tmp_path: Path, ckpt: Path) -> None:
 
 
 # ---- sampling options ----------------------------------------------------------------------------------
-@pytest.mark.parametrize("opts", [
-    ["--merge", "end"], ["--sampler", "ddpm"], ["--sampler", "ddim", "--eta", "0.5"],
-    ["--start", "100", "--back-project"], ["--tile", "0"], ["--tile", "8", "--overlap", "2", "--batch", "3"],
-    ["--precision", "bf16"], ["--device", "cpu", "--precision", "fp32"], ["--ensemble", "8"],
-])
-def test_sampling_options(tmp_path: Path, ckpt: Path, opts: list[str]) -> None:
+def library_upscale(ckpt: Path, src: Path, *, device: str = "auto", precision: str = "auto", **options) -> np.ndarray:
+    """What the library makes of ``src`` with ``options`` (Upscaler.upscale, CLI-independent), rounded to 8 bits
+    as a PNG stores it: uint8 [H, W, 3]."""
+    from dreamsr.pipeline import Upscaler
+
+    up = Upscaler.from_checkpoint(ckpt, device=device, precision=precision)
+    sr = up.upscale(load_image(src).rgb, **options)
+    return sr.clamp(0, 1).mul(255).round().to(torch.uint8).permute(1, 2, 0).cpu().numpy()
+
+
+TILED = dict(tile=8, overlap=2)  # the 14x18 photo in 4 tiles (one 40 px tile by default)
+
+
+SAMPLING_CASES = [  # (CLI options, the same settings for the library, those settings less the option)
+    (["--tile", "8", "--overlap", "2", "--merge", "end"], dict(TILED, merge="end"), TILED),
+    (["--sampler", "ddpm"], dict(sampler="ddpm"), {}),
+    (["--sampler", "ddim", "--eta", "0.5"], dict(sampler="ddim", eta=0.5), {}),
+    (["--start", "100", "--back-project"], dict(start=100, back_project=True), dict(start=100)),
+    (["--start", "100"], dict(start=100), {}),
+    (["--tile", "0"], dict(tile=0), {}),  # no longer padded to a 40 px tile
+    (["--tile", "8", "--overlap", "2", "--batch", "3"], dict(TILED, batch=3), {}),
+    (["--tile", "8", "--overlap", "3"], dict(tile=8, overlap=3), TILED),
+    (["--precision", "bf16"], dict(precision="bf16"), dict(precision="fp32")),  # autocast really runs
+    (["--device", "cpu", "--precision", "fp32"], dict(device="cpu", precision="fp32"), None),
+    (["--ensemble", "8"], dict(ensemble=8), {}),
+]
+
+
+@pytest.mark.parametrize("opts, settings, without", SAMPLING_CASES, ids=[" ".join(c[0]) for c in SAMPLING_CASES])
+def test_sampling_options(tmp_path: Path, ckpt: Path, opts: list[str], settings: dict, without: dict | None) -> None:
+    """Each option reaches the pipeline: the CLI writes exactly the image that Upscaler.upscale makes with the
+    same settings, and the option matters: the library's image ``without`` it (the same settings less that
+    option) is another image. Only the explicit CPU fp32 case has nothing to differ from."""
     Image.fromarray(photo()).save(tmp_path / "a.png")
     r = run(tmp_path / "a.png", "-w", ckpt, *FAST, *opts)
     assert r.exit_code == 0, r.output
-    assert Image.open(tmp_path / "a_x2.png").size == (36, 28)
+    got = np.asarray(Image.open(tmp_path / "a_x2.png"))
+    assert got.shape == (28, 36, 3)
+    want = library_upscale(ckpt, tmp_path / "a.png", steps=2, **settings)
+    assert np.array_equal(got, want), np.abs(got.astype(int) - want).max()
+    if without is not None:
+        assert not np.array_equal(want, library_upscale(ckpt, tmp_path / "a.png", steps=2, **without))
 
 
 def test_seed_and_batch(tmp_path: Path, ckpt: Path) -> None:
@@ -197,6 +230,52 @@ def test_the_input_is_never_replaced(tmp_path: Path, ckpt: Path) -> None:
     assert sha(tmp_path / "a.png") == before and sorted(p.name for p in tmp_path.iterdir()) == ["a.png"]
 
 
+# ---- Ctrl-C ---------------------------------------------------------------------------------------------
+def test_ctrl_c_while_sampling_keeps_the_finished_images_and_writes_no_partial_one(
+        tmp_path: Path, ckpt: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from dreamsr.unet import UNet
+
+    src = tmp_path / "in"
+    src.mkdir()
+    for name in ("a", "b", "c"):
+        Image.fromarray(photo()).save(src / f"{name}.png")
+    real, calls = UNet.forward, {"n": 0}
+
+    def forward(self, *args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 3:  # 2 steps x 1 tile per image: the first network call for b.png
+            raise KeyboardInterrupt
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(UNet, "forward", forward)
+    out = tmp_path / "out"
+    r = run(src, "-o", out, "-w", ckpt, *FAST, "--quiet")
+    assert r.exit_code == 130, r.output
+    assert error_lines(r.stderr) == ["error: interrupted; 1 image(s) written"] and "Traceback" not in r.output
+    assert sorted(p.name for p in out.iterdir()) == ["a_x2.png"]  # nothing for b or c, no temporary file
+    assert Image.open(out / "a_x2.png").size == (36, 28)
+
+
+def test_ctrl_c_while_writing_leaves_neither_the_output_nor_a_temporary_file(
+        tmp_path: Path, ckpt: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    Image.fromarray(photo()).save(tmp_path / "a.png")
+    real = Image.Image.save
+
+    def save(self, fp, *args, **kwargs):
+        if isinstance(fp, (str, Path)):
+            return real(self, fp, *args, **kwargs)
+        fp.write(b"\x89PNG\r\n\x1a\n half an image")  # the encoder got this far
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(Image.Image, "save", save)
+    out = tmp_path / "out"
+    out.mkdir()
+    r = run(tmp_path / "a.png", "-o", out, "-w", ckpt, *FAST, "--quiet")
+    assert r.exit_code == 130, r.output
+    assert error_lines(r.stderr) == ["error: interrupted; 0 image(s) written"]
+    assert list(out.iterdir()) == []
+
+
 # ---- bad inputs ----------------------------------------------------------------------------------------
 def test_bad_inputs_one_line_each_and_the_rest_processed(tmp_path: Path, ckpt: Path) -> None:
     d = tmp_path / "in"
@@ -241,7 +320,7 @@ def test_unwritable_output_folder(tmp_path: Path, ckpt: Path) -> None:
     (["--batch", "0"], "--batch"), (["--ext", "gif"], "--ext"), (["--eta", "-1"], "--eta"),
     (["--start", "1", "--steps", "2"], "--start"), (["--start", "5000"], "start"), (["--suffix", "{oops}"], "{scale}"),
     (["--model", "x", "--weights", "y.safetensors"], "either"), (["--device", "tpu"], "device"),
-    (["--ensemble", "3"], "ensemble must be one of 1, 2, 4, 8"),
+    (["--ensemble", "3"], "--ensemble must be 1, 2, 4 or 8"),
 ])
 def test_usage_errors_exit_2_and_write_nothing(tmp_path: Path, ckpt: Path, opts: list[str], words: str) -> None:
     Image.fromarray(photo()).save(tmp_path / "a.png")

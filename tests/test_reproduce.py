@@ -154,7 +154,7 @@ def test_e4_final_step_matches_direct_computation(tmp_path: Path, target: str) -
         torch.manual_seed(0)
         net = UNet(PRESETS["tiny"])
     ckpt = save_checkpoint(tmp_path / "m.safetensors", net,
-                           CheckpointInfo(unet=net.config, diffusion=DiffusionConfig(target=target), scale=4))
+                           CheckpointInfo(network=net.config, diffusion=DiffusionConfig(target=target), scale=4))
     val = _corpus(tmp_path / "c", train=(), val=("coffee.png",)) / "val"
     images = [img for _, img in R.held_out_crops(val, 2, 16)]
     res = R.discrepancy(ckpt, images, steps=3, seed=0, device="cpu", precision="fp32")

@@ -402,7 +402,7 @@ def _save(model: UNet, path: Path, dtype: str = "fp32") -> Path:
 def test_round_trip_is_bit_identical(name: str, tmp_path: Path) -> None:
     model = _model(name)
     loaded, info = load_checkpoint(_save(model, tmp_path / "m.safetensors"))
-    assert info.unet == PRESETS[name] and info.diffusion.target == "residual" and info.scale == 2
+    assert info.network == PRESETS[name] and info.diffusion.target == "residual" and info.scale == 2
     assert not loaded.training
     ref, new = model.state_dict(), loaded.state_dict()
     assert ref.keys() == new.keys() and all(torch.equal(ref[k], new[k]) for k in ref)
@@ -570,7 +570,7 @@ def test_cli_pull_reports_each_failure_and_goes_on(served, tiny_checkpoint: Path
 def test_cli_info(served, tiny_checkpoint: Path) -> None:
     data = json.loads(cli("info", str(tiny_checkpoint), "--json").stdout)["checkpoint"]
     assert (data["scale"], data["sha256"], data["dtypes"]) == (4, sha256(tiny_checkpoint), ["F32"])
-    assert data["params"] == UNet(PRESETS["tiny"]).num_parameters() and data["unet"] == PRESETS["tiny"].to_dict()
+    assert data["params"] == UNet(PRESETS["tiny"]).num_parameters() and data["network"] == PRESETS["tiny"].to_dict()
     assert data["training"] == {"p": 1.0, "steps": 0, "dataset": "none"}
     text = cli("info", str(tiny_checkpoint))
     assert text.exit_code == 0 and '"inner_channels": 4' in text.stdout and "scale: 4" in text.stdout
@@ -623,7 +623,7 @@ def test_cli_convert(tmp_path: Path) -> None:
     cfg.write_text(json.dumps(PRESETS["tiny"].to_dict()))
     out2 = tmp_path / "m2.safetensors"
     assert cli("convert", str(pth), str(out2), "--config", str(cfg), "--scale", "4").exit_code == 0
-    assert read_info(out2).unet == PRESETS["tiny"]
+    assert read_info(out2).network == PRESETS["tiny"]
     one_error_line(cli("convert", str(pth), str(out), "--preset", "tiny", "--config", str(cfg), "--scale", "4"), 2,
                    "give exactly one of --preset NAME or --config FILE.json")
     one_error_line(cli("convert", str(pth), str(out), "--preset", "huge", "--scale", "4"), 2,

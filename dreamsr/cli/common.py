@@ -21,9 +21,22 @@ EXIT_FAILED = 1
 EXIT_USAGE = 2
 
 
+def error_line(message: str, to: Console | None = None) -> None:
+    """One red ``error:`` line on stderr (or on ``to``, e.g. a live progress display's console); the message is
+    printed literally (no markup), so paths keep their brackets."""
+    (to or console).print(Text.assemble(("error:", "red"), " ", message), soft_wrap=True)
+
+
+def option_message(message: str, options: dict[str, str]) -> str:
+    """A library message that starts with a setting's name (``"steps must be ..."``), restated with the
+    command-line option that sets it (``"--steps must be ..."``); ``options`` maps names to flags."""
+    head, _, rest = message.partition(" ")
+    return f"{options[head]} {rest}" if head in options else message
+
+
 def fail(message: str, code: int = EXIT_FAILED) -> NoReturn:
     """Print one red line to stderr and exit with ``code``."""
-    console.print(Text.assemble(("error:", "red"), " ", message), soft_wrap=True)  # literal: no markup
+    error_line(message)
     raise SystemExit(code)
 
 

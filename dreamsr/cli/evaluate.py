@@ -15,15 +15,16 @@ import typer
 from rich.table import Table
 from rich.text import Text
 
-from dreamsr.cli.common import EXIT_FAILED, EXIT_OK, console, exit_code_for, is_tty, out
+from dreamsr.cli.common import EXIT_FAILED, EXIT_OK, console, error_line, exit_code_for, is_tty, out
 from dreamsr.errors import ConfigError, DreamSRError
+from dreamsr.options import SamplingOptions as S
 
 _SETS = "div2k-val, celebahq, set5, set14, bsd100, urban100, cat, lsun-bedroom, lsun-tower, folder, paired"
 
 
 
 def _error(message: str, code: int) -> None:
-    console.print(Text.assemble(("error:", "red"), " ", message), soft_wrap=True)
+    error_line(message)
     raise typer.Exit(code)
 
 
@@ -41,13 +42,18 @@ def _parse_metrics(text: str) -> tuple[str, ...]:
 
 
 def _fmt(v: Any, metric: str) -> str:
-    from dreamsr.evaluate import _fmt as fmt
+    from dreamsr.evaluate import format_metric
 
-    return fmt(v, metric)
+    return format_metric(v, metric)
+
+
+def _label(entry: dict[str, Any]) -> str:
+    from dreamsr.evaluate import metric_label
+
+    return metric_label(entry)
 
 
 def _summary_table(summary: dict[str, Any]) -> Table:
-    from dreamsr.evaluate import _label
 
     model = summary["model"]
     title = f"{model.get('name')} on {summary['set']} ×{summary['scale']} — {summary['count']}/{summary['images']} images"
@@ -145,20 +151,26 @@ def evaluate(
                                    "y (BT.601 Y, border cropped, BasicSR) or both."),
     crop_border: Optional[int] = typer.Option(None, "--crop-border", min=0, help="Border cropped for the Y "
                                               "convention \\[default: the scale]."),
-    steps: int = typer.Option(50, "--steps", min=1, help="Sampler steps (diffusion models)."),
-    sampler: str = typer.Option("ddim", "--sampler", help="ddim | ddpm."),
+    steps: Optional[int] = typer.Option(None, "--steps", min=1, help="Sampler steps (diffusion models) \\[default: "
+                                        f"the model's recommendation, else {S.steps}]."),
+    sampler: Optional[str] = typer.Option(None, "--sampler", help=f"ddim | ddpm \\[default: {S.sampler}]."),
     eta: Optional[float] = typer.Option(None, "--eta", min=0.0, help="Sampler noise \\[default: 0 DDIM, 1 DDPM]."),
-    seed: int = typer.Option(0, "--seed", help="First seed; sample k uses seed + k."),
+    seed: Optional[int] = typer.Option(None, "--seed", help=f"First seed; sample k uses seed + k \\[default: {S.seed}]."),
     samples: int = typer.Option(1, "--samples", "-k", min=1, help="Super-resolutions per image; the summary gives "
                                 "mean and std over the K seeds."),
     merge: Optional[str] = typer.Option(None, "--merge", help="Tile merge: step | end \\[default: the protocol's, "
                                         "end = paper Sec. 6.2]."),
-    batch: int = typer.Option(4, "--batch", min=1, help="Tiles per network call (does not change results)."),
-    start: Optional[int] = typer.Option(None, "--start", min=1,
-                                        help="Truncated start: begin at trained step t0 from the noised condition."),
-    back_project: bool = typer.Option(False, "--back-project", help="Correct every estimate to match the LR input."),
-    ensemble: int = typer.Option(1, "--ensemble", help="Self-ensemble: average 1, 2, 4 or 8 flipped/rotated "
-                                 "upscales per image (that many times the work)."),
+    batch: Optional[int] = typer.Option(None, "--batch", min=1, help="Tiles per network call (does not change "
+                                        f"results) \\[default: {S.batch}]."),
+    start: Optional[int] = typer.Option(None, "--start", min=0, help="Truncated start: begin at trained step t0 "
+                                        "from the noised condition; 0: the full chain \\[default: the model's "
+                                        "recommendation, else the full chain]."),
+    back_project: Optional[bool] = typer.Option(None, "--back-project/--no-back-project", help="Correct every "
+                                                "estimate to match the LR input \\[default: the model's "
+                                                "recommendation, else off]."),
+    ensemble: Optional[int] = typer.Option(None, "--ensemble", help="Self-ensemble: average 1, 2, 4 or 8 "
+                                           "flipped/rotated upscales per image (that many times the work) "
+                                           "\\[default: the model's recommendation, else 1]."),
     metric_weights: Optional[Path] = typer.Option(None, "--metric-weights", help="Folder with the LPIPS/FID backbone "
                                                   "files \\[default: $TORCH_HOME/hub/checkpoints]."),
     lpips_net: str = typer.Option("alex", "--lpips-net", help="LPIPS backbone: alex | vgg | squeeze."),
@@ -208,13 +220,19 @@ def evaluate(
         _error(str(err), exit_code_for(err))
         return
     s = report.summary
+    smp = s["model"].get("sampling")
+    if smp:  # what actually ran: the model's recommendation under the options given
+        rec = s["model"].get("recommended_sampling") or {}
+        console.print(Text(f"sampling: {S.from_dict(smp).describe()}"
+                           + (f" (the model recommends {', '.join(f'{k} {v}' for k, v in sorted(rec.items()))}; "
+                              "options given override it)" if rec else "")), soft_wrap=True)
     out.print(_summary_table(s))
     out.print(f"RGB: {s['conventions']['rgb']}", markup=False, highlight=False, soft_wrap=True)
     out.print(f"Y:   {s['conventions']['y']}", markup=False, highlight=False, soft_wrap=True)
     for w in s["warnings"]:
         console.print(Text.assemble(("warning:", "yellow"), " ", w), soft_wrap=True)
     for e in s["errors"]:
-        console.print(Text.assemble(("error:", "red"), f" {e['image']}: {e['error']}"), soft_wrap=True)
+        error_line(f"{e['image']}: {e['error']}")
     out.print(f"report: {report.out_dir} (metrics.csv, summary.json, summary.md"
               + (", grids/" if "grids" in report.files else "") + ")", markup=False, highlight=False)
     if s["n_errors"]:

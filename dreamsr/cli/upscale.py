@@ -20,14 +20,13 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
     TimeRemainingColumn
 from rich.text import Text
 
-from dreamsr.cli.common import EXIT_FAILED, EXIT_OK, EXIT_USAGE, console, is_tty, out
+from dreamsr.cli.common import EXIT_FAILED, EXIT_OK, EXIT_USAGE, console, error_line, is_tty, option_message, out
 from dreamsr.errors import ConfigError, DreamSRError, ModelNotFoundError
+from dreamsr.options import SamplingOptions as S
 
 __all__ = ["upscale", "plan_output", "collect_inputs"]
 
-def _error(message: str) -> None:
-    """One red ``error:`` line on stderr (message printed literally: paths keep their brackets)."""
-    console.print(Text.assemble(("error:", "red"), " ", message), soft_wrap=True)
+_error = error_line
 
 
 def _usage(message: str) -> NoReturn:
@@ -152,18 +151,22 @@ def upscale(
                                           "factor; any other is reached by a final bicubic resize.",
                                           show_default=False),
     steps: Optional[int] = typer.Option(None, "--steps", help="Sampling steps (respaced over the trained schedule). "
-                                        "Default: the model's recommendation, else 50.", show_default=False),
-    sampler: Literal["ddim", "ddpm"] = typer.Option("ddim", "--sampler", help="ddim (deterministic at eta 0) or "
-                                                     "ddpm (ancestral)."),
+                                        f"Default: the model's recommendation, else {S.steps}.", show_default=False),
+    sampler: Optional[str] = typer.Option(None, "--sampler", help="ddim (deterministic at eta 0) or ddpm "
+                                          f"(ancestral). Default: {S.sampler}.", show_default=False),
     eta: Optional[float] = typer.Option(None, "--eta", help="Noise of each step: 0 for DDIM and 1 for DDPM unless "
                                         "given.", show_default=False),
-    seed: int = typer.Option(0, "--seed", help="Seed of every random draw: same seed, same image."),
-    tile: int = typer.Option(40, "--tile", help="Tile side in LR pixels (paper: 40); 0 = whole image at once."),
-    overlap: int = typer.Option(5, "--overlap", help="Tile overlap in LR pixels (paper: 5); tile >= 2 x overlap."),
-    batch: int = typer.Option(4, "--batch", help="Tiles per network call (speed only: the image is the same)."),
-    merge: Literal["step", "end"] = typer.Option("step", "--merge", help="step: blend tiles at every step (no "
-                                                 "seams); end: sample tiles independently, blend at the end "
-                                                 "(the paper's protocol)."),
+    seed: Optional[int] = typer.Option(None, "--seed", help="Seed of every random draw: same seed, same image. "
+                                       f"Default: {S.seed}.", show_default=False),
+    tile: Optional[int] = typer.Option(None, "--tile", help="Tile side in LR pixels (paper: 40); 0 = whole image "
+                                       f"at once. Default: {S.tile}.", show_default=False),
+    overlap: Optional[int] = typer.Option(None, "--overlap", help="Tile overlap in LR pixels (paper: 5); tile >= 2 "
+                                          f"x overlap. Default: {S.overlap}.", show_default=False),
+    batch: Optional[int] = typer.Option(None, "--batch", help="Tiles per network call (speed only: the image is "
+                                        f"the same). Default: {S.batch}.", show_default=False),
+    merge: Optional[str] = typer.Option(None, "--merge", help="step: blend tiles at every step (no seams); end: "
+                                        "sample tiles independently, blend at the end (the paper's protocol). "
+                                        f"Default: {S.merge}.", show_default=False),
     start: Optional[int] = typer.Option(None, "--start", help="Truncated start: begin at this trained step from "
                                         "the noised bicubic image instead of pure noise (e.g. 500); 0: the full "
                                         "chain. Default: the model's recommendation, else the full chain.",
@@ -213,21 +216,14 @@ def upscale(
     # ---- usage checks: before touching any file or loading the model --------------------------------------
     if scale is not None and not (scale > 0 and math.isfinite(scale)):
         _usage(f"--scale must be a positive number, got {scale:g}")
-    if eta is not None and not (eta >= 0 and math.isfinite(eta)):
-        _usage(f"--eta must be >= 0, got {eta:g}")
-    if overlap < 0:
-        _usage(f"--overlap must be >= 0, got {overlap}")
-    if tile < 0 or (tile > 0 and tile < 2 * overlap):
-        _usage(f"--tile ({tile}) must be at least twice --overlap ({overlap}), or 0 for no tiling")
-    if batch < 1:
-        _usage(f"--batch must be at least 1, got {batch}")
-    if steps is not None and steps < 1:
-        _usage(f"--steps must be at least 1, got {steps}")
+    given = dict(steps=steps, sampler=sampler, eta=eta, seed=seed, tile=tile, overlap=overlap, batch=batch,
+                 merge=merge, start=start, back_project=back_project, ensemble=ensemble)
     if start is not None and start < 0:
         _usage(f"--start must be >= 0 (0: the full chain), got {start}")
-    if start and steps is not None and start < steps:
-        _usage(f"--start ({start}) must be at least --steps ({steps}): the chain from step {start} has "
-               f"only {start} steps")
+    try:  # every option's range, before touching any file (the model's recommendation comes later)
+        S.check_given(**given)
+    except ConfigError as err:
+        _usage(option_message(str(err), {k: "--" + k.replace("_", "-") for k in given}))
     if max_pixels < 1:
         _usage(f"--max-pixels must be positive, got {max_pixels}")
     if model is not None and weights is not None:
@@ -258,16 +254,7 @@ def upscale(
 
         try:
             up = Upscaler.from_checkpoint(path, device=device, precision=precision)
-            recommended = up.info.sampling  # measured defaults shipped with the model (docs/models.md)
-            steps = int(recommended.get("steps", 50)) if steps is None else steps
-            if back_project is None:
-                back_project = bool(recommended.get("back_project", False))
-            if start is None and recommended.get("start") is not None and int(recommended["start"]) >= steps:
-                start = int(recommended["start"])  # a truncated chain of the recommended length or shorter
-            start = start or None  # 0: the full chain
-            ensemble = int(recommended.get("ensemble", 1)) if ensemble is None else ensemble
-            up.validate(steps=steps, sampler=sampler, eta=eta, tile=tile, overlap=overlap, batch=batch, merge=merge,
-                        start=start, ensemble=ensemble)
+            opts = up.options(**given)  # under the model's measured recommendation (docs/models.md)
         except ConfigError as err:
             _usage(str(err))
         except DreamSRError as err:
@@ -287,17 +274,11 @@ def upscale(
             jobs.append(job)
         if not quiet:
             how = "" if out_scale == up.scale else f", resized to x{label} by bicubic"
-            console.print(Text(f"model {path.name}: x{up.scale} ({up.diffusion.target} target){how}; {sampler} "
-                               f"{steps} steps, tile {tile or 'off'}"
-                               + (f"/{overlap}" if tile else "") + f", merge {merge}, seed {seed}"
-                               + (f", start {start}" if start else "") + (", back-projection" if back_project else "")
-                               + (f", ensemble of {ensemble}" if ensemble > 1 else "")
-                               + f"; {up.device} {up.precision}"), soft_wrap=True)
+            console.print(Text(f"model {path.name}: {up.info.family} x{up.scale} ({up.describe_process()}){how}; "
+                               f"{opts.describe()}; {up.device} {up.precision}"), soft_wrap=True)
         try:
             _run_jobs(up, jobs, out_scale=out_scale, overwrite=overwrite, max_pixels=max_pixels, quiet=quiet,
-                      options=dict(steps=steps, sampler=sampler, eta=eta, seed=seed, tile=tile, overlap=overlap,
-                                   batch=batch, merge=merge, start=start, back_project=back_project,
-                                   ensemble=ensemble))
+                      options=opts)
         except KeyboardInterrupt:  # the image being written leaves no temporary file behind
             done = sum(j.status == "ok" for j in jobs)
             _error(f"interrupted; {done} image(s) written")
@@ -323,9 +304,7 @@ def upscale(
             summary.update({
                 "native_scale": up.scale, "scale": float(scale) if scale is not None else float(up.scale),
                 "device": str(up.device), "precision": up.precision,
-                "settings": {"steps": steps, "sampler": sampler, "eta": eta, "seed": seed, "tile": tile,
-                             "overlap": overlap, "batch": batch, "merge": merge, "start": start,
-                             "back_project": back_project, "ensemble": ensemble},
+                "family": up.info.family, "process": up.info.process, "settings": opts.to_dict(),
             })
         out.print_json(json.dumps(summary))
     if n_failed:
@@ -337,7 +316,7 @@ def upscale(
 
 
 def _run_jobs(up: Any, jobs: list[Job], *, out_scale: float, overwrite: bool, max_pixels: int, quiet: bool,
-              options: dict[str, Any]) -> None:
+              options: S) -> None:
     """Upscale every pending job, with a live progress bar on a terminal and one line per image otherwise."""
     pending = [j for j in jobs if j.status == "pending"]
     for j in jobs:
@@ -347,7 +326,7 @@ def _run_jobs(up: Any, jobs: list[Job], *, out_scale: float, overwrite: bool, ma
     progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                         TextColumn("ETA"), TimeRemainingColumn(), TimeElapsedColumn(),
                         console=console, transient=True, disable=not show_bar)
-    steps = int(options["steps"])
+    steps = options.steps
     with progress:
         images_task = progress.add_task("images", total=len(pending))
         steps_task = progress.add_task("steps", total=steps)
@@ -361,14 +340,14 @@ def _run_jobs(up: Any, jobs: list[Job], *, out_scale: float, overwrite: bool, ma
                 assert job.dst is not None
                 job.dst.parent.mkdir(parents=True, exist_ok=True)
                 res = up.upscale_file(job.src, job.dst, out_scale=out_scale, overwrite=overwrite,
-                                      max_pixels=max_pixels, callback=on_progress, **options)
+                                      max_pixels=max_pixels, callback=on_progress, options=options)
             except DreamSRError as err:
                 job.status, job.error = "failed", str(err)
-                progress.console.print(Text.assemble(("error:", "red"), " ", str(err)), soft_wrap=True)
+                error_line(str(err), progress.console)
             except OSError as err:  # mkdir of the output folder
                 job.status = "failed"
                 job.error = f"{job.dst.parent}: cannot create the output folder ({err.strerror or err})"
-                progress.console.print(Text.assemble(("error:", "red"), " ", job.error), soft_wrap=True)
+                error_line(job.error, progress.console)
             else:
                 job.status, job.warnings = "ok", res.warnings
                 job.in_size, job.out_size, job.seconds = res.in_size, res.out_size, res.seconds

@@ -143,9 +143,10 @@ def info(target: str = typer.Argument(..., metavar="FILE_OR_NAME",
         hint = d["entry"]["name"] if "entry" in d else d["url"]
         out.print(f"  not downloaded: run `dreamsr weights pull {hint}` to see its metadata", markup=False)
         return
-    for key in ("file", "sha256", "bytes", "tensors", "params", "dtypes", "scale", "color", "dreamsr_version"):
+    for key in ("file", "sha256", "bytes", "tensors", "params", "dtypes", "family", "process", "scale", "color",
+                "dreamsr_version"):
         out.print(f"{key}: {ck[key]}", soft_wrap=True, markup=False)
-    for key in ("unet", "diffusion", "training"):
+    for key in ("network", "diffusion", "training"):
         out.print(f"{key}: {json.dumps(ck[key], sort_keys=True)}", soft_wrap=True, markup=False)
 
 
@@ -204,30 +205,74 @@ def push(file: Path = typer.Argument(..., help="A dreamsr .safetensors checkpoin
 
 @app.command("convert")
 @_errors
-def convert(src: Path = typer.Argument(..., metavar="IN.pth", help="A PyTorch state dict of dreamsr's UNet layout."),
+def convert(src: Path = typer.Argument(..., metavar="IN.pth", help="A PyTorch state dict (see --from)."),
             dst: Path = typer.Argument(..., metavar="OUT.safetensors", help="Checkpoint to write."),
+            layout: str = typer.Option("dreamsr", "--from", help="Layout of IN.pth: dreamsr (this UNet's keys) or "
+                                       "sr3 (a released SR3/DREAM GaussianDiffusion state dict, *_gen.pth)."),
             preset: Optional[str] = typer.Option(None, help="UNet preset the weights were trained with."),
             config: Optional[Path] = typer.Option(None, help="UNetConfig as a JSON file (instead of --preset)."),
-            scale: int = typer.Option(..., min=1, help="Native upscaling factor of the model."),
+            scale: Optional[int] = typer.Option(None, min=1, help="Native upscaling factor of the model (--from sr3: "
+                                                "default the released configuration's, x8).", show_default=False),
             diffusion: Optional[Path] = typer.Option(None, help="DiffusionConfig JSON file [default: standard]."),
             key: Optional[str] = typer.Option(None, help="Nested dict to take, e.g. ema [default: top level]."),
+            norm_groups: Optional[int] = typer.Option(None, "--norm-groups", min=1, help="--from sr3: GroupNorm "
+                                                      "groups, for an SR3 configuration no release has."),
+            task: Optional[str] = typer.Option(None, help="--from sr3: face or general [default: the release's]."),
             dtype: str = typer.Option("fp32", help="Storage precision: fp32, fp16 or bf16."),
             ) -> None:
     """Convert a .pth state dict into a self-describing .safetensors checkpoint.
 
     The input is read with torch.load(weights_only=True): nothing is unpickled.
     Example: dreamsr weights convert model.pth model.safetensors --preset small --scale 4
+    Example: dreamsr weights convert --from sr3 I640000_E37_gen.pth sr3-face.safetensors
     """
     from dreamsr import weights as W
     from dreamsr.diffusion import DiffusionConfig
     from dreamsr.unet import UNetConfig, preset as get_preset
 
+    if layout == "sr3":
+        for option, value in (("--preset", preset), ("--config", config), ("--diffusion", diffusion), ("--key", key)):
+            if value is not None:
+                _fail(f"{option} does not apply to --from sr3 (the configuration is read from the tensor shapes)",
+                      EXIT_USAGE)
+        from dreamsr.families.sr3.release import convert_released
+
+        path = convert_released(src, dst, norm_groups=norm_groups, scale=scale, task=task, dtype=dtype)
+        out.print(f"wrote {path}", soft_wrap=True, markup=False)
+        return
+    if layout != "dreamsr":
+        _fail(f"--from must be dreamsr or sr3, got {layout!r}", EXIT_USAGE)
+    if norm_groups is not None or task is not None:
+        _fail("--norm-groups and --task apply only to --from sr3", EXIT_USAGE)
+    if scale is None:
+        _fail("give --scale N (the model's native upscaling factor)", EXIT_USAGE)
     if (preset is None) == (config is None):
         _fail("give exactly one of --preset NAME or --config FILE.json", EXIT_USAGE)
     unet = get_preset(preset) if preset is not None else UNetConfig.from_dict(_read_json(config, "--config"))
     diff = DiffusionConfig.from_dict(_read_json(diffusion, "--diffusion")) if diffusion else None
     path = W.convert_pth(src, dst, unet, scale=scale, diffusion=diff, key=key, dtype=dtype)
     out.print(f"wrote {path}", soft_wrap=True, markup=False)
+
+
+@app.command("export")
+@_errors
+def export(src: Path = typer.Argument(..., metavar="IN.safetensors", help="A dreamsr SR3 checkpoint."),
+           dst: Path = typer.Argument(..., metavar="OUT.pth", help="Released-layout state dict to write."),
+           layout: str = typer.Option(..., "--to", help="Layout to write: sr3 (SR3's / DREAM's GaussianDiffusion "
+                                      "state dict, loadable by their code with strict=True)."),
+           ) -> None:
+    """Write a dreamsr SR3 checkpoint as a released-layout .pth, to compare it inside the original code.
+
+    Prints the "model" section of SR3's JSON config that builds the matching network.
+    Example: dreamsr weights export --to sr3 sr3-face.safetensors I0_gen.pth
+    """
+    if layout != "sr3":
+        _fail(f"--to must be sr3, got {layout!r}", EXIT_USAGE)
+    from dreamsr.families.sr3.release import export_released
+
+    path, options = export_released(src, dst)
+    console.print(f"wrote {path}; SR3 config \"model\" section:", soft_wrap=True, markup=False)
+    typer.echo(json.dumps(options, indent=2))
 
 
 def _read_json(path: Path | None, option: str) -> dict:
