@@ -34,6 +34,9 @@ class UNetConfig:
     dropout: float = 0.2  # dropout inside residual blocks
     norm_groups: int = 32  # GroupNorm groups; must divide every channel count
     embed_scale: float = 1.0  # gamma is multiplied by this before the sinusoids (SR3 reference: 1.0)
+    # SR3's FeatureWiseAffine use_affine_level: the noise embedding scales and shifts, h -> (1 + g) h + b (its
+    # Linear gives 2 * C outputs, g first), instead of adding, h -> h + e. False in SR3's HEAD and in dreamsr.
+    affine_level: bool = False
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "channel_mults", tuple(int(m) for m in self.channel_mults))
@@ -136,11 +139,13 @@ class NoiseLevelEmbedding(nn.Module):
 class ResBlock(nn.Module):
     """GroupNorm -> SiLU -> (Dropout) -> Conv, twice; noise embedding added after the first conv."""
 
-    def __init__(self, ch_in: int, ch_out: int, emb_dim: int, groups: int, dropout: float) -> None:
+    def __init__(self, ch_in: int, ch_out: int, emb_dim: int, groups: int, dropout: float,
+                 affine: bool = False) -> None:
         super().__init__()
+        self.affine = affine
         self.norm1 = nn.GroupNorm(groups, ch_in)
         self.conv1 = nn.Conv2d(ch_in, ch_out, 3, padding=1)
-        self.emb = nn.Linear(emb_dim, ch_out)  # SR3 FeatureWiseAffine (use_affine_level=False)
+        self.emb = nn.Linear(emb_dim, ch_out * (2 if affine else 1))  # SR3 FeatureWiseAffine
         self.norm2 = nn.GroupNorm(groups, ch_out)
         self.drop = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
         self.conv2 = nn.Conv2d(ch_out, ch_out, 3, padding=1)
@@ -148,7 +153,12 @@ class ResBlock(nn.Module):
 
     def forward(self, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
         h = self.conv1(F.silu(self.norm1(x)))
-        h = h + self.emb(emb)[:, :, None, None].to(h.dtype)
+        e = self.emb(emb)[:, :, None, None].to(h.dtype)
+        if self.affine:
+            g, b = e.chunk(2, dim=1)  # SR3 FeatureWiseAffine: gamma then beta along channels
+            h = (1 + g) * h + b
+        else:
+            h = h + e
         h = self.conv2(self.drop(F.silu(self.norm2(h))))
         return h + self.skip(x)
 
@@ -175,9 +185,10 @@ class SelfAttention(nn.Module):
 class Block(nn.Module):
     """A residual block optionally followed by self-attention (SR3's ResnetBlocWithAttn)."""
 
-    def __init__(self, ch_in: int, ch_out: int, emb_dim: int, groups: int, dropout: float, attn: bool) -> None:
+    def __init__(self, ch_in: int, ch_out: int, emb_dim: int, groups: int, dropout: float, attn: bool,
+                 affine: bool = False) -> None:
         super().__init__()
-        self.res = ResBlock(ch_in, ch_out, emb_dim, groups, dropout)
+        self.res = ResBlock(ch_in, ch_out, emb_dim, groups, dropout, affine)
         self.attn = SelfAttention(ch_out, groups) if attn else None
 
     def forward(self, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
@@ -207,7 +218,8 @@ class UNet(nn.Module):
         for level, mult in enumerate(c.channel_mults):
             ch_out = c.inner_channels * mult
             for _ in range(c.res_blocks):
-                self.down.append(Block(ch, ch_out, emb_dim, c.norm_groups, c.dropout, level in c.attention_levels))
+                self.down.append(Block(ch, ch_out, emb_dim, c.norm_groups, c.dropout, level in c.attention_levels,
+                                       c.affine_level))
                 ch = ch_out
                 skip_channels.append(ch)
             if level != c.levels - 1:
@@ -215,8 +227,8 @@ class UNet(nn.Module):
                 skip_channels.append(ch)
 
         self.mid = nn.ModuleList([
-            Block(ch, ch, emb_dim, c.norm_groups, c.dropout, attn=True),
-            Block(ch, ch, emb_dim, c.norm_groups, c.dropout, attn=False),
+            Block(ch, ch, emb_dim, c.norm_groups, c.dropout, attn=True, affine=c.affine_level),
+            Block(ch, ch, emb_dim, c.norm_groups, c.dropout, attn=False, affine=c.affine_level),
         ])
 
         self.up = nn.ModuleList()
@@ -224,7 +236,7 @@ class UNet(nn.Module):
             ch_out = c.inner_channels * c.channel_mults[level]
             for _ in range(c.res_blocks + 1):
                 self.up.append(Block(ch + skip_channels.pop(), ch_out, emb_dim, c.norm_groups, c.dropout,
-                                     level in c.attention_levels))
+                                     level in c.attention_levels, c.affine_level))
                 ch = ch_out
             if level != 0:
                 self.up.append(Upsample(ch))
