@@ -5,7 +5,10 @@ Every timing runs the real code paths, never private copies:
 * sampling: :meth:`dreamsr.pipeline.Upscaler.upscale` on one image, for each precision asked and each tile
   batch size (our default path: channels_last, step-blend tiling), and the *naive reference path* on the same
   image at the same steps (fp32, one tile per network call, tiles sampled independently and merged at the end,
-  channels_last off), so the speed-up is a ratio of two medians measured in one run;
+  channels_last off), so the speed-up is a ratio of two medians measured in one run. Unless asked for by name, a
+  precision is timed only where the hardware computes it natively (:func:`supported_precisions`); the others are
+  listed as skipped, with the reason (:func:`skipped_precisions`: bf16 on a CPU without AVX-512 BF16 or AMX is
+  emulated, several times slower than fp32);
 * training: :func:`dreamsr.train.train` itself, run for a few steps on a temporary folder of images with
   validation off, once with ``p = inf`` (standard SR3 training) and once with ``p = 1`` (DREAM), alternating
   over ``train_rounds`` rounds; the per-step times are the ones the loop reports in its "step" events
@@ -21,6 +24,10 @@ Every timing runs the real code paths, never private copies:
 
 Warm-up runs are excluded (sampling warms up with a one-step upscale of the same image; training drops the first
 ``train_warmup`` steps of each run); every measurement reports the median, min and max over its repeats.
+
+Sizes: the defaults of :class:`BenchConfig` (64x64 -> 256x256, 20 steps, one naive repeat) fit in about five
+minutes on two CPU cores and report every ratio; :data:`FULL` holds the larger sizes of the published figures
+(128x128 -> 512x512, 50 steps, three naive repeats; ``dreamsr bench --full``).
 
 Library code: returns a plain JSON-safe dict (:func:`run_bench`), reports progress through a callback, never prints.
 """
@@ -48,11 +55,12 @@ import torch
 from dreamsr.checkpoint import CheckpointInfo
 from dreamsr.diffusion import DiffusionConfig, Schedule
 from dreamsr.errors import ConfigError
-from dreamsr.runtime import resolve_device, resolve_precision
+from dreamsr.runtime import CPU_BF16_FLAGS, cpu_flags, cpu_native_bf16, resolve_device, resolve_precision
 from dreamsr.unet import PRESETS, UNet, UNetConfig
 
 __all__ = ["BenchConfig", "SECTIONS", "SCHEMA", "machine_info", "summarize", "PeakMemory",
-           "forward_flops", "train_step_flops", "device_peak_tflops", "supported_precisions", "load_model",
+           "forward_flops", "train_step_flops", "device_peak_tflops", "supported_precisions",
+           "skipped_precisions", "FULL", "load_model",
            "match_preset", "bench_image", "bench_sampling", "bench_training", "bench_loader", "efficiency",
            "check_targets", "run_bench", "ProgressFn"]
 
@@ -70,6 +78,12 @@ TARGET_PEAK_FRACTION = 0.40  # of bf16 peak in the sampling loop, sr3-div2k on H
 
 ProgressFn = Callable[[str], None]  # a one-line description of what starts now
 
+# `dreamsr bench --full`: the sampling sizes of the published figures (docs/benchmarks.md), instead of the defaults
+# sized to finish in about five minutes on two CPU cores (64 -> 256 px, 20 steps, one naive repeat).
+FULL: dict[str, int] = {"lr_size": 128, "steps": 50, "repeats": 3, "naive_repeats": 3}
+# CPU flags worth recording beside a CPU figure (vector width, native bf16)
+_REPORTED_FLAGS = ("avx2", "avx512f", *CPU_BF16_FLAGS, "amx_tile")
+
 
 @dataclass
 class BenchConfig:
@@ -81,14 +95,15 @@ class BenchConfig:
     seed: int = 0  # model init (presets), image and sampling noise
     threads: int = 0  # torch CPU threads during the benchmark (0: leave torch's setting)
     # --- sampling ---
-    lr_size: int = 128  # side of the square LR input (ignored when ``image`` is given); output = lr_size * scale
+    lr_size: int = 64  # side of the square LR input (ignored when ``image`` is given); output = lr_size * scale
     image: str | None = None  # an image file to upscale instead of the synthetic LR image
-    steps: int = 50  # sampler steps
+    steps: int = 20  # sampler steps
     sampler: str = "ddim"  # ddim | ddpm
     tile: int = 40  # LR tile side (0: no tiling)
     overlap: int = 5  # LR tile overlap
     batches: tuple[int, ...] = (4,)  # tiles per network call on our default path (one run per value)
-    repeats: int = 3  # timed repeats per sampling measurement, after a one-step warm-up upscale
+    repeats: int = 3  # timed repeats per sampling measurement on our default path, after a one-step warm-up
+    naive_repeats: int = 1  # timed repeats of the naive path (the slowest; the paths take turns while both run)
     warmup: bool = True  # a one-step upscale on every path before timing (off: e.g. a memory-only run)
     naive: bool = True  # also time the naive reference path (fp32, batch 1, merge at the end, no channels_last)
     # --- training ---
@@ -97,7 +112,8 @@ class BenchConfig:
     train_steps: int = 6  # timed steps per run (after ``train_warmup``)
     train_warmup: int = 2  # steps dropped at the start of each run
     train_rounds: int = 2  # runs per objective, alternating p=inf / p=1 (evens out a machine's changing load)
-    train_precision: str = "auto"  # as ``dreamsr train --precision`` (auto: bf16/fp16 on CUDA, fp32 on CPU)
+    train_precision: str = "auto"  # as ``dreamsr train --precision`` (auto: bf16/fp16 on CUDA; on the CPU bf16
+    #                                where native, else fp32)
     data_dir: str | None = None  # a training folder: also measure data-loader throughput on it
     dataset: str = "folder"  # layout name of ``data_dir``
     loader_workers: int = 2  # loader worker processes for the throughput measurement
@@ -112,6 +128,7 @@ class BenchConfig:
             (self.steps >= 1, f"steps must be >= 1, got {self.steps}"),
             (bool(self.batches) and all(b >= 1 for b in self.batches), "every tile batch size must be >= 1"),
             (self.repeats >= 1, f"repeats must be >= 1, got {self.repeats}"),
+            (self.naive_repeats >= 1, f"naive_repeats must be >= 1, got {self.naive_repeats}"),
             (self.threads >= 0, f"threads must be >= 0, got {self.threads}"),
             (self.train_batch >= 1, "train_batch must be >= 1"),
             (self.train_patch >= 1, "train_patch must be >= 1"),
@@ -153,12 +170,14 @@ def _load_avg() -> float | None:
 
 
 def machine_info(device: torch.device) -> dict[str, Any]:
-    """CPU model, logical CPUs, torch threads, load average, GPU name and memory, torch/CUDA versions."""
+    """CPU model, logical CPUs, torch threads, load average, GPU name and memory, torch/CUDA versions, the CPU's
+    vector and bf16 flags (``cpu_flags``: those of avx2, avx512f, avx512_bf16, amx_bf16, amx_tile it has)."""
     info: dict[str, Any] = {
         "cpu": _cpu_model(), "cpu_count": os.cpu_count(), "threads": torch.get_num_threads(),
         "load_avg_1m": _load_avg(), "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
         "torch": torch.__version__, "python": platform.python_version(), "platform": platform.platform(),
         "device": str(device), "gpu": None, "gpu_memory_gib": None, "cuda": None,
+        "cpu_flags": [f for f in _REPORTED_FLAGS if f in cpu_flags()], "cpu_native_bf16": cpu_native_bf16(),
     }
     if device.type == "cuda":
         props = torch.cuda.get_device_properties(device)
@@ -305,14 +324,28 @@ def device_peak_tflops(device: torch.device, precision: str) -> float | None:
 
 
 def supported_precisions(device: torch.device) -> list[str]:
-    """Precisions worth timing on ``device``: fp32 and bf16 on the CPU (fp16 autocast is refused there),
-    fp32/bf16/fp16 on CUDA (bf16 only where supported), fp32/fp16 on MPS."""
+    """Precisions the hardware of ``device`` computes natively, the ones timed unless others are asked for:
+    fp32, plus bf16 on a CPU with native bf16 (:func:`dreamsr.runtime.cpu_native_bf16`; fp16 autocast is refused
+    on the CPU), fp32/bf16/fp16 on CUDA (bf16 only where supported), fp32/fp16 on MPS."""
     device = torch.device(device)
     if device.type == "cuda":
         return ["fp32", "bf16", "fp16"] if torch.cuda.is_bf16_supported() else ["fp32", "fp16"]
     if device.type == "cpu":
-        return ["fp32", "bf16"]
+        return ["fp32", "bf16"] if cpu_native_bf16() else ["fp32"]
     return ["fp32", "fp16"]
+
+
+def skipped_precisions(device: torch.device) -> list[dict[str, str]]:
+    """Precisions ``--precision all`` leaves out on ``device`` for want of hardware support, each
+    ``{"precision", "reason"}`` (fp16 on the CPU is not listed: autocast refuses it there)."""
+    device = torch.device(device)
+    if device.type == "cpu" and not cpu_native_bf16():
+        return [{"precision": "bf16", "reason": "this CPU has no native bf16 (neither avx512_bf16 nor amx_bf16 in "
+                 "/proc/cpuinfo): bf16 would be emulated, several times slower than fp32; time it anyway with "
+                 "--precision fp32,bf16"}]
+    if device.type == "cuda" and not torch.cuda.is_bf16_supported():
+        return [{"precision": "bf16", "reason": "this GPU does not support bf16"}]
+    return []
 
 
 def _fast_precision(device: torch.device, available: Sequence[str]) -> str | None:
@@ -405,12 +438,15 @@ def bench_sampling(model: UNet, info: CheckpointInfo, device: torch.device, conf
     available = supported_precisions(device)
     # "auto" as the upscaler resolves it; ConfigError for fp16 on the CPU and unknown names
     precisions = list(dict.fromkeys(resolve_precision(p, device) for p in config.precisions)) or available
+    skipped = [] if config.precisions else skipped_precisions(device)
+    emulated = [p for p in precisions if p not in available]  # asked for by name, not native here
     opts = dict(steps=config.steps, sampler=config.sampler, seed=config.seed, tile=config.tile,
                 overlap=config.overlap)
     master = copy.deepcopy(model).to("cpu", torch.float32)
     specs = [("default", p, b, "step", True) for p in precisions for b in config.batches]
     if config.naive:
         specs.append(("naive", "fp32", 1, "end", False))
+    reps = [config.naive_repeats if spec[0] == "naive" else config.repeats for spec in specs]
 
     def make(spec: tuple) -> Any:
         _, precision, batch, merge, channels_last = spec
@@ -431,15 +467,18 @@ def bench_sampling(model: UNet, info: CheckpointInfo, device: torch.device, conf
         up.upscale(lr, **dict(opts, steps=1, batch=spec[2], merge=spec[3]))
         del up
         release()
-    # Timed: ``repeats`` rounds, each path once per round, so a machine's changing load hits every path alike.
+    # Timed: rounds in which every path still due runs once (the naive path in the first ``naive_repeats``), so
+    # a machine's changing load hits the paths alike.
     times: list[list[float]] = [[] for _ in specs]
     cpu_times: list[list[float]] = [[] for _ in specs]
     peaks: list[PeakMemory | None] = [None for _ in specs]
-    for rnd in range(config.repeats):
+    for rnd in range(max(reps)):
         for i, spec in enumerate(specs):
+            if rnd >= reps[i]:
+                continue
             if progress is not None:
                 progress(f"sampling: {spec[0]} path, {spec[1]}, batch {spec[2]}, merge {spec[3]} "
-                         f"(repeat {rnd + 1}/{config.repeats})")
+                         f"(repeat {rnd + 1}/{reps[i]})")
             up = make(spec)
             with PeakMemory(device) as mem:
                 t0, c0 = time.perf_counter(), time.process_time()
@@ -478,7 +517,7 @@ def bench_sampling(model: UNet, info: CheckpointInfo, device: torch.device, conf
     return {"lr_size": [h, w], "out_size": [h * s, w * s], "out_megapixels": out_mp, "scale": s,
             "steps": config.steps, "sampler": config.sampler, "tile": config.tile, "overlap": config.overlap,
             "tiles": tiles, "tile_hr": [th, tw], "precisions_supported": available, "runs": runs,
-            "headline": headline}
+            "headline": headline, "skipped": skipped, "emulated": emulated}
 
 
 # --- training ----------------------------------------------------------------------------------------------
@@ -585,7 +624,12 @@ def bench_training(info: CheckpointInfo, device: torch.device, config: BenchConf
                      "loss_finite": all(math.isfinite(x) for x in losses[key]), "memory": peak.as_dict()})
     ratio = runs[1]["step"]["median_s"] / runs[0]["step"]["median_s"]
     ratio_cpu = runs[1]["cpu_step"]["median_s"] / runs[0]["cpu_step"]["median_s"]
+    why = None
+    if config.train_precision == "auto" and device.type == "cpu":
+        why = ("auto: bf16, this CPU computes it natively" if resolved_precision == "bf16" else
+               "auto: fp32, this CPU has no native bf16 (neither avx512_bf16 nor amx_bf16)")
     return {"batch": config.train_batch, "patch": patch, "preset": preset_name, "precision": resolved_precision,
+            "precision_reason": why,
             "warmup_steps": config.train_warmup, "steps_per_run": config.train_steps, "rounds": config.train_rounds,
             "timing": "step_time - data_time from dreamsr.train's step events (forward, backward, optimizer, EMA); "
                       "cpu_step: this process's CPU time between consecutive step events (data included)",

@@ -1,7 +1,9 @@
 """`dreamsr bench`: the report's structure and arithmetic, FLOP counts against an independent count, memory
 measurement, model loading and the CLI. Timings are never asserted: only how reported numbers relate.
 
-One tiny benchmark (tiny preset, 12x12 LR, 2 steps, 1 thread) is run once per module and inspected by many tests.
+One tiny benchmark (tiny preset, 12x12 LR, 2 steps, 1 thread) is run once per module and inspected by many tests,
+on a CPU made to report native bf16 (the flags are injected: which precisions are timed must not depend on the
+machine the tests run on); another CPU without it shows bf16 skipped, with the reason.
 """
 
 from __future__ import annotations
@@ -15,14 +17,24 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from dreamsr import bench
+from dreamsr import bench, runtime
 from dreamsr.bench import BenchConfig, PeakMemory, forward_flops, run_bench, train_step_flops
 from dreamsr.errors import ConfigError, ModelNotFoundError
 from dreamsr.tiling import make_grid
 from dreamsr.unet import PRESETS, UNet, UNetConfig
 
-TINY = dict(lr_size=12, steps=2, tile=8, overlap=2, batches=(3,), repeats=2, train_batch=2, train_patch=16,
-            train_steps=2, train_warmup=1, train_rounds=1, threads=1, loader_workers=0, loader_batches=2)
+TINY = dict(lr_size=12, steps=2, tile=8, overlap=2, batches=(3,), repeats=2, naive_repeats=2, train_batch=2,
+            train_patch=16, train_steps=2, train_warmup=1, train_rounds=1, threads=1, loader_workers=0,
+            loader_batches=2)
+AVX2 = frozenset("sse4_2 avx fma avx2".split())  # a laptop-class CPU: bf16 only emulated
+AVX512_BF16 = AVX2 | {"avx512f", "avx512_bf16"}  # e.g. AMD Zen 4: native bf16
+
+
+def _set_cpu_flags(mp: pytest.MonkeyPatch, flags: frozenset[str]) -> None:
+    """Make runtime and bench see ``flags`` as this machine's /proc/cpuinfo flags."""
+    fake = lambda path="/proc/cpuinfo": flags  # noqa: E731
+    mp.setattr(runtime, "cpu_flags", fake)
+    mp.setattr(bench, "cpu_flags", fake)
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -43,7 +55,9 @@ def loader_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def report(loader_dir: Path) -> dict:
-    return run_bench(BenchConfig(device="cpu", data_dir=str(loader_dir), **TINY), preset="tiny")
+    with pytest.MonkeyPatch.context() as mp:
+        _set_cpu_flags(mp, AVX512_BF16)
+        return run_bench(BenchConfig(device="cpu", data_dir=str(loader_dir), **TINY), preset="tiny")
 
 
 # --- the report -----------------------------------------------------------------------------------------------
@@ -56,6 +70,8 @@ def test_report_has_every_section_and_is_json(report: dict) -> None:
     for key in ("cpu", "cpu_count", "threads", "torch", "gpu", "device", "load_avg_1m", "load_avg_1m_end"):
         assert key in report["machine"], key
     assert report["machine"]["threads"] == 1 and report["machine"]["gpu"] is None
+    assert report["machine"]["cpu_flags"] == ["avx2", "avx512f", "avx512_bf16"]
+    assert report["machine"]["cpu_native_bf16"] is True
     assert report["model"]["preset"] == "tiny" and report["model"]["parameters"] == UNet(PRESETS["tiny"]).num_parameters()
     assert json.loads(json.dumps(report)) == report  # plain JSON types only
 
@@ -92,6 +108,7 @@ def test_sampling_fields_and_arithmetic(report: dict) -> None:
         assert r["speedup_vs_naive_cpu_time"] == pytest.approx(naive["cpu_time"]["median_s"] / c["median_s"],
                                                                rel=1e-12)
         assert r["memory"]["kind"] == "peak_rss" and r["memory"]["peak_mib"] >= r["memory"]["start_mib"] > 0
+    assert sp["skipped"] == [] and sp["emulated"] == [] and sp["precisions_supported"] == ["fp32", "bf16"]
     hl = sp["headline"]
     bf16 = sp["runs"][1]
     assert (hl["precision"], hl["batch"]) == ("bf16", 3)
@@ -101,7 +118,8 @@ def test_sampling_fields_and_arithmetic(report: dict) -> None:
 
 def test_training_fields_and_ratio(report: dict) -> None:
     tr = report["training"]
-    assert (tr["batch"], tr["patch"], tr["preset"], tr["precision"]) == (2, 16, "tiny", "fp32")
+    assert (tr["batch"], tr["patch"], tr["preset"], tr["precision"]) == (2, 16, "tiny", "bf16")  # auto, native
+    assert tr["precision_reason"].startswith("auto: bf16")
     std, dream = tr["runs"]
     assert (std["objective"], std["p"], dream["objective"], dream["p"]) == ("standard", "inf", "dream", 1.0)
     for r in (std, dream):
@@ -336,3 +354,80 @@ def test_cli_usage_errors_exit_2(args: list[str], message: str) -> None:
 def test_cli_missing_weights_exit_1(tmp_path: Path) -> None:
     res = _cli(["--weights", str(tmp_path / "none.safetensors"), "--sections", "efficiency"])
     assert res.exit_code == 1 and "not found" in res.output
+
+
+# --- precisions the hardware computes, sizes that fit -----------------------------------------------------------
+
+def test_without_native_bf16_the_bench_skips_bf16_and_says_why(tmp_path: Path,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    _set_cpu_flags(monkeypatch, AVX2)
+    out = tmp_path / "bench.json"
+    res = _cli(["--preset", "tiny", "--device", "cpu", "--lr-size", "12", "--steps", "1", "--tile", "8", "--overlap",
+                "2", "--batch", "2", "--repeats", "1", "--sections", "sampling,training", "--train-batch", "2",
+                "--train-patch", "16", "--train-steps", "1", "--train-warmup", "0", "--train-rounds", "1",
+                "--threads", "1", "--json", str(out)])
+    assert res.exit_code == 0, res.output
+    data = json.loads(out.read_text())
+    sp, tr = data["sampling"], data["training"]
+    assert [(r["path"], r["precision"]) for r in sp["runs"]] == [("default", "fp32"), ("naive", "fp32")]
+    assert sp["precisions_supported"] == ["fp32"] and sp["emulated"] == []
+    (skip,) = sp["skipped"]
+    assert skip["precision"] == "bf16" and "avx512_bf16" in skip["reason"] and "emulated" in skip["reason"]
+    assert sp["headline"]["precision"] == "fp32"
+    assert tr["precision"] == "fp32" and "no native bf16" in tr["precision_reason"]
+    assert data["machine"]["cpu_flags"] == ["avx2"] and data["machine"]["cpu_native_bf16"] is False
+    text = " ".join(res.stdout.split())  # the tables, unwrapped
+    assert "skipped bf16: this CPU has no native bf16" in text and "bf16 not native" in text
+    # asked for by name it is timed, and marked as emulated
+    r = run_bench(BenchConfig(device="cpu", sections=("sampling",), precisions=("bf16",), naive=False,
+                              **dict(TINY, repeats=1)), preset="tiny")
+    assert [x["precision"] for x in r["sampling"]["runs"]] == ["bf16"]
+    assert r["sampling"]["emulated"] == ["bf16"] and r["sampling"]["skipped"] == []
+
+
+def test_naive_path_repeats_on_its_own_count() -> None:
+    r = run_bench(BenchConfig(device="cpu", sections=("sampling",), precisions=("fp32",),
+                              **dict(TINY, repeats=3, naive_repeats=1)), preset="tiny")
+    default, naive = r["sampling"]["runs"]
+    assert (default["time"]["n"], naive["time"]["n"]) == (3, 1)
+    assert default["speedup_vs_naive"] == pytest.approx(naive["time"]["all_s"][0] / default["time"]["median_s"])
+
+
+@pytest.mark.parametrize("args, sizes", [
+    ([], (64, 20, 3, 1)),
+    (["--full"], (128, 50, 3, 3)),
+    (["--full", "--steps", "7", "--naive-repeats", "2"], (128, 7, 3, 2)),
+])
+def test_full_gives_the_published_sizes_and_options_still_win(tmp_path: Path, args: list[str],
+                                                              sizes: tuple) -> None:
+    out = tmp_path / "b.json"
+    res = _cli(["--preset", "tiny", "--device", "cpu", "--sections", "efficiency", "--train-batch", "2",
+                "--train-patch", "16", "--json", str(out), "--quiet", *args])
+    assert res.exit_code == 0, res.output
+    c = json.loads(out.read_text())["config"]
+    assert (c["lr_size"], c["steps"], c["repeats"], c["naive_repeats"]) == sizes
+    assert sizes[:2] == ((BenchConfig.lr_size, BenchConfig.steps) if not args else (128, sizes[1]))
+
+
+def test_default_bench_fits_five_minutes_on_two_avx2_cores() -> None:
+    """Closed-form cost of `dreamsr bench` with no options on a CPU without native bf16, from one measured rate:
+    0.26 s per 160x160 tile forward of the small UNet in fp32 on two AVX2 cores. Training steps are costed at the
+    same FLOP rate (their FLOPs counted like the efficiency section), plus 5 s per training run for start-up,
+    checkpoint and export. The old defaults (128 px, 50 steps, bf16 emulated) came to over half an hour."""
+    cfg = BenchConfig()
+    grid = make_grid(cfg.lr_size, cfg.lr_size, cfg.tile, cfg.overlap)
+    tiles = len(grid)
+    assert grid.scaled(4).tile_h == 160  # tiles of the measured size
+    s_per_tile = 0.26
+    paths = 1 + int(cfg.naive)  # fp32 default path + naive: bf16 is skipped without native support
+    warmup = paths * tiles * 1  # one-step upscales
+    timed = tiles * cfg.steps * (cfg.repeats * len(cfg.batches) + cfg.naive_repeats)
+    sampling_s = (warmup + timed) * s_per_tile
+    rate = forward_flops(PRESETS["small"], 1, 160) / s_per_tile  # FLOP/s
+    steps = (cfg.train_warmup + cfg.train_steps) * cfg.train_rounds
+    training_s = sum(steps * train_step_flops(PRESETS["small"], cfg.train_batch, cfg.train_patch, p) / rate
+                     for p in (math.inf, 1.0)) + 2 * cfg.train_rounds * 5.0
+    assert sampling_s + training_s < 5 * 60, (sampling_s, training_s)
+    # the old defaults: 16 tiles, 50 steps, 3 repeats of fp32 + emulated bf16 (~4x fp32) + naive
+    old = 16 * 50 * 3 * (1 + 4 + 1) * s_per_tile
+    assert old > 30 * 60

@@ -91,7 +91,9 @@ def _header(r: dict) -> Text:
     load = "" if m.get("load_avg_1m") is None else f", load {m['load_avg_1m']} → {m.get('load_avg_1m_end')}"
     lines = [
         ("dreamsr bench", "bold"), f"  {r['date']}\n",
-        f"CPU: {m['cpu']} ({m['cpu_count']} logical, {m['threads']} torch threads{load})\n",
+        f"CPU: {m['cpu']} ({m['cpu_count']} logical, {m['threads']} torch threads{load}); flags: "
+        f"{' '.join(m.get('cpu_flags') or []) or 'none of avx2/avx512f/avx512_bf16/amx_bf16'}; bf16 "
+        f"{'native' if m.get('cpu_native_bf16') else 'not native'}\n",
         "GPU: " + (f"{m['gpu']} ({m['gpu_memory_gib']} GiB, CUDA {m['cuda']})" if m.get("gpu") else "none") + "\n",
         f"torch {m['torch']}, Python {m['python']}, device {m['device']}\n",
         f"model: {mod['source']}, {mod['parameters'] / 1e6:.2f} M parameters, x{mod['scale']}, {mod['target']} target",
@@ -114,6 +116,11 @@ def _sampling_table(sp: dict) -> Table:
         t.add_row(_run_label(r), _s(r["time"]["median_s"]), _spread(r["time"]), _s(r["cpu_time"]["median_s"]),
                   _s(r["tiles_per_s"]), _s(r["s_per_out_mp"]), _mem(r["memory"]),
                   "-" if sp_up is None else f"{sp_up:.2f}x", "-" if sp_cpu is None else f"{sp_cpu:.2f}x")
+    for s in sp.get("skipped") or []:
+        t.add_row(Text(f"default {s['precision']}", "dim"), Text("skipped", "yellow"), *["-"] * 7)
+        t.caption += f"\nskipped {s['precision']}: {s['reason']}"
+    for p in sp.get("emulated") or []:
+        t.caption += f"\n{p}: asked for, not native on this hardware (emulated)"
     return t
 
 
@@ -132,7 +139,8 @@ def _training_table(tr: dict) -> Table:
         t.add_row(r["objective"], str(r["p"]), _s(r["step"]["median_s"]), _spread(r["step"]),
                   _s(r["cpu_step"]["median_s"]), _s(r["images_per_s"]), _s(r["data"]["median_s"]), _mem(r["memory"]))
     t.caption = (f"DREAM / standard step: {tr['dream_over_standard']:.3f} (wall), "
-                 f"{tr['dream_over_standard_cpu_time']:.3f} (CPU time)")
+                 f"{tr['dream_over_standard_cpu_time']:.3f} (CPU time)"
+                 + (f"\nprecision {tr['precision_reason']}" if tr.get("precision_reason") else ""))
     t.caption_justify = "left"
     return t
 
@@ -160,7 +168,7 @@ def _efficiency_table(ef: dict) -> Table:
 
 
 def _targets_table(targets: list[dict]) -> Table:
-    t = Table(title="targets (issue 7)", title_justify="left")
+    t = Table(title="targets", title_justify="left")
     for col in ("target", "value", "wanted", "met", "detail"):
         t.add_column(col)
     for g in targets:
@@ -216,19 +224,28 @@ def bench(
                                          show_default=False),
     scale: int = typer.Option(4, "--scale", help="Native scale of a --preset model."),
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:N or mps."),
-    precision: str = typer.Option("all", "--precision", help="Sampling precision(s): all (every one the device "
-                                  "supports), auto, fp32, bf16, fp16, or a comma-separated list."),
-    lr_size: int = typer.Option(128, "--lr-size", help="Side of the square synthetic LR input (px)."),
+    precision: str = typer.Option("all", "--precision", help="Sampling precision(s): all (every one the hardware "
+                                  "computes natively: on a CPU bf16 only with avx512_bf16/amx_bf16), auto, fp32, "
+                                  "bf16, fp16, or a comma-separated list."),
+    full: bool = typer.Option(False, "--full", help="The sizes of the published figures: --lr-size 128 --steps 50 "
+                              "--repeats 3 --naive-repeats 3 (each can still be given). Without it the defaults "
+                              "finish in about 5 minutes on two CPU cores."),
+    lr_size: Optional[int] = typer.Option(None, "--lr-size", help="Side of the square synthetic LR input (px). "
+                                          "\\[default: 64; --full: 128]", show_default=False),
     image: Optional[Path] = typer.Option(None, "--image", help="Upscale this image file instead of the synthetic "
                                          "one.", show_default=False),
-    steps: int = typer.Option(50, "--steps", help="Sampler steps."),
+    steps: Optional[int] = typer.Option(None, "--steps", help="Sampler steps. \\[default: 20; --full: 50]",
+                                        show_default=False),
     sampler: str = typer.Option("ddim", "--sampler", help="ddim or ddpm."),
     tile: int = typer.Option(40, "--tile", help="LR tile side (0: no tiling)."),
     overlap: int = typer.Option(5, "--overlap", help="LR tile overlap."),
     batch: str = typer.Option("4", "--batch", help="Tiles per network call on the default path; a comma-separated "
                               "list times each."),
-    repeats: int = typer.Option(3, "--repeats", help="Timed repeats of each sampling path (after a 1-step warm-up); "
-                                "the paths take turns each round."),
+    repeats: Optional[int] = typer.Option(None, "--repeats", help="Timed repeats of each default-path sampling run "
+                                          "(after a 1-step warm-up); the paths take turns each round. \\[default: 3]",
+                                          show_default=False),
+    naive_repeats: Optional[int] = typer.Option(None, "--naive-repeats", help="Timed repeats of the (slow) naive "
+                                                "path. \\[default: 1; --full: 3]", show_default=False),
     warmup: bool = typer.Option(True, "--warmup/--no-warmup", help="A one-step upscale on every path before "
                                 "timing (--no-warmup: for memory-only runs)."),
     naive: bool = typer.Option(True, "--naive/--no-naive", help="Also time the naive reference path (fp32, one "
@@ -257,7 +274,9 @@ def bench(
 
     Examples:
 
-      dreamsr bench                                         # small preset, 128 -> 512, 50 steps, all sections
+      dreamsr bench                                         # small preset, 64 -> 256, 20 steps, all sections
+
+      dreamsr bench --full --json bench.json                # 128 -> 512, 50 steps (docs/benchmarks.md)
 
       dreamsr bench --preset sr3-div2k --device cuda --precision bf16 --lr-size 512 --steps 20 --batch 64
 
@@ -265,18 +284,22 @@ def bench(
 
       dreamsr bench --sections training --train-batch 8 --train-patch 64 --data-dir photos/
     """
-    from dreamsr.bench import BenchConfig, run_bench
+    from dreamsr.bench import FULL, BenchConfig, run_bench
+
+    quick = {k: getattr(BenchConfig, k) for k in ("lr_size", "steps", "repeats", "naive_repeats")}
 
     if sum(x is not None for x in (model, weights, preset)) > 1:
         fail("give only one of --model, --weights or --preset", EXIT_USAGE)
     if model is None and weights is None and preset is None:
         preset = "small"
+    sizes = {**quick, **(FULL if full else {})}
+    given = {"lr_size": lr_size, "steps": steps, "repeats": repeats, "naive_repeats": naive_repeats}
+    sizes.update({k: v for k, v in given.items() if v is not None})
     try:
         config = BenchConfig(
             device=device, precisions=_parse_precisions(precision), sections=_parse_sections(sections), seed=seed,
-            threads=threads, lr_size=lr_size, image=None if image is None else str(image), steps=steps,
-            sampler=sampler, tile=tile, overlap=overlap, batches=_parse_batches(batch), repeats=repeats,
-            warmup=warmup, naive=naive,
+            threads=threads, image=None if image is None else str(image), sampler=sampler, tile=tile,
+            overlap=overlap, batches=_parse_batches(batch), warmup=warmup, naive=naive, **sizes,
             train_batch=train_batch, train_patch=train_patch, train_steps=train_steps, train_warmup=train_warmup,
             train_rounds=train_rounds, train_precision=train_precision,
             data_dir=None if data_dir is None else str(data_dir), dataset=dataset, loader_workers=loader_workers)
