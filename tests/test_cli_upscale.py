@@ -19,6 +19,7 @@ from typer.testing import CliRunner
 
 from dreamsr.cli import app
 from dreamsr.images import load_image, save_image
+from dreamsr.runtime import resolve_device, resolve_precision
 from tests._helpers import SKIMAGE_DATA, write_tiny_checkpoint
 
 SRGB = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
@@ -126,7 +127,7 @@ SAMPLING_CASES = [  # (CLI options, the same settings for the library, those set
     (["--tile", "8", "--overlap", "2", "--batch", "3"], dict(TILED, batch=3), {}),
     (["--tile", "8", "--overlap", "3"], dict(tile=8, overlap=3), TILED),
     (["--precision", "bf16"], dict(precision="bf16"), dict(precision="fp32")),  # autocast really runs
-    (["--device", "cpu", "--precision", "fp32"], dict(device="cpu", precision="fp32"), None),
+    (["--device", "cpu", "--precision", "fp32"], dict(device="cpu", precision="fp32"), None),  # explicit
     (["--ensemble", "8"], dict(ensemble=8), {}),
 ]
 
@@ -199,7 +200,8 @@ def test_json_summary_and_quiet(tmp_path: Path, ckpt: Path) -> None:
     assert r.exit_code == 1
     s = json.loads(r.stdout)
     assert (s["succeeded"], s["failed"], s["ok"]) == (1, 1, False)
-    assert s["settings"]["seed"] == 3 and s["settings"]["steps"] == 2 and s["precision"] == "fp32"
+    auto = resolve_precision("auto", resolve_device("auto"))  # fp32, or bf16 on a CPU with native bf16
+    assert s["settings"]["seed"] == 3 and s["settings"]["steps"] == 2 and s["precision"] == auto
     ok, bad = s["images"]
     assert ok["status"] == "ok" and ok["input_size"] == [18, 14] and ok["output_size"] == [36, 28]
     assert bad["status"] == "failed" and "not an image" in bad["error"]
