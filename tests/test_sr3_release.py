@@ -538,3 +538,17 @@ def test_full_size_file_converts_through_the_cli(tmp_path: Path) -> None:
     assert cli("export", "--to", "sr3", out, back).exit_code == 0
     again = torch.load(back, weights_only=True)
     assert list(again) == list(sd) and all(torch.equal(again[k], sd[k]) for k in sd)
+
+
+def test_checkpoints_written_before_affine_level_load_as_additive() -> None:
+    """The shipped model's metadata predates UNetConfig.affine_level: it loads with the additive embedding."""
+    from safetensors import safe_open
+
+    import dreamsr
+
+    shipped = Path(dreamsr.__file__).parent / "assets" / "dreamsr-x4-small.safetensors"
+    with safe_open(str(shipped), framework="pt") as fh:
+        meta = fh.metadata()
+    assert "affine_level" not in json.loads(meta.get("network", meta.get("unet")))
+    model, info = load_checkpoint(shipped)
+    assert info.network.affine_level is False and model.down[0].res.emb.out_features == 32

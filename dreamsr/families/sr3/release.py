@@ -54,7 +54,7 @@ SCHEDULE_BUFFERS: tuple[str, ...] = (
 # recommendation is the setting the release and the paper report their numbers with.
 RECOMMENDED_SAMPLING: dict[str, Any] = {"steps": 2000}
 TASKS = ("general", "face")  # as dreamsr.weights.TASKS
-SAMPLING_PROVENANCE = ("the paper's setting, not measured in dreamsr: SR3's release and the DREAM paper (Sec. 5, "
+SAMPLING_PROVENANCE = ("the paper's setting, not measured in dreamsr: SR3's release and the DREAM paper (Sec. 4.3, "
                        "Fig. 8) sample the full 2000-step chain ancestrally (--sampler ddpm --steps 2000)")
 
 
