@@ -150,6 +150,35 @@ def test_checkpoints_keep_last_k_and_export_loads(photos: Path, tmp_path: Path) 
     assert cfg_json["config"]["target"] == "residual" and cfg_json["hr_patch"] == 32
 
 
+def test_exported_model_is_the_ema_weights_with_the_runs_metadata(photos: Path, tmp_path: Path) -> None:
+    """run/model.safetensors, read as a plain safetensors file: every tensor is the EMA tensor of the last training
+    checkpoint (and of the returned EMA model), bit for bit in fp32, no tensor more or less; the metadata says
+    what was trained."""
+    from safetensors import safe_open
+
+    cfg = tiny_config(photos, tmp_path, steps=3, save_every=3, ema_decay=0.5, p=1.0)
+    res = train(cfg)
+    assert res.export == tmp_path / "model.safetensors"
+    with safe_open(str(res.export), "pt") as fh:
+        meta = fh.metadata()
+        exported = {k: fh.get_tensor(k) for k in fh.keys()}
+    state = load_file(str(tmp_path / "checkpoints/step_00000003.safetensors"))
+    ema = {k[len("ema/"):]: v for k, v in state.items() if k.startswith("ema/")}
+    assert sorted(exported) == sorted(ema) == sorted(res.ema.state_dict())
+    for k, v in exported.items():
+        assert v.dtype == torch.float32 and torch.equal(v, ema[k]) and torch.equal(v, res.ema.state_dict()[k]), k
+    assert any(not torch.equal(ema[k], state["model/" + k]) for k in ema)  # EMA and raw weights differ
+    assert (meta["format"], meta["family"], meta["process"], meta["scale"]) == ("dreamsr.checkpoint", "sr3",
+                                                                                "gaussian", "4")
+    assert json.loads(meta["network"]) == cfg.unet_config().to_dict()
+    assert json.loads(meta["diffusion"])["target"] == "residual"
+    training = json.loads(meta["training"])
+    assert {k: training[k] for k in ("steps", "p", "dataset", "patch", "batch_size", "lr", "preset", "ema_decay",
+                                     "ema")} == {"steps": 3, "p": 1.0, "dataset": "folder", "patch": 32,
+                                                 "batch_size": 4, "lr": 1e-3, "preset": "tiny", "ema_decay": 0.5,
+                                                 "ema": True}
+
+
 def test_ema_follows_the_documented_update(photos: Path, tmp_path: Path) -> None:
     """EMA after step k: ema <- lerp(ema, w, 1 - min(decay, (1+k)/(10+k))); checked across one step."""
     cfg = tiny_config(photos, tmp_path, steps=2, save_every=1, ema_decay=0.5)
