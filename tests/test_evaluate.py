@@ -274,6 +274,47 @@ def test_diffusion_model_goes_through_the_pipeline_with_k_seeds(tmp_path: Path, 
                  tmp_path / "o2")
 
 
+def test_summary_json_is_the_report_and_records_the_sampling_that_ran(tmp_path: Path, tiny_checkpoint: Path) -> None:
+    """The file as written: the returned summary (through a plain JSON round trip), every sampling setting given
+    recorded as used, and used: each image's PSNR is that of Upscaler.upscale run here with those settings. The
+    weights' sha256, the seed and the command are recorded; the folder holds the reports and no temporary file."""
+    import datetime as dt
+    import hashlib
+
+    import dreamsr
+    from dreamsr.pipeline import Upscaler
+
+    root = tmp_path / "p"
+    _save(load_photo("chelsea.png")[:, 100:132, 150:186], root / "cat.png")
+    _save(load_photo("coffee.png")[:, 150:182, 200:236], root / "cup.png")
+    given = dict(steps=2, sampler="ddpm", eta=0.5, start=3, back_project=True, tile=4, overlap=1, merge="step",
+                 batch=3)
+    cfg = EvalConfig(set="folder", data_dir=str(root), weights=str(tiny_checkpoint), seed=5, device="cpu",
+                     precision="fp32", grids=0, metrics=("psnr",), convention="rgb", command="dreamsr eval (test)",
+                     **given)
+    rep = evaluate(cfg, tmp_path / "o")
+    out = tmp_path / "o"
+    assert sorted(p.name for p in out.iterdir()) == ["metrics.csv", "summary.json", "summary.md"]
+    s = json.loads((out / "summary.json").read_text())
+    assert s == json.loads(json.dumps(rep.summary, default=str))
+    assert {k: s["model"]["sampling"][k] for k in given} == given and s["model"]["sampling"]["seed"] == 5
+    assert (s["seed"], s["samples"], s["steps"], s["sampler"], s["scale"]) == (5, 1, 2, "ddpm", 4)
+    assert {k: s["config"][k] for k in given} == given and s["config"]["command"] == "dreamsr eval (test)"
+    assert s["model"]["weights"] == str(tiny_checkpoint)
+    assert s["model"]["sha256"] == hashlib.sha256(tiny_checkpoint.read_bytes()).hexdigest()
+    assert s["dreamsr_version"] == dreamsr.__version__ and s["seconds"] > 0
+    created = dt.datetime.fromisoformat(s["created"])
+    assert abs((dt.datetime.now(dt.timezone.utc) - created).total_seconds()) < 600
+    up = Upscaler.from_checkpoint(tiny_checkpoint, device="cpu", precision="fp32")
+    psnrs = []
+    for name in ("cat", "cup"):
+        hr = load_rgb(root / f"{name}.png")[:, :32, :36]  # GTmod crop to a multiple of 4
+        psnrs.append(M.psnr(_q(up.upscale(_q(downsample(hr, 4)), seed=5, **given)), hr))
+    e = _entry(s, "psnr", "rgb")
+    assert e["count"] == 2 and e["mean"] == pytest.approx(np.mean(psnrs), abs=1e-9)
+    assert e["std"] == pytest.approx(np.std(psnrs, ddof=1), abs=1e-9)
+
+
 def test_a_finished_evaluation_is_reused_only_for_the_same_settings_and_weights(tmp_path: Path,
                                                                                   tiny_checkpoint: Path) -> None:
     import dataclasses
