@@ -28,7 +28,7 @@ SAMPLER_NAMES: tuple[str, ...] = ("ddim", "ddpm")
 MERGE_MODES: tuple[str, ...] = ("step", "end")
 ENSEMBLE_SIZES: tuple[int, ...] = (1, 2, 4, 8)
 # the fields a checkpoint may recommend (measured per model; see docs/models.md)
-RECOMMENDABLE = frozenset({"steps", "start", "back_project", "ensemble"})
+RECOMMENDABLE = frozenset({"steps", "sampler", "eta", "tile", "overlap", "start", "back_project", "ensemble"})
 
 
 @dataclass(frozen=True)
@@ -101,9 +101,9 @@ class SamplingOptions:
         chosen: dict[str, Any] = {k: v for k, v in given.items() if v is not None}
         steps = int(chosen.get("steps", rec.get("steps", cls.steps)))
         chosen["steps"] = steps
-        for key in ("back_project", "ensemble"):
-            if key not in chosen and key in rec:
-                chosen[key] = type(getattr(cls, key))(rec[key])
+        for key in ("sampler", "eta", "tile", "overlap", "back_project", "ensemble"):
+            if key not in chosen and rec.get(key) is not None:
+                chosen[key] = rec[key]
         if "start" in chosen:
             chosen["start"] = int(chosen["start"]) or None  # 0: the full chain
         elif rec.get("start") is not None and int(rec["start"]) >= steps:

@@ -42,11 +42,11 @@ from torch import nn
 from dreamsr.checkpoint import CheckpointInfo, load_checkpoint
 from dreamsr.errors import ConfigError, InputError
 from dreamsr.families import get_family
-from dreamsr.images import (DEFAULT_MAX_PIXELS, LoadedImage, OutputExistsError, downsample, format_for_path,
-                            from_model, load_image, resize, save_image, to_model, upsample)
+from dreamsr.images import (DEFAULT_MAX_PIXELS, LoadedImage, OutputExistsError, format_for_path, from_model,
+                            load_image, resize, save_image, to_model)
 from dreamsr.options import ENSEMBLE_SIZES, SamplingOptions
 from dreamsr.runtime import autocast, resolve_device, resolve_precision
-from dreamsr.tiling import TileGrid, accumulate, make_grid, reflect_pad, split
+from dreamsr.tiling import TileGrid, accumulate, align_to_unit, make_grid, reflect_pad, split
 
 __all__ = ["Upscaler", "UpscaleResult", "ProgressFn", "MIN_SIDE", "BACK_PROJECTION_ITERS", "tile_seed",
            "output_size", "ENSEMBLE_SIZES", "ENSEMBLE_TRANSFORMS", "dihedral"]
@@ -180,13 +180,14 @@ class Upscaler:
 
     def _back_projection(self, up: torch.Tensor, lr: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:
         """x0_fn for the process: correct y0_hat [B, C, H, W] (signal space) so that the bicubic downsample of
-        the HR *image* matches ``lr`` [B, 3, H/s, W/s] ([-1, 1]); ``up`` [B, 3, H, W] is bicubic(lr)."""
-        s, proc = self.scale, self.process
+        the HR *image* matches ``lr`` [B, 3, h, w] ([-1, 1], H = h * scale); ``up`` [B, 3, H, W] is bicubic(lr)."""
+        proc = self.process
+        lr_size, hr_size = tuple(lr.shape[-2:]), tuple(up.shape[-2:])
 
         def x0_fn(y0_hat: torch.Tensor) -> torch.Tensor:
             img = proc.from_signal(y0_hat, up)
-            for _ in range(BACK_PROJECTION_ITERS):
-                img = img + upsample(lr - downsample(img, s), s)  # back-projection: hr += U(lr - D(hr))
+            for _ in range(BACK_PROJECTION_ITERS):  # back-projection: hr += U(lr - D(hr)), bicubic U and D
+                img = img + resize(lr - resize(img, lr_size), hr_size)
             return proc.to_signal(img.clamp(-1, 1), up)
 
         return x0_fn
@@ -199,18 +200,27 @@ class Upscaler:
         grid = make_grid(height, width, opts.tile, opts.overlap)  # a transposed copy has as many tiles
         return opts.ensemble * opts.steps * math.ceil(len(grid) / opts.batch)
 
-    @torch.no_grad()
-    def upscale(self, lr: torch.Tensor, options: SamplingOptions | None = None, *,
-                callback: ProgressFn | None = None, **given: object) -> torch.Tensor:
-        """Super-resolve ``lr`` [3, h, w] float in [0, 1] by the model's native ``scale``.
+    @property
+    def scales(self) -> tuple[float, float]:
+        """(min, max) output scale the network samples at: (scale, scale) for a fixed-scale family."""
+        return self.family.scales(self.info.network, self.scale)
 
-        Returns [3, h*scale, w*scale] float32 in [0, 1] on ``lr``'s device.
+    @torch.no_grad()
+    def upscale(self, lr: torch.Tensor, options: SamplingOptions | None = None, *, scale: float | None = None,
+                callback: ProgressFn | None = None, **given: object) -> torch.Tensor:
+        """Super-resolve ``lr`` [3, h, w] float in [0, 1] by ``scale`` (default: the model's native ``scale``;
+        a continuous-scale family takes any scale in :attr:`scales`, a fixed one only its own).
+
+        Returns [3, round(h*scale), round(w*scale)] float32 in [0, 1] on ``lr``'s device (the model samples at
+        that size: no resize after it).
 
         ``options`` (default: this model's recommended sampling, see :meth:`options`) with any ``given`` field
         (``steps=...``, ``seed=...``; :class:`~dreamsr.options.SamplingOptions` names them) replaced;
         ``callback(done, total)`` after every network call (``total`` counts every ensemble member's calls).
         """
         opts = self.options(options, **given)
+        s = float(self.scale if scale is None else scale)
+        self.family.check_scale(self.info.network, self.scale, s)
         if opts.ensemble > 1:
             acc: torch.Tensor | None = None
             single = opts.replace(ensemble=1)
@@ -219,7 +229,7 @@ class Upscaler:
                     if callback is not None:
                         callback(k * total + done, opts.ensemble * total)
 
-                sr = self.upscale(dihedral(lr, turns, flip), single, callback=member_cb)
+                sr = self.upscale(dihedral(lr, turns, flip), single, scale=s, callback=member_cb)
                 sr = dihedral(sr, turns, flip, inverse=True)
                 acc = sr if acc is None else acc + sr
             assert acc is not None
@@ -231,14 +241,21 @@ class Upscaler:
             raise InputError(f"image is {w}x{h} px; dreamsr needs at least {MIN_SIDE}x{MIN_SIDE}")
         if not bool(torch.isfinite(lr).all()):
             raise InputError("image contains NaN or infinite values")
-        s = self.scale
-        grid = make_grid(h, w, opts.tile, opts.overlap)
-        hgrid = grid.scaled(s)
+        # tiles, their offsets and the LR image are aligned to the family's unit at this scale (SR3: 1 px), so
+        # every tile's output grid is in phase with the whole image's
+        unit, _ = self.family.unit(self.info.network, s)
+        tile, overlap = align_to_unit(opts.tile, opts.overlap, unit)
+        ha, wa = -(-h // unit) * unit, -(-w // unit) * unit
         lr_dev = lr.device
         lr_m = to_model(lr.to(self.device, torch.float32).clamp(0, 1))  # [-1, 1]
-        up = upsample(lr_m, s)  # the bicubic estimate on the whole image (not clamped, as in training)
+        lr_a = reflect_pad(lr_m, ha - h, wa - w)
+        grid = make_grid(ha, wa, tile, overlap)
+        hgrid = grid.scaled(s)
+        out_h, out_w = output_size(h, w, s)
+        # the bicubic estimate on the whole image (not clamped, as in training)
+        up = resize(lr_a, output_size(ha, wa, s))
         up_p = reflect_pad(up, *hgrid.pad)  # [3, Hp, Wp]
-        lr_p = reflect_pad(lr_m, *grid.pad)  # [3, hp, wp]
+        lr_p = reflect_pad(lr_a, *grid.pad)  # [3, hp, wp]
         n_batches = math.ceil(len(hgrid) / opts.batch)
         total = opts.steps * n_batches
         done = 0
@@ -256,7 +273,7 @@ class Upscaler:
             y = run(up_p, lr_p, grid, hgrid, opts, tick)
         finally:
             self.model.train(was_training)
-        return from_model(y[:, :h * s, :w * s]).to(lr_dev)
+        return from_model(y[:, :out_h, :out_w]).to(lr_dev)
 
     def _sample_step(self, up_p: torch.Tensor, lr_p: torch.Tensor, grid: TileGrid, hgrid: TileGrid,
                      opts: SamplingOptions, tick: Callable[[], None]) -> torch.Tensor:
@@ -311,15 +328,18 @@ class Upscaler:
 
     # ------------------------------------------------------------------------------------------------
     def upscale_image(self, image: LoadedImage, *, out_scale: float | None = None, **kwargs) -> LoadedImage:
-        """Upscale a decoded file: the RGB by diffusion, the alpha (if any) by plain bicubic; then, when
-        ``out_scale`` differs from the native scale, both are resized by bicubic to ``out_scale`` (antialiased
+        """Upscale a decoded file: the RGB by diffusion, the alpha (if any) by plain bicubic. A continuous-scale
+        model samples at ``out_scale`` itself (ConfigError outside its trained range); a fixed-scale one samples
+        at its native scale, and when ``out_scale`` differs both are then resized by bicubic to it (antialiased
         when shrinking). ``kwargs`` go to :meth:`upscale`. Keeps grey/bits/ICC; warnings are carried over."""
         h, w = image.size
-        rgb = self.upscale(image.rgb, **kwargs)
+        lo, hi = self.scales
+        model_scale = float(out_scale) if out_scale is not None and lo < hi else float(self.scale)
+        rgb = self.upscale(image.rgb, scale=model_scale, **kwargs)
         alpha = None
         if image.alpha is not None:
-            alpha = resize(image.alpha, (h * self.scale, w * self.scale)).clamp(0, 1)
-        if out_scale is not None and out_scale != self.scale:
+            alpha = resize(image.alpha, tuple(rgb.shape[-2:])).clamp(0, 1)
+        if out_scale is not None and out_scale != model_scale:
             size = output_size(h, w, out_scale)
             rgb = resize(rgb, size).clamp(0, 1)
             alpha = None if alpha is None else resize(alpha, size).clamp(0, 1)

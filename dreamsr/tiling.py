@@ -29,7 +29,7 @@ import torch
 from dreamsr.errors import ConfigError
 
 __all__ = ["TileGrid", "make_grid", "positions", "axis_weights", "reflect_pad", "split", "accumulate", "merge",
-           "validate_tiling"]
+           "validate_tiling", "align_to_unit"]
 
 
 def validate_tiling(tile: int, overlap: int) -> None:
@@ -43,6 +43,19 @@ def validate_tiling(tile: int, overlap: int) -> None:
     if tile < 2 * overlap:
         raise ConfigError(f"tile ({tile}) must be at least twice the overlap ({overlap}): "
                           "each tile needs room for a feathered edge on both sides")
+
+
+def align_to_unit(tile: int, overlap: int, unit: int) -> tuple[int, int]:
+    """An LR (tile, overlap) close to the requested one whose lengths are multiples of ``unit`` (see
+    :meth:`dreamsr.families.base.Family.unit`): the tile rounded down (at least one unit), the overlap rounded up,
+    or down when that would exceed half the tile. ``unit = 1`` and ``tile = 0`` (no tiling) change nothing."""
+    if unit <= 1 or tile == 0:
+        return tile, overlap
+    tile_a = max(unit, tile // unit * unit)
+    over_a = -(-overlap // unit) * unit
+    if 2 * over_a > tile_a:
+        over_a = tile_a // 2 // unit * unit
+    return tile_a, over_a
 
 
 def positions(size: int, tile: int, overlap: int) -> list[int]:
@@ -108,11 +121,20 @@ class TileGrid:
         """(bottom, right) padding to add by reflection before cutting."""
         return self.padded_h - self.height, self.padded_w - self.width
 
-    def scaled(self, scale: int) -> "TileGrid":
-        """The same cut with every length multiplied by ``scale`` (LR grid -> HR grid)."""
-        s = int(scale)
-        return TileGrid(self.height * s, self.width * s, self.padded_h * s, self.padded_w * s, self.tile_h * s,
-                        self.tile_w * s, self.ramp * s, tuple(y * s for y in self.ys), tuple(x * s for x in self.xs))
+    def scaled(self, scale: float) -> "TileGrid":
+        """The same cut with every length multiplied by ``scale`` (LR grid -> HR grid). A non-integer scale
+        needs every length to land on whole pixels (an aligned grid); ValueError otherwise. ``height``/``width``
+        are rounded to the nearest pixel (the output size)."""
+
+        def mul(n: int) -> int:
+            v = n * scale
+            if abs(v - round(v)) > 1e-6:
+                raise ValueError(f"length {n} x {scale} is not a whole number of pixels: align the grid first")
+            return int(round(v))
+
+        return TileGrid(int(round(self.height * scale)), int(round(self.width * scale)), mul(self.padded_h),
+                        mul(self.padded_w), mul(self.tile_h), mul(self.tile_w), mul(self.ramp),
+                        tuple(mul(y) for y in self.ys), tuple(mul(x) for x in self.xs))
 
     def weights(self, dtype: torch.dtype = torch.float32) -> tuple[torch.Tensor, torch.Tensor]:
         """(wy [len(ys), tile_h], wx [len(xs), tile_w]); tile (i, j) has weight ``wy[i][:, None] * wx[j][None, :]``."""

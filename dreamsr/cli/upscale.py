@@ -255,6 +255,9 @@ def upscale(
         try:
             up = Upscaler.from_checkpoint(path, device=device, precision=precision)
             opts = up.options(**given)  # under the model's measured recommendation (docs/models.md)
+            lo, hi = up.scales
+            if scale is not None and lo < hi:  # a continuous-scale model samples at --scale itself
+                up.family.check_scale(up.info.network, up.scale, float(scale))
         except ConfigError as err:
             _usage(str(err))
         except DreamSRError as err:
@@ -273,7 +276,9 @@ def upscale(
                 planned[key] = src
             jobs.append(job)
         if not quiet:
-            how = "" if out_scale == up.scale else f", resized to x{label} by bicubic"
+            lo, hi = up.scales
+            how = ("" if out_scale == up.scale else f", sampled at x{label}" if lo < hi
+                   else f", resized to x{label} by bicubic")
             console.print(Text(f"model {path.name}: {up.info.family} x{up.scale} ({up.describe_process()}){how}; "
                                f"{opts.describe()}; {up.device} {up.precision}"), soft_wrap=True)
         try:

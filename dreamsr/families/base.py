@@ -11,6 +11,7 @@ never branch on a family's name. The network of every family is called as ``net(
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any, Callable, Literal, Mapping
 
@@ -33,6 +34,11 @@ class Family:
     processes: tuple[str, ...] = ("gaussian",)  # the processes this family's network can serve
     # where the condition lives: "hr" = on the sample's pixel grid (tiled like y_t), "lr" = on the LR grid
     cond_grid: Literal["hr", "lr"] = "hr"
+    # continuous-scale families: (min, max) output scale of a network config; None: only the checkpoint's scale
+    scale_range: Callable[[Any], tuple[float, float]] | None = None
+    # (lr_unit, hr_unit) that LR tile sizes/offsets must be multiples of at a scale, so every tile's output grid is
+    # in phase with the whole image's; None: (1, scale) (integer scales, the pipeline pads tiles itself)
+    tile_unit: Callable[[Any, float], tuple[int, int]] | None = None
     notes: str = field(default="", compare=False)  # one line for `dreamsr weights info`
 
     def config_from_dict(self, d: Mapping[str, Any]) -> Any:
@@ -54,6 +60,25 @@ class Family:
     def size_multiple(self, config: Any) -> int:
         """The sample's sides must be multiples of this (tiles are padded to it)."""
         return int(config.size_multiple)
+
+    def scales(self, config: Any, native: float) -> tuple[float, float]:
+        """The output scales a network of ``config`` serves: its trained range, or just ``native``."""
+        return (float(native), float(native)) if self.scale_range is None else self.scale_range(config)
+
+    def check_scale(self, config: Any, native: float, scale: float) -> None:
+        """ConfigError naming the range unless ``scale`` is one this network serves."""
+        lo, hi = self.scales(config, native)
+        if not (math.isfinite(scale) and lo - 1e-9 <= scale <= hi + 1e-9):
+            what = f"x{lo:g} to x{hi:g}" if lo != hi else f"x{lo:g} only"
+            raise ConfigError(f"scale x{scale:g} is outside what this {self.name} model was trained for ({what})")
+
+    def unit(self, config: Any, scale: float) -> tuple[int, int]:
+        """(lr_unit, hr_unit) of the tile alignment at ``scale`` (see ``tile_unit``)."""
+        if self.tile_unit is not None:
+            return self.tile_unit(config, scale)
+        if float(scale) != int(scale):
+            raise ConfigError(f"the {self.name} family samples integer scales only, got x{scale:g}")
+        return 1, int(scale)
 
     def check_process(self, process: str) -> None:
         if process not in self.processes:
