@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -31,6 +30,7 @@ from torch import nn
 
 from dreamsr.errors import CheckpointError, ConfigError
 from dreamsr.families import get_family
+from dreamsr.files import atomic_write_to
 from dreamsr.options import RECOMMENDABLE
 from dreamsr.processes import build_process, get_process, process_config
 
@@ -131,7 +131,7 @@ class CheckpointInfo:
 
 def save_checkpoint(path: str | os.PathLike, model: nn.Module, info: CheckpointInfo, *, dtype: str = "fp32"
                     ) -> Path:
-    """Write ``model``'s weights and ``info`` to ``path`` atomically (temp file, fsync, rename).
+    """Write ``model``'s weights and ``info`` to ``path`` atomically (:func:`dreamsr.files.atomic_write_to`).
 
     ``dtype`` ("fp32" | "fp16" | "bf16") is the storage precision. Returns the path written.
     """
@@ -141,17 +141,8 @@ def save_checkpoint(path: str | os.PathLike, model: nn.Module, info: CheckpointI
         raise ConfigError("save_checkpoint: the model's config differs from info.network")
     path = Path(path)
     tensors = {k: v.detach().to("cpu", _STORE_DTYPES[dtype]).contiguous() for k, v in model.state_dict().items()}
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        save_file(tensors, tmp, metadata=info.to_metadata())
-        with open(tmp, "rb+") as fh:
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    metadata = info.to_metadata()
+    return atomic_write_to(path, lambda tmp: save_file(tensors, str(tmp), metadata=metadata))
 
 
 def _open(path: Path, with_tensors: bool) -> tuple[dict[str, torch.Tensor], dict[str, str] | None]:

@@ -23,7 +23,6 @@ from __future__ import annotations
 import io
 import os
 import struct
-import tempfile
 import warnings as _warnings
 import zlib
 from dataclasses import dataclass, field
@@ -35,6 +34,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from dreamsr import files
 from dreamsr.errors import DreamSRError, InputError
 
 __all__ = [
@@ -456,20 +456,9 @@ def _encode_png16(arr: np.ndarray, icc: bytes | None) -> bytes:
     return b"".join(out)
 
 
-_UMASK: int | None = None
-
-
-def _file_mode() -> int:
-    """Permissions of a new file under the current umask (mkstemp's 0600 is too strict for outputs)."""
-    global _UMASK
-    if _UMASK is None:
-        _UMASK = os.umask(0)
-        os.umask(_UMASK)
-    return 0o666 & ~_UMASK
-
-
 def atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], None], *, overwrite: bool = False) -> Path:
-    """Write a file through ``write(fh)`` atomically: a temporary file in the same folder, fsync, rename.
+    """Write a file through ``write(fh)`` atomically (:func:`dreamsr.files.atomic_write`: a temporary file in
+    the same folder, fsync, rename).
 
     Without ``overwrite`` an existing file is never replaced (the final link fails if one appeared
     meanwhile). On any error the temporary file is removed and nothing is left half-written.
@@ -483,34 +472,15 @@ def atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], None], *, 
     if not overwrite and path.exists():
         raise OutputExistsError(f"{path}: exists (use --overwrite to replace it)")
     try:
-        fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=parent)
-    except OSError as err:
-        raise OutputError(f"{parent}: cannot write to the output folder ({err.strerror or err})") from None
-    tmp = Path(tmp_name)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            write(fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.chmod(tmp, _file_mode())
-        if overwrite:
-            os.replace(tmp, path)
-        else:
-            try:
-                os.link(tmp, path)  # atomic and never replaces: fails if the name exists
-            except FileExistsError:
-                raise OutputExistsError(f"{path}: exists (use --overwrite to replace it)") from None
-            except OSError:  # file system without hard links: best effort
-                if path.exists():
-                    raise OutputExistsError(f"{path}: exists (use --overwrite to replace it)") from None
-                os.replace(tmp, path)
+        return files.atomic_write(path, write, overwrite=overwrite, suffix=".part")
     except DreamSRError:
         raise
+    except files.TempFileError as err:
+        raise OutputError(f"{parent}: cannot write to the output folder ({err.strerror or err})") from None
+    except FileExistsError:
+        raise OutputExistsError(f"{path}: exists (use --overwrite to replace it)") from None
     except OSError as err:
         raise OutputError(f"{path}: cannot write ({err.strerror or err})") from None
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path
 
 
 def save_image(path: str | os.PathLike, rgb: torch.Tensor, *, alpha: torch.Tensor | None = None,

@@ -21,7 +21,6 @@ Checkpoint save/load lives in :mod:`dreamsr.checkpoint`; :func:`convert_pth` (th
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import os
@@ -31,6 +30,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable, Literal, Sequence
 
 from dreamsr.errors import CheckpointError, ConfigError, DownloadError, ModelNotFoundError
+from dreamsr.files import sha256_file  # public here too (callers and scripts import it from weights)
 
 if TYPE_CHECKING:  # torch-heavy modules are imported where they are used
     from dreamsr.diffusion import DiffusionConfig
@@ -405,27 +405,6 @@ def download(ref: HubFile, *, name: str | None = None, endpoint: str | None = No
 # --------------------------------------------------------------------------------------------------
 # sha256
 # --------------------------------------------------------------------------------------------------
-
-_HASHES: dict[tuple[str, int, int, int], str] = {}  # (realpath, inode, size, mtime_ns) -> sha256, per process
-
-
-def sha256_file(path: str | os.PathLike, *, cached: bool = True) -> str:
-    """Hex sha256 of a file's bytes (symlinks followed); remembered while the file is unchanged.
-
-    ``cached=False`` always rereads the file (``verify``): a rewrite of the same size within the file system's
-    timestamp granularity (a few ms) leaves (inode, size, mtime) unchanged.
-    """
-    real = os.path.realpath(path)
-    st = os.stat(real)
-    key = (real, st.st_ino, st.st_size, st.st_mtime_ns)
-    if key not in _HASHES or not cached:
-        h = hashlib.sha256()
-        with open(real, "rb") as fh:
-            for chunk in iter(lambda: fh.read(1 << 20), b""):
-                h.update(chunk)
-        _HASHES[key] = h.hexdigest()
-    return _HASHES[key]
-
 
 def _check_sha(entry: ModelEntry, path: Path) -> None:
     actual = sha256_file(path)

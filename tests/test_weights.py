@@ -21,6 +21,7 @@ from dreamsr.checkpoint import CheckpointInfo, load_checkpoint, read_info, save_
 from dreamsr.cli import app
 from dreamsr.diffusion import DiffusionConfig
 from dreamsr.errors import CheckpointError, ConfigError, DownloadError, ModelNotFoundError
+from dreamsr.files import clear_sha256_cache
 from dreamsr.unet import PRESETS, UNet, UNetConfig
 from tests.hub_server import FakeHub
 
@@ -41,7 +42,7 @@ def _no_user_registry(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hf-cache"))
     for var in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_TOKEN", "HUGGING_FACE_HUB_TOKEN"):
         monkeypatch.delenv(var, raising=False)
-    W._HASHES.clear()
+    clear_sha256_cache()
 
 
 def sha256(path: Path) -> str:

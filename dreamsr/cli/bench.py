@@ -8,10 +8,8 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import shlex
 import sys
-import tempfile
 from pathlib import Path
 from typing import Optional
 
@@ -21,6 +19,7 @@ from rich.text import Text
 
 from dreamsr.cli.common import EXIT_USAGE, console, exit_code_for, fail, is_tty, out
 from dreamsr.errors import DreamSRError
+from dreamsr.files import atomic_write_text
 
 _PRECISIONS = ("fp32", "bf16", "fp16")
 
@@ -203,15 +202,7 @@ def print_report(r: dict) -> None:
 
 def _write_json(path: Path, report: dict) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            json.dump(report, fh, indent=2)
-            fh.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write_text(path, json.dumps(report, indent=2) + "\n")
 
 
 def bench(
