@@ -1,4 +1,4 @@
-"""scripts/reproduce.py: the CI-sized profile end to end (every JSON, figure and the report, resumed runs
+"""scripts/reproduce (the package): the CI-sized profile end to end (every JSON, figure and the report, resumed runs
 skipped), and the analysis pinned by hand-computed numbers (speed-ups, paired differences, E4's MSEs)."""
 
 from __future__ import annotations
@@ -7,32 +7,20 @@ import importlib.util
 import json
 import math
 import re
+import ast
 import shutil
+import subprocess
 import sys
 from pathlib import Path
-from types import ModuleType
 
 import pytest
 import torch
 
+import scripts.reproduce as R
+
 ROOT = Path(__file__).resolve().parents[1]
 SKIMAGE_DATA = Path(__import__("skimage").__file__).parent / "data"
 EXPERIMENTS = ("e1_p_sweep", "e2_convergence", "e3_sampling_steps", "e4_discrepancy", "e5_residual")
-
-
-def _load() -> ModuleType:
-    name = "dreamsr_reproduce_script"
-    if name in sys.modules:
-        return sys.modules[name]
-    spec = importlib.util.spec_from_file_location(name, ROOT / "scripts" / "reproduce.py")
-    assert spec is not None and spec.loader is not None
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[name] = mod  # dataclasses look their module up while the class is built
-    spec.loader.exec_module(mod)
-    return mod
-
-
-R = _load()
 
 
 @pytest.fixture(autouse=True)
@@ -136,9 +124,9 @@ def test_a_run_trained_past_the_profile_is_refused(tmp_path: Path) -> None:
     run = tmp_path / "runs" / "image_p1"
     (run / "checkpoints").mkdir(parents=True)
     (run / "checkpoints" / "step_00000048.safetensors").write_bytes(b"")
-    assert R._run_finished(run, 64) is False  # unfinished: train() resumes it
+    assert R.run_finished(run, 64) is False  # unfinished: train() resumes it
     with pytest.raises(SystemExit, match="trained to 48 steps, more than the 24"):
-        R._run_finished(run, 24)
+        R.run_finished(run, 24)
 
 
 # ------------------------------------------------------------------------------------------- E4
@@ -289,7 +277,7 @@ def test_ci_profile_end_to_end(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) 
     # resumed: nothing is retrained or re-evaluated unless its result is gone; without matplotlib the figures
     # are skipped with a note instead of failing
     (out / "evals" / "table" / "image_p2" / "summary.json").unlink()
-    monkeypatch.setattr(R, "_pyplot", lambda: None)
+    monkeypatch.setattr(R.figures, "pyplot", lambda: None)
     logs.clear()
     R.reproduce(R.PROFILES["ci"], out, data, device="cpu", log=logs.append, command="test again")
     ran = [m for m in logs if not m.endswith("skipped") and not m.startswith("  ")]
@@ -306,7 +294,7 @@ def test_ci_profile_end_to_end(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) 
 
     # --doc-only draws the figures again from the JSONs; a report elsewhere gets them copied beside it
     monkeypatch.undo()
-    doc2 = R._render(out, tmp_path / "docs" / "reproduction.md", redraw=True)
+    doc2 = R.render(out, tmp_path / "docs" / "reproduction.md", redraw=True)
     text = doc2.read_text()
     if has_mpl:
         figures = json.loads((out / "run_info.json").read_text())["figures"]
@@ -325,7 +313,7 @@ def test_train_only_trains_the_named_runs_and_nothing_else(tmp_path: Path) -> No
     assert sorted(p.name for p in runs.iterdir()) == ["image_p0", "residual_p1"]
     steps = R.PROFILES["ci"].steps
     # finished as the plain invocation would check it, so that one only evaluates them
-    assert R._run_finished(runs / "image_p0", steps) and R._run_finished(runs / "residual_p1", steps)
+    assert R.run_finished(runs / "image_p0", steps) and R.run_finished(runs / "residual_p1", steps)
     assert not (out / "e1_p_sweep.json").exists()
     # recorded, so the report can state the training processes' commands and wall time
     (inv,) = json.loads((out / "run_info.json").read_text())["invocations"]
@@ -391,3 +379,30 @@ def test_only_shares_the_evaluations_between_processes(tmp_path: Path) -> None:
     # the setting describes the reporting invocation, not the last training or evaluation process
     assert "report" in md.split("commands: ")[1]
     assert info["invocations"][-1]["command"] == "report"
+
+
+# ------------------------------------------------------------------------------------------- the package
+@pytest.mark.parametrize("how", ["folder", "module"])
+def test_documented_command_runs_the_package(tmp_path: Path, how: str) -> None:
+    # `python scripts/reproduce ...` from any folder, `python -m scripts.reproduce ...` from the repository root
+    cmd, cwd = (([sys.executable, str(ROOT / "scripts" / "reproduce")], tmp_path) if how == "folder"
+                else ([sys.executable, "-m", "scripts.reproduce"], ROOT))
+    r = subprocess.run([*cmd, "--help"], cwd=cwd, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.startswith("usage: python scripts/reproduce [-h] [--profile {ci,full,smoke}]")
+    assert "--train-only RUNS" in r.stdout and "image_pinf" in r.stdout
+    r = subprocess.run([*cmd, "--profile", "ci", "--out", str(tmp_path / "o"), "--train-only", "image_p3"], cwd=cwd,
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2 and "unknown run(s) image_p3" in r.stderr
+
+
+def test_package_imports_only_public_dreamsr_names() -> None:
+    private = []
+    for path in sorted((ROOT / "scripts" / "reproduce").glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("dreamsr"):
+                private += [f"{path.name}: {node.module}.{a.name}" for a in node.names if a.name.startswith("_")
+                            and a.name != "__version__"]
+                if any(part.startswith("_") for part in node.module.split(".")):
+                    private.append(f"{path.name}: {node.module}")
+    assert private == []

@@ -1,0 +1,116 @@
+"""Helpers every part of the reproduction shares: JSON files, the clock, the hardware record, number formatting,
+the paired difference used by E1 and E5, and the shape of a paper claim checked on our numbers."""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import math
+import os
+import platform
+import statistics
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+__all__ = ["Timed", "METRIC_COLUMNS", "DIGITS", "digits", "now", "write_json", "read_json", "hardware",
+           "paired_difference", "check", "yn", "fmt", "table_row"]
+
+#: ``timed(stage, fn)``: call ``fn`` and record its wall time under ``stage`` in the invocation's record.
+Timed = Callable[[str, Callable[[], Any]], Any]
+
+METRIC_COLUMNS = ("psnr_rgb", "psnr_y", "ssim_rgb", "ssim_y", "consistency", "lpips", "fid")
+DIGITS = {"psnr": 2, "ssim": 4, "consistency": 3, "lpips": 4, "fid": 2}
+
+
+def digits(column: str) -> int:
+    """Decimal places of a metric column ("psnr_rgb" -> 2)."""
+    return DIGITS[column.split("_")[0]]
+
+
+def now() -> str:
+    """The current UTC time, ISO 8601 to the second."""
+    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+
+
+def write_json(path: Path, data: Any) -> None:
+    """Atomic JSON write; non-finite floats become the strings "inf"/"nan"."""
+
+    def clean(o: Any) -> Any:
+        if isinstance(o, float) and not math.isfinite(o):
+            return "nan" if math.isnan(o) else ("inf" if o > 0 else "-inf")
+        if isinstance(o, dict):
+            return {str(k): clean(v) for k, v in o.items()}
+        if isinstance(o, (list, tuple)):
+            return [clean(v) for v in o]
+        if isinstance(o, Path):
+            return str(o)
+        return o
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(clean(data), indent=2, allow_nan=False) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def read_json(path: Path) -> Any:
+    return json.loads(Path(path).read_text(encoding="utf-8"))
+
+
+def hardware() -> dict[str, Any]:
+    """What the numbers were measured on."""
+    cpu = platform.processor() or ""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    info: dict[str, Any] = {"cpu": cpu or "unknown", "cpu_count": os.cpu_count(), "threads": torch.get_num_threads(),
+                            "python": platform.python_version(), "torch": torch.__version__,
+                            "platform": platform.platform(), "gpu": None}
+    if torch.cuda.is_available():
+        info["gpu"] = torch.cuda.get_device_name(0)
+    try:
+        from dreamsr import __version__
+
+        info["dreamsr"] = __version__
+    except ImportError:  # pragma: no cover
+        info["dreamsr"] = "?"
+    return info
+
+
+def paired_difference(a: dict[str, float], b: dict[str, float]) -> dict[str, Any]:
+    """Per-image paired difference a - b over the images both have: mean, standard error, and whether
+    |mean| exceeds two standard errors (``significant``; None with fewer than 2 images)."""
+    keys = sorted(set(a) & set(b))
+    d = [a[k] - b[k] for k in keys if math.isfinite(a[k]) and math.isfinite(b[k])]
+    if not d:
+        return {"mean": None, "se": None, "n": 0, "significant": None}
+    mean = statistics.fmean(d)
+    se = statistics.stdev(d) / math.sqrt(len(d)) if len(d) > 1 else None
+    return {"mean": mean, "se": se, "n": len(d), "significant": None if se is None else abs(mean) > 2 * se}
+
+
+def check(claim: str, holds: bool | None, detail: str, paper: str) -> dict[str, Any]:
+    """One paper claim tested on our numbers: holds True / False / None (not measurable here)."""
+    return {"claim": claim, "holds": holds, "detail": detail, "paper": paper}
+
+
+def yn(b: bool | None) -> str:
+    return "not measured" if b is None else ("yes" if b else "no")
+
+
+def fmt(v: Any, digits: int) -> str:
+    """``v`` with ``digits`` decimals; "-" for None and non-finite values."""
+    if v is None or (isinstance(v, float) and not math.isfinite(v)):
+        return "-"
+    return f"{v:.{digits}f}"
+
+
+def table_row(label: str, run: str, res: dict, extra: dict | None = None) -> dict[str, Any]:
+    """One row of the E1/E5 tables from a :func:`~.evaluation.run_eval` result."""
+    return {"label": label, "run": run, "metrics": res["metrics"], "per_image": res["per_image"],
+            "eval_seconds": res["seconds"], "eval_dir": res["dir"], **(extra or {})}
