@@ -9,13 +9,13 @@
 #      the GPU so its timings are clean;
 #   1. training, every run its own process side by side on the one GPU (the small UNet is kernel-launch bound, so
 #      one process leaves the GPU mostly idle):
-#        - the six runs of `scripts/reproduce.py --profile full` (issue 9), via --train-only;
+#        - the six runs of `scripts/reproduce --profile full` (issue 9), via --train-only;
 #        - the default-model sweep at the same budget (issue 8): residual p=1 with lr 1e-4, with embedding
 #          scale 1000 (the base settings are reproduce's residual_p1, its image_p1 the image-target arm;
 #          the candidates below are the crop-size arm);
 #        - two default-model candidates (issue 8), residual p=1, lr 2e-4, as many steps as fit: 64 px crops at
 #          batch 32 and 128 px crops at batch 8 (the same pixels per step);
-#   2. once the reproduce runs are done: reproduce.py's evaluations and report (E1-E5);
+#   2. once the reproduce runs are done: scripts/reproduce's evaluations and report (E1-E5);
 #   3. model_card.py on the GPU for the candidates and the sweep models (same code as the CPU card);
 #   4. packing: results.tar.gz (logs, JSON, reports, figures, metrics.jsonl; no weights) and every trained
 #      model as fp16 safetensors in models.tar, split into 15 MiB parts (the device tool returns <= 8 files).
@@ -74,7 +74,7 @@ REPRO=(--profile "$PROFILE" --out "$WORK/repro" --data-dir "$CORPUS" --device "$
 declare -a REPRO_PIDS=() OTHER_PIDS=()
 for run in image_p0 image_p1 image_p2 image_pinf residual_p1 residual_pinf; do
   has repro || break
-  "$PY" scripts/reproduce.py "${REPRO[@]}" --train-only "$run" >"$WORK/logs/repro-$run.log" 2>&1 &
+  "$PY" scripts/reproduce "${REPRO[@]}" --train-only "$run" >"$WORK/logs/repro-$run.log" 2>&1 &
   REPRO_PIDS+=($!)
 done
 # the same settings as reproduce's residual_p1 (profile "full"), one change each
@@ -114,7 +114,7 @@ budget=$(( $(left) - 60 ))
 if ! has repro; then
   EVAL_PID=
 elif (( budget > 20 )) && ! pgrep -f -- "--out $WORK/repro .*--train-only" >/dev/null; then
-  timeout -k 5 "$budget" "$PY" scripts/reproduce.py "${REPRO[@]}" --doc "$WORK/repro/reproduction.md" \
+  timeout -k 5 "$budget" "$PY" scripts/reproduce "${REPRO[@]}" --doc "$WORK/repro/reproduction.md" \
     >"$WORK/logs/repro-evals.log" 2>&1 &
   EVAL_PID=$!
 else
@@ -142,12 +142,12 @@ for r in residual_p1 image_p1; do
 done
 wait "${CARD_PIDS[@]}"
 if [[ -n ${EVAL_PID:-} ]]; then
-  while pgrep -f -- "reproduce.py.*--out $WORK/repro .*--doc" >/dev/null && (( $(left) > 25 )); do sleep 2; done
-  pkill -f -- "reproduce.py.*--out $WORK/repro .*--doc" 2>/dev/null
+  while pgrep -f -- "scripts/reproduce .*--out $WORK/repro .*--doc" >/dev/null && (( $(left) > 25 )); do sleep 2; done
+  pkill -f -- "scripts/reproduce .*--out $WORK/repro .*--doc" 2>/dev/null
   say "reproduce evaluations: $(tail -n 4 "$WORK/logs/repro-evals.log" | tr '\n' ' ')"
 fi
 # only this session's jobs (a bare `pkill -f "dreamsr train"` once ended an unrelated training run)
-pkill -f -- "--run-dir $WORK/" 2>/dev/null; pkill -f -- "reproduce.py.*--out $WORK/repro" 2>/dev/null; sleep 1
+pkill -f -- "--run-dir $WORK/" 2>/dev/null; pkill -f -- "scripts/reproduce .*--out $WORK/repro" 2>/dev/null; sleep 1
 
 # ---- phase 4: packing (weights as fp16, everything else small)
 "$PY" - "$WORK" <<'EOF' >>"$LOG" 2>&1

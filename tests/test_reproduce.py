@@ -220,7 +220,7 @@ def test_ci_profile_end_to_end(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) 
     assert doc == out / "reproduction.md"
     md = doc.read_text()
     assert "This is a `ci` run" in md and "The full profile was not run in this session" in md
-    assert "python scripts/reproduce.py --profile full" in md
+    assert "python scripts/reproduce --profile full" in md
 
     # the numbers in the report are the JSONs'
     e1 = json.loads((out / "e1_p_sweep.json").read_text())

@@ -23,7 +23,7 @@ def run_eval(name: str, out_dir: Path, *, weights: Path | None, crops: Path, ima
                      weights=None if weights is None else str(weights), metrics=metrics, convention="both",
                      steps=steps, sampler=sampler, seed=0, samples=1, tile=0, overlap=0, merge="end", batch=1,
                      device=device, precision=precision, grids=grids, metric_weights=metric_weights,
-                     command=f"reproduce.py eval {name}")
+                     command=f"scripts/reproduce eval {name}")
     summary = finished_summary(cfg, out_dir)  # the same settings and weights (sha256) finished: reuse
     if summary is None:
         log(f"eval {name}: {sampler} {steps} steps on {images} crop(s)")
