@@ -120,23 +120,22 @@ def test_training_fields_and_ratio(report: dict) -> None:
         assert all(0 <= d <= w for w, d in zip(r["wall_step"]["all_s"], r["data"]["all_s"]))  # data is part of it
 
 
-def test_training_runs_the_real_loss_standard_then_dream(monkeypatch: pytest.MonkeyPatch) -> None:
-    """The "standard" and "dream" runs are dreamsr.train steps of the real loss with p = inf and p = 1, warm-up
-    steps included in what runs and excluded from what is timed."""
-    from dreamsr import losses
+def test_training_runs_standard_then_dream_steps(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The "standard" and "dream" runs are real training steps: one network forward with gradients per standard
+    step (p = inf), and per DREAM step the extra no-grad forward of Alg. 3 before it; the warm-up step runs too
+    and is left out of the timings."""
+    grad_enabled: list[bool] = []
+    real = UNet.forward
 
-    seen: list[float] = []
-    real = losses.dream_loss
+    def recording(self, *args, **kwargs):
+        grad_enabled.append(torch.is_grad_enabled())
+        return real(self, *args, **kwargs)
 
-    def recording(model, y0, x0, schedule, p, *args, **kwargs):
-        seen.append(p)
-        return real(model, y0, x0, schedule, p, *args, **kwargs)
-
-    monkeypatch.setattr(losses, "dream_loss", recording)
+    monkeypatch.setattr(UNet, "forward", recording)
     cfg = BenchConfig(device="cpu", sections=("training",), train_batch=2, train_patch=16, train_steps=2,
                       train_warmup=1, train_rounds=1, train_precision="fp32", threads=1)
     tr = run_bench(cfg, preset="tiny")["training"]
-    assert seen == [math.inf] * 3 + [1.0] * 3
+    assert grad_enabled == [True] * 3 + [False, True] * 3
     assert [(r["objective"], r["step"]["n"]) for r in tr["runs"]] == [("standard", 2), ("dream", 2)]
 
 
