@@ -221,6 +221,7 @@ def test_ci_profile_end_to_end(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) 
     md = doc.read_text()
     assert "This is a `ci` run" in md and "The full profile was not run in this session" in md
     assert "python scripts/reproduce --profile full" in md
+    assert str(Path.home()).rstrip("/") + "/" not in md  # e.g. the metric weights' cache folder, written as ~
 
     # the numbers in the report are the JSONs'
     e1 = json.loads((out / "e1_p_sweep.json").read_text())
@@ -406,3 +407,13 @@ def test_package_imports_only_public_dreamsr_names() -> None:
                 if any(part.startswith("_") for part in node.module.split(".")):
                     private.append(f"{path.name}: {node.module}")
     assert private == []
+
+
+def test_report_writes_home_folders_as_tilde() -> None:
+    from scripts.reproduce.common import without_home
+
+    text = ("not found in /root/.cache/torch/hub/checkpoints; `--out /home/bob/runs/x`, /srv/alice/y and /srv/alice; "
+            "kept: /work/root/z, /rooted, /srv/alicex, https://example.org/home/bob/f, /home")
+    assert without_home(text, home="/srv/alice") == (
+        "not found in ~/.cache/torch/hub/checkpoints; `--out ~/runs/x`, ~/y and ~; "
+        "kept: /work/root/z, /rooted, /srv/alicex, https://example.org/home/bob/f, /home")

@@ -8,6 +8,7 @@ import json
 import math
 import os
 import platform
+import re
 import statistics
 from pathlib import Path
 from typing import Any, Callable
@@ -15,7 +16,7 @@ from typing import Any, Callable
 import torch
 
 __all__ = ["Timed", "METRIC_COLUMNS", "DIGITS", "digits", "now", "write_json", "read_json", "hardware",
-           "paired_difference", "check", "yn", "fmt", "table_row"]
+           "paired_difference", "check", "yn", "fmt", "table_row", "without_home"]
 
 #: ``timed(stage, fn)``: call ``fn`` and record its wall time under ``stage`` in the invocation's record.
 Timed = Callable[[str, Callable[[], Any]], Any]
@@ -114,3 +115,15 @@ def table_row(label: str, run: str, res: dict, extra: dict | None = None) -> dic
     """One row of the E1/E5 tables from a :func:`~.evaluation.run_eval` result."""
     return {"label": label, "run": run, "metrics": res["metrics"], "per_image": res["per_image"],
             "eval_seconds": res["seconds"], "eval_dir": res["dir"], **(extra or {})}
+
+
+def without_home(text: str, home: str | os.PathLike | None = None) -> str:
+    """``text`` with every home folder written as ``~``: this user's (``home``, default ``Path.home()``), /root,
+    /home/<user> and /Users/<user>, so that a published report names no one's home (a metric's cache folder, a
+    run folder or a command line recorded on another machine). Only whole leading path components match:
+    /work/root stays."""
+    homes = [r"/home/[^/\s`'\"]+", r"/Users/[^/\s`'\"]+", "/root"]
+    mine = str(Path.home() if home is None else home).rstrip("/")
+    if mine:
+        homes.insert(0, re.escape(mine))
+    return re.sub(r"(?<![\w.~/-])(?:" + "|".join(homes) + r")(?=[/\s`'\".,;:)]|$)", "~", text)

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from . import figures
-from .common import METRIC_COLUMNS, digits, fmt, read_json, write_json, yn
+from .common import METRIC_COLUMNS, digits, fmt, read_json, without_home, write_json, yn
 from .profiles import EXPERIMENTS, FULL_COST
 
 __all__ = ["checks_table", "metric_cell", "figure_lines", "duration", "invocation_part", "reporting_invocation",
@@ -291,7 +291,7 @@ def caveats(prof: dict[str, Any], info: dict[str, Any], e1: dict, e2: dict, e5: 
 # ---------------------------------------------------------------------------------------------- the report
 def write_markdown(out: Path, doc: Path, fig_prefix: str = "") -> Path:
     """Render the report from the JSON files in ``out`` (nothing else) into ``doc``; figure links are
-    ``fig_prefix`` + file name. Returns ``doc``."""
+    ``fig_prefix`` + file name; home folders are written as ``~``. Returns ``doc``."""
     info = read_json(out / "run_info.json")
     e1, e2, e3, e4, e5 = (read_json(out / f"{name}.json") for name in EXPERIMENTS)
     figs = info.get("figures", {})
@@ -300,7 +300,7 @@ def write_markdown(out: Path, doc: Path, fig_prefix: str = "") -> Path:
          + section_e2(e2, figs, fig_prefix) + section_e3(e3, figs, fig_prefix) + section_e4(e4, figs, fig_prefix)
          + section_e5(e5, figs, fig_prefix) + caveats(prof, info, e1, e2, e5))
     doc.parent.mkdir(parents=True, exist_ok=True)
-    doc.write_text("\n".join(L) + "\n", encoding="utf-8")
+    doc.write_text(without_home("\n".join(L)) + "\n", encoding="utf-8")
     return doc
 
 
