@@ -116,6 +116,32 @@ def test_resume_from_older_checkpoint_with_workers(photos: Path, tmp_path: Path)
                        tmp_path / "b/checkpoints/step_00000004.safetensors")
 
 
+def test_state_written_before_families_resumes_bit_exact(photos: Path, tmp_path: Path) -> None:
+    """A state whose config has no ``family`` (and whose metadata calls the network ``unet``, as before the
+    family seam) resumes as sr3 and lands on the uninterrupted run's step-4 state."""
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    full = train(tiny_config(photos, tmp_path / "full", steps=4, save_every=2))
+    first = tiny_config(photos, tmp_path / "old", steps=2, save_every=2)
+    train(first)
+    path = tmp_path / "old/checkpoints/step_00000002.safetensors"
+    with safe_open(str(path), "pt") as fh:
+        meta = dict(fh.metadata())
+    tensors = load_file(str(path))
+    config = json.loads(meta["config"])
+    assert config.pop("family") == "sr3"
+    meta["config"] = json.dumps(config, sort_keys=True)
+    meta["unet"] = meta.pop("network")
+    del meta["family"], meta["process"]
+    save_file(tensors, str(path), metadata=meta)
+    assert read_state_config(path) == first
+    resumed = train(dataclasses.replace(first, steps=4, resume="auto"))
+    assert resumed.step == full.step == 4
+    _assert_same_state(tmp_path / "full/checkpoints/step_00000004.safetensors",
+                       tmp_path / "old/checkpoints/step_00000004.safetensors")
+
+
 def test_resume_refuses_changed_settings(photos: Path, tmp_path: Path) -> None:
     cfg = tiny_config(photos, tmp_path, steps=1)
     train(cfg)
@@ -170,7 +196,7 @@ def test_exported_model_is_the_ema_weights_with_the_runs_metadata(photos: Path, 
     assert any(not torch.equal(ema[k], state["model/" + k]) for k in ema)  # EMA and raw weights differ
     assert (meta["format"], meta["family"], meta["process"], meta["scale"]) == ("dreamsr.checkpoint", "sr3",
                                                                                 "gaussian", "4")
-    assert json.loads(meta["network"]) == cfg.unet_config().to_dict()
+    assert json.loads(meta["network"]) == cfg.network_config().to_dict()
     assert json.loads(meta["diffusion"])["target"] == "residual"
     training = json.loads(meta["training"])
     assert {k: training[k] for k in ("steps", "p", "dataset", "patch", "batch_size", "lr", "preset", "ema_decay",
@@ -192,9 +218,9 @@ def test_ema_follows_the_documented_update(photos: Path, tmp_path: Path) -> None
 
 def test_nan_loss_stops_and_keeps_last_good_checkpoint(photos: Path, tmp_path: Path,
                                                        monkeypatch: pytest.MonkeyPatch) -> None:
-    from dreamsr import losses
+    from dreamsr.processes.gaussian import GaussianProcess
 
-    real = losses.dream_loss
+    real = GaussianProcess.loss
     calls = {"n": 0}
 
     def flaky(*a, **kw):
@@ -202,7 +228,7 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(photos: Path, tmp_path: P
         out = real(*a, **kw)
         return out * float("nan") if calls["n"] == 4 else out
 
-    monkeypatch.setattr(losses, "dream_loss", flaky)
+    monkeypatch.setattr(GaussianProcess, "loss", flaky)  # the loop's only loss call (through the process)
     cfg = tiny_config(photos, tmp_path, steps=6, save_every=2)
     with pytest.raises(TrainingError, match=r"loss became nan at step 4.*step_00000002\.safetensors"):
         train(cfg)
@@ -216,10 +242,10 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(photos: Path, tmp_path: P
 
 _KILL_SCRIPT = textwrap.dedent("""
     import os, signal, sys
-    import dreamsr.train as T
+    import dreamsr.train.state as S
     from dreamsr.train import TrainConfig, train
 
-    real = T.save_file
+    real = S.save_file
     count = {"n": 0}
 
     def dying_save(tensors, filename, metadata=None):
@@ -231,7 +257,7 @@ _KILL_SCRIPT = textwrap.dedent("""
                 fh.truncate(size // 2)
             os.kill(os.getpid(), signal.SIGKILL)
 
-    T.save_file = dying_save
+    S.save_file = dying_save
     cfg = TrainConfig(**__import__("json").loads(sys.argv[1]))
     train(cfg)
 """)
@@ -333,13 +359,11 @@ def test_init_weights_refuses_a_different_model(photos: Path, tmp_path: Path) ->
 
 
 def test_lr_warmup_and_cosine_schedule(photos: Path, tmp_path: Path) -> None:
-    from dreamsr.train import _lr_at
-
     cfg = TrainConfig(lr=1e-3, lr_warmup=4, lr_schedule="cosine", steps=100, lr_min_ratio=0.1)
-    assert _lr_at(cfg, 0) == pytest.approx(1e-3 * 0.25 * (0.1 + 0.9 * 0.5 * (1 + math.cos(0))))
-    assert _lr_at(cfg, 50) == pytest.approx(1e-3 * (0.1 + 0.9 * 0.5))
-    assert _lr_at(cfg, 100) == pytest.approx(1e-4)
-    assert _lr_at(TrainConfig(lr=2e-4), 12345) == 2e-4
+    assert cfg.lr_at(0) == pytest.approx(1e-3 * 0.25 * (0.1 + 0.9 * 0.5 * (1 + math.cos(0))))
+    assert cfg.lr_at(50) == pytest.approx(1e-3 * (0.1 + 0.9 * 0.5))
+    assert cfg.lr_at(100) == pytest.approx(1e-4)
+    assert TrainConfig(lr=2e-4).lr_at(12345) == 2e-4
 
 
 def test_p_inf_config_roundtrip() -> None:

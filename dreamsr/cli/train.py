@@ -20,18 +20,6 @@ import typer
 from dreamsr.cli.common import console, fail, is_tty
 from dreamsr.errors import ConfigError
 
-_D = None  # TrainConfig defaults, filled lazily (keeps `dreamsr --help` from importing torch)
-
-
-def _defaults() -> Any:
-    global _D
-    if _D is None:
-        from dreamsr.train import TrainConfig
-
-        _D = TrainConfig()
-    return _D
-
-
 def _parse_p(text: str) -> float:
     t = text.strip().lower()
     if t in ("inf", "infinity", "+inf"):

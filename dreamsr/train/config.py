@@ -1,0 +1,201 @@
+"""`TrainConfig`: everything a training run depends on (saved in ``config.json`` and in every state file)."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from dreamsr.checkpoint import CheckpointInfo
+from dreamsr.config import from_dict_strict
+from dreamsr.data import FACE_LAYOUTS, DataConfig
+from dreamsr.diffusion import DiffusionConfig
+from dreamsr.errors import ConfigError
+from dreamsr.families import FAMILIES, Family, get_family
+
+__all__ = ["TrainConfig", "RESUMABLE_FIELDS", "PROCESS"]
+
+# the diffusion process TrainConfig's schedule fields configure (SR3's Gaussian ε process on γ = sqrt(ᾱ))
+PROCESS = "gaussian"
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything a training run depends on. Saved in ``config.json`` and in every checkpoint."""
+
+    # --- data ---
+    dataset: str = "folder"  # layout name: div2k, flickr2k, df2k, ffhq, celebahq, folder, paired
+    data_dir: str | None = None  # layout root (None: $DREAMSR_DATA)
+    val_dir: str | None = None  # folder of held-out HR images for validation (None: val_dataset or none)
+    val_dataset: str | None = None  # layout name whose "val" split is used for validation (if val_dir is None)
+    scale: int = 4  # LR -> HR factor
+    patch: int = 0  # HR crop size in pixels (0: 128 for face layouts, else 160)
+    hr_downscale: int = 1  # shrink every training HR image by this factor before cropping (JPEG artefacts)
+    augment: bool = True  # random flips / 90-degree rotations (faces: horizontal flips only)
+    cache_mb: int = 4096  # decoded-image cache budget in MiB (uint8), shared by the loader workers
+    workers: int = 2  # loader worker processes per rank (0: load in the training process)
+    # --- model and objective ---
+    family: str = "sr3"  # model family (a key of dreamsr.families.FAMILIES); states from before it load as sr3
+    preset: str = "small"  # the family's preset (SR3 UNet: tiny, small, base, sr3-div2k, sr3-face)
+    dropout: float | None = None  # override the preset's dropout (None: keep it)
+    embed_scale: float | None = None  # override the preset's noise-level embedding scale (None: keep it)
+    target: Literal["image", "residual"] = "image"  # diffuse the HR image (paper) or the scaled HR - bicubic
+    residual_scale: float = 1.5  # residual target: multiplier of HR - bicubic
+    num_steps: int = 2000  # T, trained diffusion timesteps
+    beta_start: float = 1e-6  # linear beta schedule start
+    beta_end: float = 1e-2  # linear beta schedule end
+    p: float = 1.0  # DREAM exponent of lambda_t = sqrt(1 - alpha_bar)^p; 0 = DRM, inf = standard training
+    independent_noise: bool = False  # fresh eps' for the rectified input (Eq. 13; drawn per step and rank)
+    loss: Literal["l1", "l2"] = "l1"  # per-pixel loss
+    # --- optimisation ---
+    steps: int = 100_000  # total optimizer steps (resume continues up to this number)
+    batch_size: int = 8  # global batch (split evenly over DDP ranks)
+    lr: float = 1e-4  # Adam learning rate (constant, as the paper)
+    lr_warmup: int = 0  # linear warm-up steps from 0 to lr
+    lr_schedule: Literal["constant", "cosine"] = "constant"  # cosine: decay to lr * lr_min_ratio at `steps`
+    lr_min_ratio: float = 0.1  # final lr / lr for the cosine schedule
+    adam_beta1: float = 0.9  # Adam beta1
+    adam_beta2: float = 0.999  # Adam beta2
+    weight_decay: float = 0.0  # Adam (L2) weight decay
+    grad_clip: float = 1.0  # max global gradient norm (0: no clipping)
+    ema_decay: float = 0.9999  # EMA decay of the weights (0: EMA = current weights)
+    ema_warmup: bool = True  # use min(ema_decay, (1 + k) / (10 + k)) so short runs get a useful EMA
+    seed: int = 0  # seeds data, noise and initial weights
+    # --- hardware ---
+    device: str = "auto"  # auto, cpu, cuda, cuda:N, mps (under torchrun: cuda:LOCAL_RANK)
+    precision: str = "auto"  # auto (bf16/fp16 on CUDA, fp32 elsewhere), fp32, bf16, fp16 (CUDA, with loss scaling)
+    channels_last: bool | None = None  # NHWC memory format (None: on CUDA only)
+    # --- run folder, checkpoints, logging ---
+    run_dir: str = "runs/dreamsr"  # output folder
+    save_every: int = 1000  # checkpoint every this many steps (and at the end; 0: only at the end)
+    keep: int = 3  # training-state checkpoints kept (the newest)
+    log_every: int = 10  # write a metrics.jsonl line every this many steps
+    time_limit: float = 0.0  # stop cleanly (checkpoint + export) after this many seconds (0: no limit)
+    stop_at: int = 0  # stop cleanly (checkpoint + export) after this step, keeping the lr schedule of `steps` (0: off)
+    resume: str | None = None  # checkpoint file, run folder (its latest checkpoint), or "auto" (run_dir's, if any)
+    init_weights: str | None = None  # start a new run from these inference weights (fine-tuning; fresh optimizer)
+    export_dtype: Literal["fp32", "fp16", "bf16"] = "fp32"  # storage dtype of run_dir/model.safetensors
+    export_ema: bool = True  # export the EMA weights (False: the raw weights)
+    # --- validation ---
+    val_every: int = 1000  # validate every this many steps (and at the end; 0: never)
+    val_count: int = 4  # held-out images used
+    val_crop: int = 128  # centre crop of each validation HR image (pixels; 0: whole image)
+    val_steps: int = 20  # sampler steps for validation
+    val_sampler: Literal["ddim", "ddpm"] = "ddim"  # validation sampler
+    val_seed: int = 0  # sampling seed for validation
+
+    def __post_init__(self) -> None:
+        checks = [
+            (self.family in FAMILIES, f"family must be one of {', '.join(sorted(FAMILIES))}, got {self.family!r}"),
+            (self.steps >= 0, f"steps must be >= 0, got {self.steps}"),
+            (self.batch_size >= 1, f"batch size must be >= 1, got {self.batch_size}"),
+            (self.lr > 0, f"lr must be positive, got {self.lr}"),
+            (self.lr_warmup >= 0, "lr_warmup must be >= 0"),
+            (self.lr_schedule in ("constant", "cosine"), f"lr_schedule must be constant or cosine, "
+                                                          f"got {self.lr_schedule!r}"),
+            (0 <= self.lr_min_ratio <= 1, "lr_min_ratio must be in [0, 1]"),
+            (0 <= self.adam_beta1 < 1 and 0 <= self.adam_beta2 < 1, "Adam betas must be in [0, 1)"),
+            (self.weight_decay >= 0, "weight_decay must be >= 0"),
+            (self.grad_clip >= 0, "grad_clip must be >= 0"),
+            (0 <= self.ema_decay < 1, f"ema_decay must be in [0, 1), got {self.ema_decay}"),
+            (math.isinf(self.p) or self.p >= 0, f"p must be >= 0 or inf, got {self.p}"),
+            (self.target in ("image", "residual"), f"target must be image or residual, got {self.target!r}"),
+            (self.loss in ("l1", "l2"), f"loss must be l1 or l2, got {self.loss!r}"),
+            (self.patch >= 0, "patch must be >= 0"),
+            (self.workers >= 0, "workers must be >= 0"),
+            (self.save_every >= 0 and self.val_every >= 0, "save_every and val_every must be >= 0"),
+            (self.keep >= 1, "keep must be >= 1"),
+            (self.log_every >= 1, "log_every must be >= 1"),
+            (self.val_count >= 0 and self.val_steps >= 1, "val_count must be >= 0 and val_steps >= 1"),
+            (self.val_sampler in ("ddim", "ddpm"), f"val_sampler must be ddim or ddpm, got {self.val_sampler!r}"),
+            (self.export_dtype in ("fp32", "fp16", "bf16"), "export_dtype must be fp32, fp16 or bf16"),
+            (self.time_limit >= 0, "time_limit must be >= 0"),
+            (self.stop_at >= 0, f"stop_at must be >= 0, got {self.stop_at}"),
+        ]
+        for ok, msg in checks:
+            if not ok:
+                raise ConfigError(msg)
+
+    # --- derived ---
+    @property
+    def hr_patch(self) -> int:
+        """The HR crop size actually used."""
+        if self.patch:
+            return self.patch
+        return 128 if self.dataset in FACE_LAYOUTS else 160
+
+    def model_family(self) -> Family:
+        return get_family(self.family)
+
+    def network_config(self) -> Any:
+        """The family's preset with this config's overrides (``dropout``, ``embed_scale``; SR3: a UNetConfig)."""
+        cfg = self.model_family().preset(self.preset)
+        changes: dict[str, Any] = {}
+        if self.dropout is not None:
+            changes["dropout"] = self.dropout
+        if self.embed_scale is not None:
+            changes["embed_scale"] = self.embed_scale
+        unknown = sorted(set(changes) - {f.name for f in dataclasses.fields(cfg)})
+        if unknown:
+            raise ConfigError(f"the {self.family} family's network has no {', '.join(unknown)} to override")
+        return dataclasses.replace(cfg, **changes) if changes else cfg
+
+    def diffusion_config(self) -> DiffusionConfig:
+        """The config of the :data:`PROCESS` trained (schedule and target)."""
+        return DiffusionConfig(num_steps=self.num_steps, beta_start=self.beta_start, beta_end=self.beta_end,
+                               target=self.target, residual_scale=self.residual_scale)
+
+    def data_config(self) -> DataConfig:
+        return DataConfig(dataset=self.dataset, data_dir=self.data_dir, scale=self.scale, patch=self.hr_patch,
+                          hr_downscale=self.hr_downscale, augment=self.augment, cache_mb=self.cache_mb,
+                          seed=self.seed)
+
+    def model_info(self, step: int) -> CheckpointInfo:
+        """What the inference checkpoint exported after ``step`` optimizer steps says about itself."""
+        from dreamsr import __version__
+
+        training = {
+            "p": "inf" if math.isinf(self.p) else self.p, "steps": step, "dataset": self.dataset,
+            "patch": self.hr_patch, "batch_size": self.batch_size, "lr": self.lr, "preset": self.preset,
+            "ema_decay": self.ema_decay, "ema": self.export_ema, "seed": self.seed, "loss": self.loss,
+            "hr_downscale": self.hr_downscale,
+            "init_weights": Path(self.init_weights).name if self.init_weights else None,
+        }
+        return CheckpointInfo(network=self.network_config(), diffusion=self.diffusion_config(), scale=self.scale,
+                              training=training, dreamsr_version=__version__, family=self.family, process=PROCESS)
+
+    def lr_at(self, step: int) -> float:
+        """Learning rate of optimizer step ``step`` (0-based): linear warm-up, then constant or cosine decay."""
+        lr = self.lr
+        if self.lr_schedule == "cosine" and self.steps > 0:
+            t = min(step / self.steps, 1.0)
+            lr = lr * (self.lr_min_ratio + (1 - self.lr_min_ratio) * 0.5 * (1 + math.cos(math.pi * t)))
+        if self.lr_warmup and step < self.lr_warmup:
+            lr = lr * (step + 1) / self.lr_warmup
+        return lr
+
+    def to_dict(self) -> dict:
+        """JSON-safe dict (p = inf is written as the string "inf")."""
+        d = dataclasses.asdict(self)
+        if math.isinf(self.p):
+            d["p"] = "inf"
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "TrainConfig":
+        """Inverse of :meth:`to_dict`; unknown keys are an error, a missing key takes its default."""
+        d = dict(d)
+        if "p" in d:
+            d["p"] = float(d["p"])
+        return from_dict_strict(cls, d)
+
+
+# Fields that may differ between a checkpoint's config and the config resuming it: they do not change the
+# training trajectory up to the checkpoint (lr and ema_decay do change what follows, on purpose).
+RESUMABLE_FIELDS = frozenset({
+    "data_dir", "val_dir", "val_dataset", "cache_mb", "workers", "steps", "device", "run_dir", "save_every", "keep",
+    "log_every", "time_limit", "stop_at", "resume", "export_dtype", "export_ema", "val_every", "val_count", "val_crop",
+    "val_steps", "val_sampler", "val_seed", "lr", "ema_decay", "lr_warmup", "lr_schedule", "lr_min_ratio",
+})
