@@ -79,9 +79,11 @@ class CheckpointInfo:
         """The family's network for :attr:`network` (random init)."""
         return get_family(self.family).build(self.network)
 
-    def build_process(self) -> Any:
-        """The process object for :attr:`diffusion` (see :class:`dreamsr.processes.base.Process`)."""
-        return build_process(self.process, self.diffusion)
+    def build_process(self, network: nn.Module | None = None) -> Any:
+        """The process object for :attr:`diffusion` (see :class:`dreamsr.processes.base.Process`), in the signal
+        space of ``network``'s first stage when the family has one."""
+        space = None if network is None else get_family(self.family).space_of(network)
+        return build_process(self.process, self.diffusion, space)
 
     def to_metadata(self) -> dict[str, str]:
         return {

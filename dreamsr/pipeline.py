@@ -121,7 +121,7 @@ class Upscaler:
         if self.scale < 1:
             raise ConfigError(f"checkpoint scale must be >= 1, got {self.scale}")
         self.family = get_family(info.family)
-        self.process = info.build_process()
+        self.process = info.build_process(model)
         self.size_multiple = self.family.size_multiple(info.network)
         model = model.to(self.device)
         if self.channels_last:
@@ -153,7 +153,7 @@ class Upscaler:
         under this model's recommendation under ``given`` (a ``None`` value means "not given"); checked against
         the process's trained chain. Raises ConfigError before any work."""
         if base is None:
-            opts = SamplingOptions.resolve(self.info.sampling, **given)
+            opts = SamplingOptions.resolve({**self.process.sampling_defaults, **self.info.sampling}, **given)
         else:
             changes = {k: v for k, v in given.items() if v is not None}
             opts = base.replace(**changes) if changes else base
@@ -251,6 +251,7 @@ class Upscaler:
         lr_a = reflect_pad(lr_m, ha - h, wa - w)
         grid = make_grid(ha, wa, tile, overlap)
         hgrid = grid.scaled(s)
+        sgrid = grid.scaled(s / self.family.factor(self.info.network))  # the process's signal grid
         out_h, out_w = output_size(h, w, s)
         # the bicubic estimate on the whole image (not clamped, as in training)
         up = resize(lr_a, output_size(ha, wa, s))
@@ -270,50 +271,56 @@ class Upscaler:
         self.model.eval()
         try:
             run = self._sample_step if opts.merge == "step" else self._sample_end
-            y = run(up_p, lr_p, grid, hgrid, opts, tick)
+            y = run(up_p, lr_p, grid, hgrid, sgrid, opts, tick)
         finally:
             self.model.train(was_training)
         return from_model(y[:, :out_h, :out_w]).to(lr_dev)
 
+    def _cond_grid(self, grid: TileGrid, hgrid: TileGrid, sgrid: TileGrid) -> TileGrid:
+        """The grid the family's condition is cut with."""
+        return {"hr": hgrid, "lr": grid, "signal": sgrid}[self.family.cond_grid]
+
     def _sample_step(self, up_p: torch.Tensor, lr_p: torch.Tensor, grid: TileGrid, hgrid: TileGrid,
-                     opts: SamplingOptions, tick: Callable[[], None]) -> torch.Tensor:
-        """Step-blend mode: the whole padded image is one sample; predictions are merged over tiles at every step."""
+                     sgrid: TileGrid, opts: SamplingOptions, tick: Callable[[], None]) -> torch.Tensor:
+        """Step-blend mode: the whole padded image is one sample (in the process's signal space, cut by ``sgrid``);
+        predictions are merged over tiles at every step."""
         proc, fam = self.process, self.family
-        weights = hgrid.weights(torch.float32)
-        chunks = [list(range(i, min(i + opts.batch, len(hgrid)))) for i in range(0, len(hgrid), opts.batch)]
+        weights = sgrid.weights(torch.float32)
+        chunks = [list(range(i, min(i + opts.batch, len(sgrid)))) for i in range(0, len(sgrid), opts.batch)]
         gen = torch.Generator("cpu").manual_seed(int(opts.seed))
-        noise = torch.randn((1, *up_p.shape), generator=gen, dtype=torch.float32).to(self.device)
         up_b, lr_b = up_p.unsqueeze(0), lr_p.unsqueeze(0)
-        cond = fam.condition(lr_b, up_b)[0]
-        cgrid = hgrid if fam.cond_grid == "hr" else grid
+        anchor = proc.anchor(up_b)  # [1, C, Hs, Ws] in the signal space
+        noise = torch.randn(tuple(anchor.shape), generator=gen, dtype=torch.float32).to(self.device)
+        cond = fam.condition(lr_b, up_b, tuple(anchor.shape[-2:]))[0]
+        cgrid = self._cond_grid(grid, hgrid, sgrid)
 
         def model_fn(y_t: torch.Tensor, level: torch.Tensor) -> torch.Tensor:
             out = torch.zeros_like(y_t[0])
             for idx in chunks:
-                e = self._predict(split(y_t, hgrid, idx), split(cond, cgrid, idx), level[:1].expand(len(idx)))
-                accumulate(out, e, hgrid, idx, weights)  # feathered blend, weights sum to 1
+                e = self._predict(split(y_t, sgrid, idx), split(cond, cgrid, idx), level[:1].expand(len(idx)))
+                accumulate(out, e, sgrid, idx, weights)  # feathered blend, weights sum to 1
                 tick()
             return out.unsqueeze(0)
 
         x0_fn = self._back_projection(up_b, lr_b) if opts.back_project else None
-        y0 = proc.sample(model_fn, noise, proc.anchor(up_b), steps=opts.steps, sampler=opts.sampler, generator=gen,
+        y0 = proc.sample(model_fn, noise, anchor, steps=opts.steps, sampler=opts.sampler, generator=gen,
                          start=opts.start, x0_fn=x0_fn, **opts.sampler_kwargs)
         return proc.from_signal(y0, up_b)[0]
 
     def _sample_end(self, up_p: torch.Tensor, lr_p: torch.Tensor, grid: TileGrid, hgrid: TileGrid,
-                    opts: SamplingOptions, tick: Callable[[], None]) -> torch.Tensor:
-        """Merge-at-end mode (paper Sec. 6.2): tiles sampled independently, blended once finished."""
+                    sgrid: TileGrid, opts: SamplingOptions, tick: Callable[[], None]) -> torch.Tensor:
+        """Merge-at-end mode (paper Sec. 6.2): tiles sampled independently, decoded, and blended once finished."""
         proc, fam = self.process, self.family
         weights = hgrid.weights(torch.float32)
         out = torch.zeros_like(up_p)
-        th, tw = hgrid.tile_h, hgrid.tile_w
         for i in range(0, len(hgrid), opts.batch):
             idx = list(range(i, min(i + opts.batch, len(hgrid))))
             gens = [torch.Generator("cpu").manual_seed(tile_seed(opts.seed, k)) for k in idx]
-            noise = torch.stack([torch.randn((3, th, tw), generator=g, dtype=torch.float32) for g in gens])
-            noise = noise.to(self.device)
             up_t, lr_t = split(up_p, hgrid, idx), split(lr_p, grid, idx)
-            cond_t = fam.condition(lr_t, up_t)
+            anchor = proc.anchor(up_t)
+            noise = torch.stack([torch.randn(tuple(anchor.shape[1:]), generator=g, dtype=torch.float32)
+                                 for g in gens]).to(self.device)
+            cond_t = fam.condition(lr_t, up_t, tuple(anchor.shape[-2:]))
 
             def model_fn(y_t: torch.Tensor, level: torch.Tensor, cond_t: torch.Tensor = cond_t) -> torch.Tensor:
                 e = self._predict(y_t, cond_t, level)
@@ -321,7 +328,7 @@ class Upscaler:
                 return e
 
             x0_fn = self._back_projection(up_t, lr_t) if opts.back_project else None
-            y0 = proc.sample(model_fn, noise, proc.anchor(up_t), steps=opts.steps, sampler=opts.sampler,
+            y0 = proc.sample(model_fn, noise, anchor, steps=opts.steps, sampler=opts.sampler,
                              generator=gens, start=opts.start, x0_fn=x0_fn, **opts.sampler_kwargs)
             accumulate(out, proc.from_signal(y0, up_t), hgrid, idx, weights)
         return out

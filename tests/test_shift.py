@@ -187,7 +187,7 @@ def test_sampler_options_and_refusals():
                     ({"start": 0}, "1..15"), ({"start": 3, "steps": 4}, "1..3"), ({"eta": 0.0}, "eta")]:
         with pytest.raises(ConfigError, match=msg):
             proc.sample(lambda x, t: y0, noise, y, **kw)
-    assert proc.chain == proc.default_steps == 15 and proc.prediction == "x0" and proc.name == "shift"
+    assert proc.chain == proc.sampling_defaults["steps"] == 15 and proc.prediction == "x0" and proc.name == "shift"
 
 
 # --- DREAM loss -----------------------------------------------------------------------------------------------

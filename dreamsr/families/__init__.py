@@ -7,7 +7,7 @@ Adding one: a package ``dreamsr/families/<name>/`` whose ``__init__`` defines ``
 from __future__ import annotations
 
 from dreamsr.errors import CheckpointError
-from dreamsr.families import idm, sr3
+from dreamsr.families import idm, resshift, sr3
 from dreamsr.families.base import Family
 
 __all__ = ["FAMILIES", "Family", "get_family"]
@@ -15,6 +15,7 @@ __all__ = ["FAMILIES", "Family", "get_family"]
 FAMILIES: dict[str, Family] = {
     "sr3": sr3.FAMILY,
     "idm": idm.FAMILY,
+    "resshift": resshift.FAMILY,
 }
 
 

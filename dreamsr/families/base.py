@@ -32,13 +32,18 @@ class Family:
     build: Callable[[Any], nn.Module]  # network from its config (random init; the caller loads weights)
     presets: Mapping[str, Any]  # named configs
     processes: tuple[str, ...] = ("gaussian",)  # the processes this family's network can serve
-    # where the condition lives: "hr" = on the sample's pixel grid (tiled like y_t), "lr" = on the LR grid
-    cond_grid: Literal["hr", "lr"] = "hr"
+    # where the condition lives: "hr" = the bicubic upsample on the HR pixel grid, "lr" = the LR image on the LR
+    # grid, "signal" = the LR image resized (bicubic) to the signal's grid (tiled like y_t)
+    cond_grid: Literal["hr", "lr", "signal"] = "hr"
     # continuous-scale families: (min, max) output scale of a network config; None: only the checkpoint's scale
     scale_range: Callable[[Any], tuple[float, float]] | None = None
     # (lr_unit, hr_unit) that LR tile sizes/offsets must be multiples of at a scale, so every tile's output grid is
     # in phase with the whole image's; None: (1, scale) (integer scales, the pipeline pads tiles itself)
     tile_unit: Callable[[Any, float], tuple[int, int]] | None = None
+    # the first stage (signal space: encode/decode) a built network carries; None: pixels
+    space: Callable[[nn.Module], Any] | None = None
+    # HR pixels per signal pixel along a side for a network config (pixels: 1)
+    signal_factor: Callable[[Any], int] | None = None
     notes: str = field(default="", compare=False)  # one line for `dreamsr weights info`
 
     def config_from_dict(self, d: Mapping[str, Any]) -> Any:
@@ -52,10 +57,26 @@ class Family:
             raise ConfigError(f"unknown {self.name} preset {name!r}; choose one of "
                               f"{', '.join(self.presets)}") from None
 
-    def condition(self, lr: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
+    def condition(self, lr: torch.Tensor, up: torch.Tensor, signal_size: tuple[int, int] | None = None
+                  ) -> torch.Tensor:
         """The network's condition from the LR image ``lr`` [B, 3, h, w] and its bicubic upsample ``up``
-        [B, 3, H, W] (both [-1, 1]): ``up`` for an "hr" grid family, ``lr`` for an "lr" grid family."""
-        return up if self.cond_grid == "hr" else lr
+        [B, 3, H, W] (both [-1, 1]): ``up`` for an "hr" grid family, ``lr`` for an "lr" grid family, ``lr``
+        resized to ``signal_size`` (bicubic; itself when the sizes agree) for a "signal" grid family."""
+        if self.cond_grid == "hr":
+            return up
+        if self.cond_grid == "lr" or signal_size is None or tuple(lr.shape[-2:]) == tuple(signal_size):
+            return lr
+        from dreamsr.images import resize
+
+        return resize(lr, tuple(signal_size))
+
+    def space_of(self, network: nn.Module) -> Any:
+        """The first stage ``network`` carries (``encode``/``decode``), or None for pixel space."""
+        return None if self.space is None else self.space(network)
+
+    def factor(self, config: Any) -> int:
+        """HR pixels per signal pixel along a side (1: the process runs on pixels)."""
+        return 1 if self.signal_factor is None else int(self.signal_factor(config))
 
     def size_multiple(self, config: Any) -> int:
         """The sample's sides must be multiples of this (tiles are padded to it)."""

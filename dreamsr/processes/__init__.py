@@ -12,20 +12,22 @@ from dreamsr.diffusion import DiffusionConfig
 from dreamsr.errors import CheckpointError
 from dreamsr.processes.base import Process
 from dreamsr.processes.gaussian import GaussianProcess
+from dreamsr.processes.shift import ShiftConfig, ShiftProcess
 
 __all__ = ["PROCESSES", "ProcessSpec", "get_process", "build_process", "process_config"]
 
 
 class ProcessSpec:
-    """A process's config type and constructor."""
+    """A process's config type and constructor ``build(config, space)`` (space: a first stage or None)."""
 
-    def __init__(self, config_type: Any, build: Callable[[Any], Process]) -> None:
+    def __init__(self, config_type: Any, build: Callable[[Any, Any], Process]) -> None:
         self.config_type = config_type
         self.build = build
 
 
 PROCESSES: dict[str, ProcessSpec] = {
     "gaussian": ProcessSpec(DiffusionConfig, GaussianProcess),
+    "shift": ProcessSpec(ShiftConfig, ShiftProcess),
 }
 
 
@@ -43,6 +45,6 @@ def process_config(name: str, d: Mapping[str, Any]) -> Any:
     return get_process(name).config_type.from_dict(dict(d))
 
 
-def build_process(name: str, config: Any) -> Process:
-    """The process object of ``name`` for ``config``."""
-    return get_process(name).build(config)
+def build_process(name: str, config: Any, space: Any = None) -> Process:
+    """The process object of ``name`` for ``config``, running in ``space`` (a first stage; None: pixels)."""
+    return get_process(name).build(config, space)

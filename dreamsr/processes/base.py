@@ -38,8 +38,9 @@ class Process(Protocol):
         """Number of trained steps T (what SamplingOptions.steps/start are checked against)."""
 
     @property
-    def default_steps(self) -> int | None:
-        """Sampling steps this process takes when neither the user nor the model says (None: SamplingOptions')."""
+    def sampling_defaults(self) -> dict[str, Any]:
+        """SamplingOptions fields this process samples with when neither the user nor the model says (e.g. the
+        shift process: all T steps, ancestral); empty: SamplingOptions' own defaults."""
 
     def to_signal(self, hr: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
         """HR image [B, 3, H, W] in [-1, 1] (and its bicubic estimate ``up``) -> the diffused signal y0."""

@@ -26,27 +26,36 @@ class GaussianProcess:
     name = "gaussian"
     prediction: Literal["eps"] = "eps"
 
-    def __init__(self, config: DiffusionConfig | None = None) -> None:
+    def __init__(self, config: DiffusionConfig | None = None, space: Any = None) -> None:
+        """``space``: a first stage (``encode``/``decode``, ``bounded``) to diffuse in, as the DREAM paper's
+        ResShift variant (a Gaussian ε process in the VQ-f4 latent); None: pixels. A space needs the image target."""
         self.config = config or DiffusionConfig()
         self.schedule = Schedule(self.config)
+        self.space = space
+        if space is not None and self.config.target != "image":
+            raise ConfigError("a Gaussian process in a first stage's space diffuses the image target only")
 
     @property
     def chain(self) -> int:
         return self.schedule.T
 
     @property
-    def default_steps(self) -> int | None:
-        return None  # SamplingOptions' default (respaced over the trained chain)
+    def sampling_defaults(self) -> dict[str, Any]:
+        return {}  # SamplingOptions' defaults (respaced over the trained chain)
 
     def to_signal(self, hr: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
+        if self.space is not None:
+            return self.space.encode(hr)
         return self.config.to_target(hr, up)
 
     def from_signal(self, y0: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
+        if self.space is not None:
+            return self.space.decode(y0)
         return self.config.from_target(y0, up)
 
     def anchor(self, up: torch.Tensor) -> torch.Tensor:
         """A truncated start noises the bicubic estimate: image target -> ``up``; residual target -> zeros."""
-        return self.config.to_target(up, up)
+        return self.to_signal(up, up)
 
     def training_level(self, batch: int, generator: torch.Generator | None) -> torch.Tensor:
         return self.schedule.sample_gamma(batch, generator)  # Alg. 3 line 2, SR3's continuous γ
@@ -58,6 +67,7 @@ class GaussianProcess:
         """``steps`` respaced DDIM/DDPM steps (from trained step ``start`` with ``anchor`` noised to it, Eq. 3)."""
         if sampler not in SAMPLERS:
             raise ConfigError(f"sampler must be one of {', '.join(SAMPLERS)}, got {sampler!r}")
+        clip = clip and (self.space is None or bool(self.space.bounded))  # never clip an unbounded latent
         return SAMPLERS[sampler](model_fn, noise, self.schedule, steps, generator=generator, clip=clip, start=start,
                                  init=anchor if start is not None else None, x0_fn=x0_fn, callback=callback,
                                  **sampler_kw)

@@ -190,9 +190,9 @@ class ShiftProcess:
         return self.config.num_steps
 
     @property
-    def default_steps(self) -> int:
+    def sampling_defaults(self) -> dict[str, Any]:
         """All T ancestral steps, as the release samples."""
-        return self.config.num_steps
+        return {"steps": self.config.num_steps, "sampler": "ddpm"}
 
     def to_signal(self, hr: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
         """HR image [B, 3, H, W] in [-1, 1] -> y0 (its encoding; the image itself in pixel space)."""
