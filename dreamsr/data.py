@@ -41,7 +41,8 @@ from dreamsr.errors import ConfigError, DatasetError
 from dreamsr.images import downsample, load_rgb, resize, upsample
 
 __all__ = [
-    "LAYOUTS", "IMAGE_EXTENSIONS", "DataConfig", "Layout", "find_images", "resolve_layout", "data_root",
+    "LAYOUTS", "IMAGE_EXTENSIONS", "DataConfig", "Layout", "find_images", "image_key", "paired_dirs",
+    "resolve_layout", "data_root",
     "SRTrainDataset", "StepBatchSampler", "make_loader", "load_val_images", "mix_seed", "loader_throughput",
 ]
 
@@ -95,6 +96,18 @@ def find_images(folder: str | os.PathLike, recursive: bool = True) -> list[Path]
     it = root.rglob("*") if recursive else root.iterdir()
     files = [p for p in it if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS and not p.name.startswith(".")]
     return sorted(files, key=lambda p: p.relative_to(root).as_posix())
+
+
+def image_key(path: Path, base: Path) -> str:
+    """The name that pairs files across folders: ``path`` relative to ``base``, without extension, posix."""
+    return path.relative_to(base).with_suffix("").as_posix()
+
+
+def paired_dirs(root: Path) -> tuple[Path | None, Path | None]:
+    """The HR (``HR``, ``hr``, ``GT`` or ``gt``) and LR (``LR`` or ``lr``) sub-folders of a paired layout."""
+    hr_dir = next((root / d for d in ("HR", "hr", "GT", "gt") if (root / d).is_dir()), None)
+    lr_dir = next((root / d for d in ("LR", "lr") if (root / d).is_dir()), None)
+    return hr_dir, lr_dir
 
 
 def data_root(data_dir: str | os.PathLike | None) -> Path | None:
@@ -165,14 +178,13 @@ def resolve_layout(name: str, data_dir: str | os.PathLike | None = None, split: 
         return Layout(name, split, tuple(files))
 
     if name == "paired":
-        hr_dir = next((root / d for d in ("HR", "hr", "GT", "gt") if (root / d).is_dir()), None)
-        lr_dir = next((root / d for d in ("LR", "lr") if (root / d).is_dir()), None)
+        hr_dir, lr_dir = paired_dirs(root)
         if hr_dir is None or lr_dir is None:
             raise _missing(name, split, root, "Need HR/ and LR/ sub-folders.")
-        lr_by_stem = {p.relative_to(lr_dir).with_suffix("").as_posix(): p for p in find_images(lr_dir)}
+        lr_by_stem = {image_key(p, lr_dir): p for p in find_images(lr_dir)}
         hr_files, lr_files = [], []
         for p in find_images(hr_dir):
-            key = p.relative_to(hr_dir).with_suffix("").as_posix()
+            key = image_key(p, hr_dir)
             if key not in lr_by_stem:
                 raise DatasetError(f"paired data set: {p} has no LR partner {lr_dir / key}.*")
             hr_files.append(p)

@@ -1,45 +1,9 @@
-"""Evaluation: run an upscaler over a named set, aggregate metrics, and write a report people can trust.
-
-Sets (under ``data_dir`` or ``$DREAMSR_DATA``; :data:`SETS` lists the accepted folder names):
-
-============== ======================================================================= ======== ==========
-set            layout                                                                  scale    protocol
-============== ======================================================================= ======== ==========
-div2k-val      ``DIV2K/DIV2K_valid_HR/*.png`` (100 images)                              4        div2k
-celebahq       ``celeba_hq/*`` or ``CelebA-HQ-img/*``: the last 100 files (sorted)      8        faces
-set5 / set14   ``Set5/HR/*`` (or ``Set5/GTmod12``, ``Set5/original``, ``benchmark/Set5/HR``)  4  div2k
-bsd100         ``BSD100/HR`` (or ``B100``, ``BSDS100``)                                 4        div2k
-urban100       ``Urban100/HR``                                                          4        div2k
-cat            ``cat/*`` (or ``CAT``, ``cats``)                                         4        div2k
-lsun-bedroom   ``lsun/bedroom/*`` (or ``lsun_bedroom``, ``bedroom``)                    4        div2k
-lsun-tower     ``lsun/tower/*`` (or ``lsun_tower``, ``tower``)                          4        div2k
-folder         ``data_dir`` itself, every image below it is an HR image                 4        div2k
-paired         ``data_dir/HR/<name>`` and ``data_dir/LR/<name>`` (same stem)            (files)  div2k
-============== ======================================================================= ======== ==========
-
-LR synthesis (every set but ``paired``): the HR image is cropped at the bottom/right to a multiple of the scale
-(BasicSR's "GTmod"), downsampled with :func:`dreamsr.images.downsample` (the antialiased bicubic used in
-training) and rounded to 8 bits as a saved LR file would be. The ``div2k`` and ``celebahq`` validation files are
-the ones :func:`dreamsr.data.resolve_layout` holds out of training.
-
-Protocols (paper Sec. 6.2): ``div2k`` -- the LR image is super-resolved in 40x40 LR tiles with 5 px overlap,
-tiles sampled independently and merged at the end; ``faces`` -- HR resized to 128x128 (16x16 LR at x8), the
-whole image in one piece. Reference upscalers (``bicubic``, ``nearest``) ignore tiling.
-
-Metrics: SR outputs are rounded to 8 bits before any metric (as the SR3/DREAM and BasicSR code measure saved
-images). Conventions: ``rgb`` = RGB on the whole image; ``y`` = BT.601 Y with ``crop_border`` (default = scale)
-cropped first (:mod:`dreamsr.metrics`). With ``samples`` K > 1 every image is super-resolved with seeds
-``seed .. seed+K-1``; the summary ``mean`` is over all images and seeds and ``std`` is the standard deviation of
-the K per-seed set means (with K = 1, ``std`` is over images).
-
-Output folder: ``metrics.csv`` (one row per image and seed, failed files included with their error),
-``summary.json``, ``summary.md`` and ``grids/*.png`` (LR | bicubic | SR | HR with a zoomed crop) for the first
-images. The library never prints; ``progress`` receives :class:`Progress` events.
-"""
+"""The evaluation run: :class:`EvalConfig`, :func:`evaluate` (an upscaler over a set, per-image metrics,
+aggregates, the report files) and the reuse of a finished evaluation (:func:`finished_summary`,
+:func:`evaluate_cached`). Conventions and outputs: :mod:`dreamsr.evaluate`."""
 
 from __future__ import annotations
 
-import csv
 import datetime as _dt
 import json
 import math
@@ -54,175 +18,19 @@ import torch
 import torch.nn.functional as F
 
 from dreamsr import metrics as M
-from dreamsr.errors import ConfigError, DatasetError, DreamSRError, InputError
+from dreamsr.data import data_root
+from dreamsr.errors import ConfigError, DreamSRError, InputError
+from dreamsr.evaluate.reports import CONVENTION_TEXT, METRICS, write_csv, write_grid, write_png, write_summary
+from dreamsr.evaluate.sets import PROTOCOLS, SETS, EvalItem, Protocol, resolve_set
+from dreamsr.files import dumps_json, load_json, sha256_file
 from dreamsr.images import downsample, load_rgb, resize, upsample
 from dreamsr.options import SamplingOptions
-from dreamsr.weights import sha256_file
 
-__all__ = [
-    "SETS", "SetSpec", "Protocol", "PROTOCOLS", "EvalItem", "EvalConfig", "Progress", "EvalReport",
-    "METRICS", "REFERENCE_MODELS", "resolve_set", "evaluate", "evaluate_cached", "finished_summary", "compare", "compare_markdown", "load_summary",
-    "format_metric", "metric_label",
-    "IMAGE_EXTENSIONS",
-]
+__all__ = ["EvalConfig", "Progress", "ProgressFn", "EvalReport", "REFERENCE_MODELS", "evaluate", "evaluate_cached",
+           "finished_summary"]
 
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".ppm")
-METRICS = ("psnr", "ssim", "consistency", "lpips", "fid")
 REFERENCE_MODELS = ("bicubic", "nearest")
 Convention = Literal["rgb", "y", "both"]
-
-
-# ---------------------------------------------------------------------------------------------- sets
-@dataclass(frozen=True)
-class Protocol:
-    """How a set is super-resolved: tiling of the LR input and the HR size (None: the file's own size)."""
-
-    name: str
-    tile: int  # LR tile side in px (0: whole image)
-    overlap: int  # LR px shared by neighbouring tiles
-    merge: Literal["step", "end"]  # pipeline merge mode ("end": tiles sampled independently, paper Sec. 6.2)
-    hr_size: int | None = None  # HR resized to hr_size x hr_size before LR synthesis (faces)
-    description: str = ""
-
-
-PROTOCOLS: dict[str, Protocol] = {
-    "div2k": Protocol("div2k", 40, 5, "end", None, "40x40 LR tiles, 5 px overlap, merged at the end (paper 6.2)"),
-    "faces": Protocol("faces", 0, 0, "end", 128, "HR resized to 128x128, whole image in one piece (paper 6.2)"),
-}
-
-
-@dataclass(frozen=True)
-class SetSpec:
-    """A named evaluation set: where its HR files live, its default scale and protocol."""
-
-    name: str
-    dirs: tuple[str, ...]  # folders under the data root tried in order ("." = the root itself)
-    scale: int  # default factor
-    protocol: str
-    layout: str  # what a user must put where (shown in errors)
-    source: str  # where the official files are published
-
-
-SETS: dict[str, SetSpec] = {s.name: s for s in (
-    SetSpec("div2k-val", ("DIV2K/DIV2K_valid_HR",), 4, "div2k", "DIV2K/DIV2K_valid_HR/*.png (100 images)",
-            "https://data.vision.ee.ethz.ch/cvl/DIV2K/ (DIV2K_valid_HR.zip)"),
-    SetSpec("celebahq", ("celeba_hq",), 8, "faces", "celeba_hq/*.png|jpg or CelebA-HQ-img/*.jpg (last 100 sorted)",
-            "https://github.com/switchablenorms/CelebAMask-HQ"),
-    SetSpec("set5", ("Set5/HR", "Set5/GTmod12", "Set5/original", "benchmark/Set5/HR", "Set5"), 4, "div2k",
-            "Set5/HR/*.png (or Set5/GTmod12, Set5/original, benchmark/Set5/HR)",
-            "https://github.com/XPixelGroup/BasicSR/blob/master/docs/DatasetPreparation.md"),
-    SetSpec("set14", ("Set14/HR", "Set14/GTmod12", "Set14/original", "benchmark/Set14/HR", "Set14"), 4, "div2k",
-            "Set14/HR/*.png (or Set14/GTmod12, Set14/original, benchmark/Set14/HR)",
-            "https://github.com/XPixelGroup/BasicSR/blob/master/docs/DatasetPreparation.md"),
-    SetSpec("bsd100", ("BSD100/HR", "B100/HR", "BSDS100/HR", "benchmark/B100/HR", "BSD100", "B100", "BSDS100"), 4,
-            "div2k", "BSD100/HR/*.png (or B100/HR, BSDS100/HR, benchmark/B100/HR)",
-            "https://github.com/XPixelGroup/BasicSR/blob/master/docs/DatasetPreparation.md"),
-    SetSpec("urban100", ("Urban100/HR", "benchmark/Urban100/HR", "Urban100"), 4, "div2k",
-            "Urban100/HR/*.png (or benchmark/Urban100/HR)",
-            "https://github.com/XPixelGroup/BasicSR/blob/master/docs/DatasetPreparation.md"),
-    SetSpec("cat", ("cat", "CAT", "cats"), 4, "div2k", "cat/*.png|jpg (the 100 validation images you chose)",
-            "https://github.com/Ree1s/IDM (CAT validation split)"),
-    SetSpec("lsun-bedroom", ("lsun/bedroom", "lsun_bedroom", "bedroom"), 4, "div2k",
-            "lsun/bedroom/*.png|jpg (LSUN bedroom validation images)", "https://github.com/fyu/lsun"),
-    SetSpec("lsun-tower", ("lsun/tower", "lsun_tower", "tower"), 4, "div2k",
-            "lsun/tower/*.png|jpg (LSUN tower validation images)", "https://github.com/fyu/lsun"),
-    SetSpec("folder", (".",), 4, "div2k", "any folder of HR images (searched recursively)", "your own photos"),
-    SetSpec("paired", (".",), 4, "div2k", "HR/<name>.png and LR/<name>.png, LR exactly HR/scale",
-            "your own pairs"),
-)}
-
-
-@dataclass(frozen=True)
-class EvalItem:
-    """One entry of a set: an HR file, its LR partner (``paired``) or an error found while listing."""
-
-    name: str  # relative path without extension: unique within the set
-    hr: Path | None
-    lr: Path | None = None
-    error: str | None = None  # e.g. "no LR partner": reported per file, never fatal
-
-
-def _find_images(folder: Path, recursive: bool = True) -> list[Path]:
-    it = folder.rglob("*") if recursive else folder.iterdir()
-    files = [p for p in it if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS and not p.name.startswith(".")]
-    return sorted(files, key=lambda p: p.relative_to(folder).as_posix())
-
-
-def _data_root(data_dir: str | os.PathLike | None) -> Path | None:
-    if data_dir:
-        return Path(data_dir).expanduser()
-    env = os.environ.get("DREAMSR_DATA")
-    return Path(env).expanduser() if env else None
-
-
-def _missing(spec: SetSpec, root: Path | None, detail: str = "") -> DatasetError:
-    at = f"under {root}" if root is not None else "(no --data-dir given and DREAMSR_DATA is not set)"
-    extra = f" {detail}" if detail else ""
-    return DatasetError(f"set {spec.name!r} not found {at}.{extra} Expected layout: {spec.layout}. "
-                        f"Files: {spec.source}.")
-
-
-def _stem(path: Path, base: Path) -> str:
-    return path.relative_to(base).with_suffix("").as_posix()
-
-
-def resolve_set(name: str, data_dir: str | os.PathLike | None = None, *, limit: int | None = None) -> list[EvalItem]:
-    """List the items of set ``name`` (sorted, the first ``limit``). Raises DatasetError naming the expected
-    layout when the set is not there, ConfigError for an unknown name. Missing pairs become items with an error."""
-    if name not in SETS:
-        raise ConfigError(f"unknown set {name!r}; choose one of {', '.join(SETS)}")
-    if limit is not None and limit < 1:
-        raise ConfigError(f"--limit must be >= 1, got {limit}")
-    spec = SETS[name]
-    root = _data_root(data_dir)
-    if root is None or not root.is_dir():
-        raise _missing(spec, root)
-
-    items: list[EvalItem]
-    if name in ("div2k-val", "celebahq"):
-        # the same held-out files as training's validation split (one rule, in dreamsr.data)
-        from dreamsr.data import resolve_layout
-
-        try:
-            layout = resolve_layout("div2k" if name == "div2k-val" else "celebahq", root, split="val")
-        except DatasetError as err:
-            raise DatasetError(f"set {name!r}: {err}") from None
-        base = os.path.commonpath([str(p.parent) for p in layout.hr])
-        items = [EvalItem(_stem(p, Path(base)), p) for p in layout.hr]
-    elif name == "paired":
-        hr_dir = next((root / d for d in ("HR", "hr", "GT", "gt") if (root / d).is_dir()), None)
-        lr_dir = next((root / d for d in ("LR", "lr") if (root / d).is_dir()), None)
-        if hr_dir is None or lr_dir is None:
-            raise _missing(spec, root, "Need HR/ and LR/ sub-folders.")
-        hr_by = {_stem(p, hr_dir): p for p in _find_images(hr_dir)}
-        lr_by = {_stem(p, lr_dir): p for p in _find_images(lr_dir)}
-        if not hr_by and not lr_by:
-            raise _missing(spec, root, "HR/ and LR/ hold no images.")
-        items = []
-        for key in sorted(set(hr_by) | set(lr_by)):
-            if key not in lr_by:
-                items.append(EvalItem(key, hr_by[key], None, f"no LR partner {lr_dir / key}.* for {hr_by[key]}"))
-            elif key not in hr_by:
-                items.append(EvalItem(key, None, lr_by[key], f"no HR partner {hr_dir / key}.* for {lr_by[key]}"))
-            else:
-                items.append(EvalItem(key, hr_by[key], lr_by[key]))
-    else:
-        if name == "folder":
-            folder: Path | None = root if _find_images(root) else None
-            recursive = True
-        else:
-            # the set's folder under the root, or the root itself being the set's folder (--data-dir .../Set5)
-            cands = [root / d for d in spec.dirs]
-            for d in spec.dirs:
-                top, _, rest = d.partition("/")
-                if root.name.lower() == top.lower():
-                    cands.append(root / rest if rest else root)
-            folder = next((c for c in cands if c.is_dir() and _find_images(c, recursive=False)), None)
-            recursive = False
-        if folder is None:
-            raise _missing(spec, root, "No images found.")
-        items = [EvalItem(_stem(p, folder), p) for p in _find_images(folder, recursive)]
-    return items[:limit] if limit else items
 
 
 # ---------------------------------------------------------------------------------------------- config
@@ -415,19 +223,6 @@ def _prepare_pair(item: EvalItem, scale: int, protocol: Protocol) -> tuple[torch
     return _quantize(downsample(hr, scale)), hr
 
 
-def _finite(v: float) -> float | str:
-    """JSON-safe number: inf/nan become the strings "inf", "-inf", "nan"."""
-    if isinstance(v, float) and not math.isfinite(v):
-        return "nan" if math.isnan(v) else ("inf" if v > 0 else "-inf")
-    return v
-
-
-def _unfinite(v: Any) -> Any:
-    if isinstance(v, str) and v in ("inf", "-inf", "nan"):
-        return float(v)
-    return v
-
-
 def _mean_std(values: list[float]) -> tuple[float, float]:
     if not values:
         return math.nan, math.nan
@@ -450,59 +245,6 @@ def _columns(metrics: Sequence[str], convention: str) -> list[tuple[str, str, st
     if "lpips" in metrics:
         cols.append(("lpips", "lpips", "rgb"))
     return cols
-
-
-CONVENTION_TEXT = {
-    "consistency": "MSE x 1e5 between LR and the bicubic-downsampled SR, RGB in [0, 1] (DREAM Table 2)",
-    "lpips": "LPIPS v0.1 ({net}), inputs in [-1, 1], whole image",
-    "fid": "FID, pytorch-fid InceptionV3 pool3 (2048-d), SR set vs HR set, resized to 299x299",
-}
-
-
-# ---------------------------------------------------------------------------------------------- grids
-def _to_uint8(x: torch.Tensor) -> np.ndarray:
-    return x.clamp(0, 1).mul(255).round().byte().permute(1, 2, 0).cpu().numpy()
-
-
-def _crop_box(hr: torch.Tensor, bic: torch.Tensor) -> tuple[int, int, int]:
-    """(top, left, side) of the zoom crop: a square 1/4 of the short side where bicubic errs most."""
-    H, W = hr.shape[-2:]
-    side = max(8, min(H, W) // 4)
-    err = (hr - bic).abs().mean(0, keepdim=True).unsqueeze(0)
-    pooled = F.avg_pool2d(err, side, stride=max(1, side // 2))
-    idx = int(pooled.flatten().argmax())
-    pw = pooled.shape[-1]
-    top, left = (idx // pw) * max(1, side // 2), (idx % pw) * max(1, side // 2)
-    return min(top, H - side), min(left, W - side), side
-
-
-def _write_grid(path: Path, lr: torch.Tensor, bic: torch.Tensor, sr: torch.Tensor, hr: torch.Tensor,
-                sr_label: str, captions: dict[str, str]) -> None:
-    """LR (nearest, HR size) | bicubic | SR | HR on top; the same zoomed crop of each below; labels above."""
-    from PIL import Image, ImageDraw
-
-    H, W = hr.shape[-2:]
-    lr_big = F.interpolate(lr.unsqueeze(0), size=(H, W), mode="nearest").squeeze(0)
-    panels = [("LR", lr_big), ("bicubic", bic), (sr_label, sr), ("HR", hr)]
-    top, left, side = _crop_box(hr, bic)
-    zs = min(H, W)  # the zoom is a square as wide as the panel's short side
-    label_h, pad = 18, 4
-    canvas = Image.new("RGB", (4 * W + 5 * pad, label_h + H + zs + 3 * pad), "white")
-    draw = ImageDraw.Draw(canvas)
-    for i, (name, img) in enumerate(panels):
-        x = pad + i * (W + pad)
-        canvas.paste(Image.fromarray(_to_uint8(img)), (x, label_h + pad))
-        crop = img[:, top:top + side, left:left + side].unsqueeze(0)
-        zoom = F.interpolate(crop, size=(zs, zs), mode="nearest").squeeze(0)
-        canvas.paste(Image.fromarray(_to_uint8(zoom)), (x, label_h + H + 2 * pad))
-        draw.rectangle([x + left, label_h + pad + top, x + left + side - 1, label_h + pad + top + side - 1],
-                       outline=(255, 0, 0), width=max(1, min(H, W) // 128))
-        text = name + (f"  {captions[name]}" if name in captions else "")
-        draw.text((x, 3), text, fill=(0, 0, 0))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    canvas.save(tmp, format="PNG")
-    os.replace(tmp, path)
 
 
 # ---------------------------------------------------------------------------------------------- evaluate
@@ -631,11 +373,7 @@ def evaluate(config: EvalConfig, out_dir: str | os.PathLike, *, progress: Progre
         rows.extend(image_rows)
         ok_images += 1
         if cfg.save_images and sr0 is not None:
-            from PIL import Image
-
-            dst = out / "sr" / f"{label}.png"
-            dst.parent.mkdir(parents=True, exist_ok=True)
-            Image.fromarray(_to_uint8(sr0)).save(dst)
+            write_png(out / "sr" / f"{label}.png", sr0)
         if len(grid_paths) < cfg.grids and sr0 is not None:
             r0 = image_rows[0]
             cap = {}
@@ -647,7 +385,7 @@ def evaluate(config: EvalConfig, out_dir: str | os.PathLike, *, progress: Progre
                     cap = {"bicubic": f"{b:.2f} dB", sr_name: f"{sr_val:.2f} dB"}
                     break
             gp = out / "grids" / f"{label.replace('/', '__')}.png"
-            _write_grid(gp, lr, bic, sr0, hr, sr_name, cap)
+            write_grid(gp, lr, bic, sr0, hr, sr_name, cap)
             grid_paths.append(gp)
 
     # ----------------------------------------------------------------------------- aggregate
@@ -716,7 +454,7 @@ def evaluate(config: EvalConfig, out_dir: str | os.PathLike, *, progress: Progre
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "command": cfg.command,
         "set": cfg.set,
-        "data_dir": str(_data_root(cfg.data_dir)),
+        "data_dir": str(data_root(cfg.data_dir)),
         "protocol": {**asdict(protocol), **({"tile": run.options.tile, "overlap": run.options.overlap,
                                              "merge": run.options.merge} if isinstance(run, _Diffusion)
                                             else {"tile": 0, "overlap": 0, "note": "reference upscalers run on "
@@ -742,9 +480,8 @@ def evaluate(config: EvalConfig, out_dir: str | os.PathLike, *, progress: Progre
     }
 
     files = {"csv": out / "metrics.csv", "json": out / "summary.json", "md": out / "summary.md"}
-    _write_csv(files["csv"], rows, cols)
-    _write_json(files["json"], summary)
-    files["md"].write_text(_markdown(summary), encoding="utf-8")
+    write_csv(files["csv"], rows, cols)
+    write_summary(files["json"], summary)  # summary.md, then summary.json last
     if grid_paths:
         files["grids"] = grid_paths[0].parent
     if cfg.save_images:
@@ -752,33 +489,9 @@ def evaluate(config: EvalConfig, out_dir: str | os.PathLike, *, progress: Progre
     return EvalReport(out, summary, rows, files)
 
 
-def _write_csv(path: Path, rows: list[dict[str, Any]], cols: list[tuple[str, str, str]]) -> None:
-    fields = ["image", "sample", "seed", "lr_size", "hr_size"] + [c[0] for c in cols] + ["seconds", "error"]
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", newline="", encoding="utf-8") as f:
-        w = csv.DictWriter(f, fieldnames=fields, extrasaction="ignore")
-        w.writeheader()
-        for r in rows:
-            w.writerow({k: (repr(v) if isinstance(v, float) and math.isfinite(v) else
-                            ("inf" if v == math.inf else v)) for k, v in r.items()})
-    os.replace(tmp, path)
-
-
-def _jsonable(obj: Any) -> Any:
-    if isinstance(obj, float):
-        return _finite(obj)
-    if isinstance(obj, dict):
-        return {k: _jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_jsonable(v) for v in obj]
-    if isinstance(obj, Path):
-        return str(obj)
-    return obj
-
-
 def _comparable_config(config: dict[str, Any]) -> dict[str, Any]:
     """A config as summary.json stores it, without the command line (it does not change results)."""
-    return {k: v for k, v in json.loads(json.dumps(_jsonable(config))).items() if k != "command"}
+    return {k: v for k, v in json.loads(dumps_json(config)).items() if k != "command"}
 
 
 def finished_summary(config: EvalConfig, out_dir: str | os.PathLike) -> dict[str, Any] | None:
@@ -793,7 +506,7 @@ def finished_summary(config: EvalConfig, out_dir: str | os.PathLike) -> dict[str
     if not path.is_file():
         return None
     try:
-        cached = json.loads(path.read_text(encoding="utf-8"))
+        cached = load_json(path)
     except (OSError, ValueError):
         return None
     # a field added to EvalConfig after the summary was written is absent there: its default is what ran
@@ -813,148 +526,3 @@ def evaluate_cached(config: EvalConfig, out_dir: str | os.PathLike, *,
     if cached is not None:
         return cached, True
     return evaluate(config, out_dir, progress=progress).summary, False
-
-
-def _write_json(path: Path, summary: dict[str, Any]) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(_jsonable(summary), indent=2, allow_nan=False) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
-
-
-def format_metric(v: Any, metric: str) -> str:
-    v = _unfinite(v)
-    if v is None:
-        return "-"
-    if isinstance(v, float) and math.isinf(v):
-        return "inf" if v > 0 else "-inf"
-    if isinstance(v, float) and math.isnan(v):
-        return "-"
-    digits = {"psnr": 2, "ssim": 4, "lpips": 4, "fid": 2, "consistency": 3}.get(metric, 4)
-    return f"{v:.{digits}f}"
-
-
-def metric_label(entry: dict[str, Any]) -> str:
-    m, c = entry["metric"], entry.get("convention", "rgb")
-    if m in ("psnr", "ssim"):
-        return f"{m.upper()} ({'Y' if c == 'y' else 'RGB'})"
-    return {"consistency": "Consistency", "lpips": "LPIPS", "fid": "FID"}[m]
-
-
-def _markdown(s: dict[str, Any]) -> str:
-    model = s["model"]
-    lines = [f"# dreamsr eval: {model.get('name')} on {s['set']} (x{s['scale']})", ""]
-    lines.append(f"- images: {s['count']} evaluated of {s['images']}; errors: {s['n_errors']}")
-    if model.get("kind") == "diffusion":
-        smp = model.get("sampling", {})
-        lines.append(f"- sampling: {s['sampler']}, {s['steps']} steps, seed {s['seed']}, {s['samples']} sample(s) "
-                     f"per image, tiles {smp.get('tile')} px / overlap {smp.get('overlap')} px, merge "
-                     f"{smp.get('merge')}"
-                     + (f", truncated start at t0 = {smp['start']}" if smp.get("start") else "")
-                     + (", back-projection" if smp.get("back_project") else "")
-                     + (f", self-ensemble of {smp['ensemble']}" if (smp.get("ensemble") or 1) > 1 else ""))
-        lines.append(f"- weights: {model.get('weights')} (sha256 {str(model.get('sha256'))[:12]})")
-    else:
-        lines.append(f"- reference upscaler: {model.get('description')}")
-    lines.append(f"- protocol: {s['protocol']['name']} — {s['protocol']['description']}"
-                 + (f" ({s['protocol']['note']})" if s["protocol"].get("note") else ""))
-    lines.append(f"- RGB convention: {s['conventions']['rgb']}")
-    lines.append(f"- Y convention: {s['conventions']['y']}")
-    lines.append(f"- {s['conventions']['sr_quantized']}")
-    lines.append(f"- dreamsr {s['dreamsr_version']}, {s['created']}")
-    if s.get("command"):
-        lines.append(f"- command: `{s['command']}`")
-    lines += ["", "| metric | mean | std | count | convention |", "|---|---:|---:|---:|---|"]
-    for e in s["metrics"]:
-        if e.get("available") is False:
-            lines.append(f"| {metric_label(e)} | unavailable | | | {e['reason']} |")
-            continue
-        std = format_metric(e.get("std"), e["metric"])
-        if e.get("std_over") and std != "-":
-            std += f" ({e['std_over'].split(' (')[0]})"
-        lines.append(f"| {metric_label(e)} | {format_metric(e['mean'], e['metric'])} | {std} | {e['count']} | "
-                     f"{e.get('convention_text', '')} |")
-    if s["warnings"]:
-        lines += ["", "## Warnings", ""] + [f"- {w}" for w in s["warnings"]]
-    if s["errors"]:
-        lines += ["", "## Errors", ""] + [f"- `{e['image']}`: {e['error']}" for e in s["errors"]]
-    return "\n".join(lines) + "\n"
-
-
-# ---------------------------------------------------------------------------------------------- compare
-def load_summary(path: str | os.PathLike) -> dict[str, Any]:
-    """Read a summary.json written by :func:`evaluate` (non-finite numbers restored). InputError if unusable."""
-    p = Path(path)
-    if p.is_dir():
-        p = p / "summary.json"
-    try:
-        data = json.loads(p.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as err:
-        raise InputError(f"{p}: cannot read an eval summary ({err})") from None
-    if not isinstance(data, dict) or "metrics" not in data or "model" not in data:
-        raise InputError(f"{p}: not a dreamsr eval summary.json")
-    for e in data["metrics"]:
-        for k in ("mean", "std"):
-            e[k] = _unfinite(e.get(k))
-    data["_path"] = str(p)
-    return data
-
-
-def compare(paths: Sequence[str | os.PathLike]) -> dict[str, Any]:
-    """Line up several summaries: ``{"runs": [{label, set, scale, model, count, ...}], "rows": [{"metric",
-    "convention", "label", "values": [(mean, std) or None per run]}], "warnings": [...]}``.
-
-    Rows are matched by (metric, convention); a warning is added when the runs differ in set, scale, count or
-    crop border, since their numbers are then not directly comparable.
-    """
-    if len(paths) < 1:
-        raise ConfigError("compare needs at least one summary.json")
-    sums = [load_summary(p) for p in paths]
-    runs = []
-    for s in sums:
-        label = f"{s['model'].get('name')} ({Path(s['_path']).parent.name})"
-        runs.append({"label": label, "path": s["_path"], "set": s["set"], "scale": s["scale"], "count": s["count"],
-                     "samples": s.get("samples"), "steps": s.get("steps"), "crop_border": s.get("crop_border")})
-    keys: list[tuple[str, str]] = []
-    for s in sums:
-        for e in s["metrics"]:
-            key = (e["metric"], e.get("convention", "rgb"))
-            if key not in keys:
-                keys.append(key)
-    order = {m: i for i, m in enumerate(METRICS)}
-    keys.sort(key=lambda k: (order.get(k[0], 99), k[1]))
-    rows = []
-    for metric, conv in keys:
-        values: list[tuple[Any, Any] | None] = []
-        label = ""
-        for s in sums:
-            e = next((e for e in s["metrics"] if e["metric"] == metric and e.get("convention", "rgb") == conv), None)
-            if e is not None:
-                label = metric_label(e)
-            values.append(None if e is None or e.get("available") is False else (e["mean"], e.get("std")))
-        rows.append({"metric": metric, "convention": conv, "label": label, "values": values})
-    warnings = []
-    for key in ("set", "scale", "count", "crop_border"):
-        vals = {str(r[key]) for r in runs}
-        if len(vals) > 1:
-            warnings.append(f"runs differ in {key}: {', '.join(str(r[key]) for r in runs)}")
-    return {"runs": runs, "rows": rows, "warnings": warnings}
-
-
-def compare_markdown(table: dict[str, Any]) -> str:
-    """A Markdown table of :func:`compare`'s result (mean ± std per run)."""
-    head = "| metric | " + " | ".join(r["label"] for r in table["runs"]) + " |"
-    sep = "|---|" + "---:|" * len(table["runs"])
-    lines = [head, sep]
-    for row in table["rows"]:
-        cells = []
-        for v in row["values"]:
-            if v is None:
-                cells.append("-")
-            else:
-                mean, std = v
-                s = format_metric(mean, row["metric"])
-                std_s = format_metric(std, row["metric"])
-                cells.append(s if std_s == "-" else f"{s} ± {std_s}")
-        lines.append(f"| {row['label']} | " + " | ".join(cells) + " |")
-    lines += [f"\n> {w}" for w in table["warnings"]]
-    return "\n".join(lines) + "\n"
