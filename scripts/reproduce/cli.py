@@ -14,7 +14,9 @@ from typing import Sequence
 import torch
 
 from . import __doc__ as package_doc
-from .common import read_json, yn
+from dreamsr.files import load_json
+
+from .common import yn
 from .driver import reproduce, train_only
 from .partial import partial_curves
 from .profiles import EVAL_PARTS, PROFILES, RUNS
@@ -93,7 +95,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         log(f"evaluated {', '.join(res['only'])}; run again without --only for the report")
         return 0
     for name, path in res["json"].items():
-        checks = read_json(path)["checks"]
+        checks = load_json(path)["checks"]
         log(f"{name}: " + "; ".join(f"{c['claim']}: {yn(c['holds'])}" for c in checks))
     log(f"report: {res['doc']}")
     return 0

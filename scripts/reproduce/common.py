@@ -1,10 +1,10 @@
-"""Helpers every part of the reproduction shares: JSON files, the clock, the hardware record, number formatting,
-the paired difference used by E1 and E5, and the shape of a paper claim checked on our numbers."""
+"""Helpers every part of the reproduction shares: writing JSON files, the clock, the hardware record, number
+formatting, the paired difference used by E1 and E5, the shape of a paper claim checked on our numbers, and home
+folders written as ``~``. JSON is read with :func:`dreamsr.files.load_json`."""
 
 from __future__ import annotations
 
 import datetime as _dt
-import json
 import math
 import os
 import platform
@@ -15,7 +15,9 @@ from typing import Any, Callable
 
 import torch
 
-__all__ = ["Timed", "METRIC_COLUMNS", "DIGITS", "digits", "now", "write_json", "read_json", "hardware",
+from dreamsr.files import atomic_write_json
+
+__all__ = ["Timed", "METRIC_COLUMNS", "DIGITS", "digits", "now", "write_json", "hardware",
            "paired_difference", "check", "yn", "fmt", "table_row", "without_home"]
 
 #: ``timed(stage, fn)``: call ``fn`` and record its wall time under ``stage`` in the invocation's record.
@@ -36,27 +38,10 @@ def now() -> str:
 
 
 def write_json(path: Path, data: Any) -> None:
-    """Atomic JSON write; non-finite floats become the strings "inf"/"nan"."""
-
-    def clean(o: Any) -> Any:
-        if isinstance(o, float) and not math.isfinite(o):
-            return "nan" if math.isnan(o) else ("inf" if o > 0 else "-inf")
-        if isinstance(o, dict):
-            return {str(k): clean(v) for k, v in o.items()}
-        if isinstance(o, (list, tuple)):
-            return [clean(v) for v in o]
-        if isinstance(o, Path):
-            return str(o)
-        return o
-
+    """Write ``data`` as indented JSON, atomically (:func:`dreamsr.files.atomic_write_json`: non-finite floats as
+    the strings "inf"/"nan"), creating the folder first."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(clean(data), indent=2, allow_nan=False) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
-
-
-def read_json(path: Path) -> Any:
-    return json.loads(Path(path).read_text(encoding="utf-8"))
+    atomic_write_json(path, data, indent=2)
 
 
 def hardware() -> dict[str, Any]:

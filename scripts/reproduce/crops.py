@@ -8,7 +8,9 @@ from pathlib import Path
 
 import torch
 
-from .common import read_json, write_json
+from dreamsr.files import load_json
+
+from .common import write_json
 
 __all__ = ["crop_positions", "held_out_crops", "prepare_eval_crops"]
 
@@ -52,7 +54,7 @@ def prepare_eval_crops(val_dir: Path, dest: Path, count: int, crop: int) -> Path
 
     manifest = {"val_dir": str(Path(val_dir).resolve()), "count": count, "crop": crop}
     mpath = dest / "manifest.json"
-    if mpath.is_file() and read_json(mpath).get("params") == manifest:
+    if mpath.is_file() and load_json(mpath).get("params") == manifest:
         return dest
     if dest.exists():
         shutil.rmtree(dest)

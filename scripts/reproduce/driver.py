@@ -8,7 +8,9 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from . import figures
-from .common import hardware, now, read_json, write_json
+from dreamsr.files import load_json
+
+from .common import hardware, now, write_json
 from .crops import prepare_eval_crops
 from .e1_p_sweep import evaluate_table, experiment_e1
 from .e2_convergence import experiment_e2
@@ -30,7 +32,7 @@ def record_invocation(out: Path, record: dict[str, Any], extra: dict[str, Any] |
     with open(out / ".run_info.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         path = out / "run_info.json"
-        info = read_json(path) if path.is_file() else {"invocations": []}
+        info = load_json(path) if path.is_file() else {"invocations": []}
         info.update(extra or {})
         info["invocations"].append(record)
         write_json(path, info)

@@ -12,9 +12,9 @@ from typing import Any, Callable, Sequence
 
 import torch
 
-from dreamsr.weights import sha256_file
+from dreamsr.files import load_json, sha256_file
 
-from .common import Timed, check, read_json, write_json
+from .common import Timed, check, write_json
 from .crops import held_out_crops
 from .profiles import P1, PINF, Profile
 
@@ -126,9 +126,9 @@ def evaluate_discrepancy(profile: Profile, out: Path, data: Path, trained: dict[
         weights = Path(trained[s.name]["weights"])
         key = {"weights_sha256": sha256_file(weights), "steps": profile.e4_steps, "images": profile.e4_images,
                "crop": profile.e4_crop, "seed": 0}
-        if path.is_file() and read_json(path).get("key") == key:
+        if path.is_file() and load_json(path).get("key") == key:
             log(f"E4 {s.name}: finished earlier, skipped")
-            res = read_json(path)
+            res = load_json(path)
         else:
             log(f"E4 {s.name}: {profile.e4_steps}-step DDPM chain on {profile.e4_images} crops")
             res = timed(f"e4/{s.name}", lambda s=s, weights=weights: discrepancy(

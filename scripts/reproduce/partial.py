@@ -8,6 +8,8 @@ from pathlib import Path
 from typing import Any
 
 from . import figures
+from dreamsr.files import atomic_write_text
+
 from .common import without_home, write_json
 from .e2_convergence import convergence_speedup, read_val_curve
 from .profiles import P1, PINF, R1, RINF, RUNS, Profile
@@ -96,6 +98,6 @@ def partial_curves(out: Path, doc: Path, profile: Profile, note: str = "") -> Pa
         figures.save(fig, plt, doc.parent / fig_name)
     L += ["", f"![validation curves]({fig_name})" if fig_name else figures.NO_PLOT, ""]
     doc.parent.mkdir(parents=True, exist_ok=True)
-    doc.write_text(without_home("\n".join(L)) + "\n", encoding="utf-8")
+    atomic_write_text(doc, without_home("\n".join(L)) + "\n")
     write_json(doc.with_suffix(".json"), results)
     return doc

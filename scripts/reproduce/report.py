@@ -9,7 +9,9 @@ from pathlib import Path
 from typing import Any
 
 from . import figures
-from .common import METRIC_COLUMNS, digits, fmt, read_json, without_home, write_json, yn
+from dreamsr.files import atomic_write_text, load_json
+
+from .common import METRIC_COLUMNS, digits, fmt, without_home, write_json, yn
 from .profiles import EXPERIMENTS, FULL_COST
 
 __all__ = ["checks_table", "metric_cell", "figure_lines", "duration", "invocation_part", "reporting_invocation",
@@ -292,15 +294,15 @@ def caveats(prof: dict[str, Any], info: dict[str, Any], e1: dict, e2: dict, e5: 
 def write_markdown(out: Path, doc: Path, fig_prefix: str = "") -> Path:
     """Render the report from the JSON files in ``out`` (nothing else) into ``doc``; figure links are
     ``fig_prefix`` + file name; home folders are written as ``~``. Returns ``doc``."""
-    info = read_json(out / "run_info.json")
-    e1, e2, e3, e4, e5 = (read_json(out / f"{name}.json") for name in EXPERIMENTS)
+    info = load_json(out / "run_info.json")
+    e1, e2, e3, e4, e5 = (load_json(out / f"{name}.json") for name in EXPERIMENTS)
     figs = info.get("figures", {})
     prof = e1["profile"]
     L = (header(prof) + setting(prof, info, e1, e3, e4, e5) + section_e1(e1, figs, fig_prefix)
          + section_e2(e2, figs, fig_prefix) + section_e3(e3, figs, fig_prefix) + section_e4(e4, figs, fig_prefix)
          + section_e5(e5, figs, fig_prefix) + caveats(prof, info, e1, e2, e5))
     doc.parent.mkdir(parents=True, exist_ok=True)
-    doc.write_text(without_home("\n".join(L)) + "\n", encoding="utf-8")
+    atomic_write_text(doc, without_home("\n".join(L)) + "\n")
     return doc
 
 
@@ -308,11 +310,11 @@ def render(out: Path, doc: Path, redraw: bool = False) -> Path:
     """Write ``doc``; when it lives outside ``out``, copy the figures to ``<doc dir>/<doc stem>/``. With ``redraw``
     the figures are first drawn again from OUT's experiment JSONs (when matplotlib is installed)."""
     if redraw and figures.pyplot() is not None:
-        exps = [read_json(out / f"{name}.json") for name in EXPERIMENTS]
+        exps = [load_json(out / f"{name}.json") for name in EXPERIMENTS]
         drawn = figures.draw_all(out, *exps)
         path = out / "run_info.json"
-        write_json(path, {**read_json(path), "figures": drawn, "figures_note": None})
-    info = read_json(out / "run_info.json")
+        write_json(path, {**load_json(path), "figures": drawn, "figures_note": None})
+    info = load_json(out / "run_info.json")
     prefix = ""
     if doc.resolve().parent != out.resolve():
         fig_dir = doc.parent / doc.stem
