@@ -97,3 +97,14 @@ def test_readme_command_trains_in_two_processes(tmp_path: Path) -> None:
     config = json.loads((run / "config.json").read_text())
     assert config["world_size"] == 2 and config["config"]["p"] == 2.0 and config["config"]["preset"] == "tiny"
     assert (run / "checkpoints/step_00000002.safetensors").is_file() and (run / "model.safetensors").is_file()
+
+
+def test_a_failing_worker_exits_1_with_one_line(tmp_path: Path) -> None:
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([sys.executable, "-m", "dreamsr.launch", "--standalone", "--nproc_per_node", "2", "train",
+                           "--dataset", "folder", "--data-dir", str(tmp_path / "none"), "--p", "1", "-o",
+                           str(tmp_path / "run"), "--device", "cpu"], cwd=REPO, env=env, capture_output=True,
+                          text=True, timeout=600)
+    assert proc.returncode == 1
+    assert "error: dreamsr train failed in rank 0 (exit code 1), rank 1 (exit code 1)" in proc.stderr
+    assert "not found under" in proc.stderr  # the worker's own error, above
