@@ -183,7 +183,8 @@ def test_memory_summary_and_targets(report: dict) -> None:
     sp = by_name["sampling speed-up over the naive path"]
     assert sp["value"] == report["sampling"]["headline"]["speedup_vs_naive"] and sp["target"] == 1.8
     dr = by_name["DREAM / standard training step"]
-    assert dr["value"] == report["training"]["dream_over_standard"] and dr["target"] == 1.35
+    assert dr["value"] == report["training"]["dream_over_standard"]
+    assert (dr["target"], dr["met"]) == (None, None) and "target is for fp32" in dr["detail"]  # bf16 training
     assert dr["value_cpu_time"] == report["training"]["dream_over_standard_cpu_time"]
     assert sp["value_cpu_time"] == report["sampling"]["headline"]["speedup_vs_naive_cpu_time"]
 
