@@ -1,19 +1,60 @@
-"""Helpers shared by the upscale tests (images, tiling, pipeline, CLI): tiny checkpoints, stand-in models,
-real photos from the scikit-image wheel, and a seam metric."""
+"""The one module of helpers shared by the tests (fixtures live in ``conftest.py``).
+
+- real photographs that install offline with the scikit-image and scikit-learn wheels (shared/offline.md):
+  :func:`photo_path`, :func:`load_photo`, :func:`copy_photos`;
+- tiny dreamsr checkpoints (:func:`write_tiny_checkpoint`, :func:`tiny_info`) and stand-in models
+  (:class:`IdentityOnCondition`, :class:`Pointwise`, :class:`Recorder`);
+- a seam metric (:func:`seam_ratio`);
+- random LPIPS/FID backbones under their real file names (:func:`save_random_weights`).
+"""
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
+from typing import Iterable
 
 import torch
 from torch import nn
 
-SKIMAGE_DATA = Path(__import__("skimage").__file__).parent / "data"
+SKIMAGE_PHOTOS = ("astronaut.png", "coffee.png", "chelsea.png", "rocket.jpg", "motorcycle_left.png",
+                  "hubble_deep_field.jpg")
+SKLEARN_PHOTOS = ("china.jpg", "flower.jpg")
 
 
+# ---- real photos ------------------------------------------------------------------------------------------
+def photo_path(name: str) -> Path:
+    """Path of a bundled photo by file name (``camera.png``, ``china.jpg`` ...), from whichever wheel ships it."""
+    if name in SKLEARN_PHOTOS:
+        import sklearn
+
+        return Path(sklearn.__file__).parent / "datasets" / "images" / name
+    import skimage
+
+    return Path(skimage.__file__).parent / "data" / name
+
+
+def load_photo(name: str) -> torch.Tensor:
+    """Photo as float RGB [3, H, W] in [0, 1]."""
+    from dreamsr.images import load_rgb
+
+    return load_rgb(photo_path(name))
+
+
+def copy_photos(folder: Path, names: Iterable[str]) -> Path:
+    """Copy the named photos into ``folder`` (created if missing) and return it: a data set in the 'folder'
+    layout."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for name in names:
+        shutil.copy(photo_path(name), folder / name)
+    return folder
+
+
+# ---- tiny checkpoints and stand-in models -------------------------------------------------------------------
 def write_tiny_checkpoint(path: Path, *, scale: int = 2, target: str = "residual", seed: int = 0,
-                          sampling: dict | None = None) -> Path:
-    """A randomly initialised ``tiny`` UNet (seed ``seed``) saved as a dreamsr checkpoint at ``path``."""
+                          sampling: dict | None = None, training: dict | None = None) -> Path:
+    """A randomly initialised ``tiny`` UNet (seed ``seed``) saved as a dreamsr checkpoint at ``path``;
+    ``training`` defaults to ``{"steps": 0, "dataset": "none"}``."""
     from dreamsr.checkpoint import CheckpointInfo, save_checkpoint
     from dreamsr.diffusion import DiffusionConfig
     from dreamsr.unet import PRESETS, UNet
@@ -22,7 +63,8 @@ def write_tiny_checkpoint(path: Path, *, scale: int = 2, target: str = "residual
         torch.manual_seed(seed)
         model = UNet(PRESETS["tiny"])
     info = CheckpointInfo(network=model.config, diffusion=DiffusionConfig(target=target), scale=scale,
-                          training={"steps": 0, "dataset": "none"}, dreamsr_version="test", sampling=sampling or {})
+                          training={"steps": 0, "dataset": "none"} if training is None else training,
+                          dreamsr_version="test", sampling=sampling or {})
     return save_checkpoint(path, model, info)
 
 
@@ -90,3 +132,30 @@ def seam_ratio(img: torch.Tensor, borders_y: list[int], borders_x: list[int]) ->
     border = torch.cat([dx[bx], dy[by]]).mean()
     inside = torch.cat([dx[mask_x], dy[mask_y]]).mean()
     return float(border / inside)
+
+
+# ---- LPIPS / FID backbones (random stand-ins) ---------------------------------------------------------------
+def save_random_weights(folder: Path, lpips_net: str = "squeeze", fid: bool = True) -> None:
+    """Random-initialised weights under the real file names (shared/offline.md): plumbing, not real values."""
+    from types import SimpleNamespace
+
+    import torchvision
+
+    from dreamsr import metrics
+
+    folder.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(0)
+    ctor = {"alex": torchvision.models.alexnet, "squeeze": torchvision.models.squeezenet1_1}[lpips_net]
+    if lpips_net:
+        torch.save(ctor(weights=None).state_dict(), folder / metrics.LPIPS_FILES[lpips_net][0])
+    if fid:
+        # pytorch-fid's layout; BatchNorm statistics calibrated on noise so that random features stay O(1)
+        net = metrics._build_fid_inception()
+        for m in net.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.reset_running_stats()
+                m.momentum = None
+        with torch.no_grad():
+            metrics.InceptionFeatures._pool3(SimpleNamespace(net=net.train()), torch.rand(2, 3, 160, 160) * 2 - 1)
+        torch.save(net.state_dict(), folder / metrics.FID_FILE)
+

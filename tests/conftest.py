@@ -1,6 +1,8 @@
-"""Shared pytest fixtures.
+"""Shared pytest fixtures (shared helper functions and stand-ins: ``tests/_helpers.py``).
 
 - ``tiny_checkpoint``: a deterministic tiny-preset dreamsr checkpoint (x4) written to ``tmp_path``.
+- ``one_thread``: one torch intra-op thread for a module (``pytestmark = pytest.mark.usefixtures("one_thread")``).
+- ``random_metric_weights``: a TORCH_HOME with random LPIPS (squeezenet) and FID Inception weights.
 - ``hub_server``: a real loopback Hugging Face Hub (``tests/hub_server.FakeHub``) with the HF client pointed at
   it through the environment (HF_ENDPOINT, a private HF_HUB_CACHE, telemetry off, online, no token).
 """
@@ -13,22 +15,41 @@ from typing import Iterator
 import pytest
 import torch
 
+from tests._helpers import save_random_weights, write_tiny_checkpoint
 from tests.hub_server import FakeHub
 
 
 @pytest.fixture
 def tiny_checkpoint(tmp_path: Path) -> Path:
-    """Path of ``tiny.safetensors``: the ``tiny`` UNet preset (seed 0), default DiffusionConfig, scale 4, fp32."""
-    from dreamsr.checkpoint import CheckpointInfo, save_checkpoint
-    from dreamsr.diffusion import DiffusionConfig
-    from dreamsr.unet import PRESETS, UNet
+    """Path of ``tiny.safetensors``: the ``tiny`` UNet preset (seed 0), image target, scale 4, fp32."""
+    return write_tiny_checkpoint(tmp_path / "tiny.safetensors", scale=4, target="image",
+                                 training={"p": 1.0, "steps": 0, "dataset": "none"})
 
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(0)
-        model = UNet(PRESETS["tiny"])
-    info = CheckpointInfo(network=model.config, diffusion=DiffusionConfig(), scale=4,
-                          training={"p": 1.0, "steps": 0, "dataset": "none"}, dreamsr_version="test")
-    return save_checkpoint(tmp_path / "tiny.safetensors", model, info)
+
+@pytest.fixture(scope="module")
+def one_thread() -> Iterator[None]:
+    """One intra-op thread: tiny models gain nothing from two, and on a shared 2-core machine spinning OpenMP
+    threads of several processes slow each other down by 10x or more."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="session")
+def random_metric_weights(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A TORCH_HOME holding random squeezenet + FID Inception weights under the real names
+    (:func:`tests._helpers.save_random_weights`); kept in pytest's cache between runs (the files take seconds to
+    make on two busy cores), else in a temporary folder."""
+    cache = getattr(request.config, "cache", None)
+    home = Path(cache.mkdir("dreamsr-random-metric-weights-v1")) if cache is not None \
+        else tmp_path_factory.mktemp("torch_home")
+    folder = home / "hub" / "checkpoints"
+    marker = folder / "complete"
+    if not marker.is_file() or marker.read_text() != torch.__version__:
+        save_random_weights(folder)
+        marker.write_text(torch.__version__)
+    return home
 
 
 @pytest.fixture

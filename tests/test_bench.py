@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
-from typing import Iterator
 
 import pytest
 import torch
@@ -22,6 +21,9 @@ from dreamsr.bench import BenchConfig, PeakMemory, forward_flops, run_bench, tra
 from dreamsr.errors import ConfigError, ModelNotFoundError
 from dreamsr.tiling import make_grid
 from dreamsr.unet import PRESETS, UNet, UNetConfig
+from tests._helpers import copy_photos
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 TINY = dict(lr_size=12, steps=2, tile=8, overlap=2, batches=(3,), repeats=2, naive_repeats=2, train_batch=2,
             train_patch=16, train_steps=2, train_warmup=1, train_rounds=1, threads=1, loader_workers=0,
@@ -37,20 +39,9 @@ def _set_cpu_flags(mp: pytest.MonkeyPatch, flags: frozenset[str]) -> None:
     mp.setattr(bench, "cpu_flags", fake)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread() -> Iterator[None]:
-    """Tiny models run fastest on one thread, and a busy machine makes OpenMP threads wait on each other."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def loader_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    folder = tmp_path_factory.mktemp("bench-data")
-    bench._write_train_images(folder, count=3, size=40, seed=1)
-    return folder
+    return copy_photos(tmp_path_factory.mktemp("bench-data"), ("chelsea.png", "coffee.png", "rocket.jpg"))
 
 
 @pytest.fixture(scope="module")

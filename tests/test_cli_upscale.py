@@ -20,7 +20,7 @@ from typer.testing import CliRunner
 from dreamsr.cli import app
 from dreamsr.images import load_image, save_image
 from dreamsr.runtime import resolve_device, resolve_precision
-from tests._helpers import SKIMAGE_DATA, write_tiny_checkpoint
+from tests._helpers import photo_path, write_tiny_checkpoint
 
 SRGB = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
 FAST = ["--steps", "2"]
@@ -46,7 +46,7 @@ def run(*args: object) -> "object":
 
 def photo(h: int = 14, w: int = 18, y: int = 200, x: int = 200) -> np.ndarray:
     """A small crop of a real photo (uint8 RGB)."""
-    a = np.asarray(Image.open(SKIMAGE_DATA / "astronaut.png").convert("RGB"))
+    a = np.asarray(Image.open(photo_path("astronaut.png")).convert("RGB"))
     return np.ascontiguousarray(a[y:y + h, x:x + w])
 
 

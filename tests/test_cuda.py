@@ -109,13 +109,12 @@ def test_tile_batch_size_changes_bf16_images_only_within_bf16_rounding(small, me
 @pytest.mark.parametrize("precision", ["bf16", "fp16"])
 @pytest.mark.parametrize("p", [math.inf, 1.0])
 def test_training_steps_under_autocast_are_finite(tmp_path: Path, precision: str, p: float) -> None:
-    from dreamsr.bench import _write_train_images
     from dreamsr.train import TrainConfig, train
+    from tests._helpers import copy_photos
 
     if precision == "bf16" and not torch.cuda.is_bf16_supported():
         pytest.skip("bf16 not supported on this GPU")
-    data = tmp_path / "data"
-    _write_train_images(data, count=4, size=64, seed=0)
+    data = copy_photos(tmp_path / "data", ("astronaut.png", "coffee.png", "chelsea.png", "rocket.jpg"))
 
     def run(prec: str) -> tuple[list[float], object]:
         losses: list[float] = []

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import shutil
 from pathlib import Path
 
@@ -14,12 +13,9 @@ from dreamsr.data import (DataConfig, SRTrainDataset, StepBatchSampler, load_val
                           make_loader, mix_seed, resolve_layout)
 from dreamsr.errors import ConfigError, DatasetError
 from dreamsr.images import downsample, load_rgb, upsample
+from tests._helpers import copy_photos, photo_path
 
-
-def _skimage_photo(name: str) -> Path:
-    import skimage
-
-    return Path(os.path.dirname(skimage.__file__)) / "data" / name
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _png(path: Path, h: int, w: int, seed: int = 0) -> Path:
@@ -30,22 +26,9 @@ def _png(path: Path, h: int, w: int, seed: int = 0) -> Path:
     return path
 
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """One intra-op thread: tiny models gain nothing from two, and on a shared 2-core machine spinning OpenMP
-    threads of several processes slow each other down by 10x or more."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 @pytest.fixture(scope="module")
 def photos(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    d = tmp_path_factory.mktemp("photos")
-    for n in ("astronaut.png", "coffee.png", "chelsea.png", "rocket.jpg"):
-        shutil.copy(_skimage_photo(n), d / n)
-    return d
+    return copy_photos(tmp_path_factory.mktemp("photos"), ("astronaut.png", "coffee.png", "chelsea.png", "rocket.jpg"))
 
 
 # --- layouts ------------------------------------------------------------------------------------------------
@@ -94,7 +77,7 @@ def test_env_var_root_and_face_layouts(tmp_path: Path, monkeypatch: pytest.Monke
 
 
 def test_paired_layout_keeps_lr_aligned(tmp_path: Path) -> None:
-    hr = load_rgb(_skimage_photo("chelsea.png"))[:, :96, :128]
+    hr = load_rgb(photo_path("chelsea.png"))[:, :96, :128]
     lr = downsample(hr, 4).clamp(0, 1)
     (tmp_path / "HR").mkdir()
     (tmp_path / "LR").mkdir()
@@ -225,10 +208,10 @@ def test_hr_downscale_and_too_small_images(tmp_path: Path, photos: Path) -> None
 
 
 def test_face_layouts_resize_whole_images_and_only_flip(tmp_path: Path) -> None:
-    img = load_rgb(_skimage_photo("astronaut.png"))
+    img = load_rgb(photo_path("astronaut.png"))
     (tmp_path / "celeba_hq").mkdir()
     for n in range(100 + 4):  # 4 train images + the 100 val images
-        shutil.copy(_skimage_photo("astronaut.png"), tmp_path / "celeba_hq" / f"{n:05d}.png")
+        shutil.copy(photo_path("astronaut.png"), tmp_path / "celeba_hq" / f"{n:05d}.png")
     ds = SRTrainDataset(DataConfig(dataset="celebahq", data_dir=str(tmp_path), patch=128, scale=8))
     want = torch.nn.functional.interpolate(img[None], size=(128, 128), mode="bicubic", antialias=True,
                                            align_corners=False)[0].clamp(0, 1)

@@ -17,7 +17,7 @@ from dreamsr.errors import ConfigError, DatasetError
 from dreamsr.evaluate import (EvalConfig, compare, compare_markdown, evaluate, evaluate_cached,
                               finished_summary, resolve_set)
 from dreamsr.images import downsample, load_rgb, upsample
-from tests.photos import load_photo
+from tests._helpers import load_photo, write_tiny_checkpoint
 
 PHOTOS = ("astronaut.png", "coffee.png", "chelsea.png", "china.jpg", "flower.jpg")
 
@@ -198,15 +198,9 @@ def test_faces_protocol_resizes_to_128_and_evaluates_16_to_128(tmp_path: Path) -
 
 
 # ---------------------------------------------------------------------------------------------- LPIPS / FID
-@pytest.fixture(scope="module")
-def metric_home(request, tmp_path_factory) -> Path:
-    from tests.test_metrics import random_weights_home
-
-    return random_weights_home(request, tmp_path_factory)
-
-
-def test_lpips_and_fid_through_random_weights_in_torch_home(tmp_path: Path, metric_home: Path, monkeypatch) -> None:
-    monkeypatch.setenv("TORCH_HOME", str(metric_home))
+def test_lpips_and_fid_through_random_weights_in_torch_home(tmp_path: Path, random_metric_weights: Path,
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TORCH_HOME", str(random_metric_weights))
     data = _photo_folder(tmp_path / "p", names=PHOTOS[:2], size=(48, 48))
     rep = evaluate(EvalConfig(set="folder", data_dir=str(data), metrics=("psnr", "lpips", "fid"), grids=0,
                               convention="rgb", lpips_net="squeeze"), tmp_path / "o")
@@ -318,8 +312,6 @@ def test_summary_json_is_the_report_and_records_the_sampling_that_ran(tmp_path: 
 def test_a_finished_evaluation_is_reused_only_for_the_same_settings_and_weights(tmp_path: Path,
                                                                                   tiny_checkpoint: Path) -> None:
     import dataclasses
-
-    from tests._helpers import write_tiny_checkpoint
 
     root = tmp_path / "p"
     _save(load_photo("chelsea.png")[:, 100:132, 150:182], root / "cat.png")

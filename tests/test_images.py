@@ -15,10 +15,9 @@ import torch
 from PIL import Image, ImageCms, ImageOps
 
 from dreamsr.errors import InputError
-from dreamsr.images import (OutputError, OutputExistsError, _encode_png16, _png_chunks, _png_unfilter, atomic_write, downsample,
-                            from_model, load_image, load_rgb, resize, rgb_to_grey, rgb_to_y, save_image, to_model,
-                            upsample)
-from tests._helpers import SKIMAGE_DATA
+from dreamsr.images import (OutputError, OutputExistsError, atomic_write, downsample, from_model, load_image, load_rgb,
+                            resize, rgb_to_grey, rgb_to_y, save_image, to_model, upsample)
+from tests._helpers import photo_path
 
 SRGB = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
 
@@ -143,14 +142,15 @@ def test_16bit_png_decodes_losslessly_whatever_the_filters(tmp_path: Path, chann
         assert np.array_equal(pil8, (a >> 8).astype(np.uint8))
 
 
-def test_unfilter_matches_a_reference_on_all_filter_types() -> None:
+def test_unfilter_matches_a_reference_on_all_filter_types_at_edge_sizes(tmp_path: Path) -> None:
+    """One row, one column, a single pixel: every filter's left/up/up-left neighbours at the borders."""
     rng = np.random.default_rng(3)
-    for h, w, bpp in [(1, 1, 2), (5, 1, 6), (1, 9, 8), (17, 23, 6)]:
-        img = rng.integers(0, 256, (h, w * bpp)).astype(np.uint8)
-        png = _png_with_random_filters(img.view(">u2").reshape(h, w, bpp // 2).astype(np.uint16), seed=h)
-        idat = b"".join(d for t, d in _png_chunks(png) if t == b"IDAT")
-        raw = np.frombuffer(zlib.decompress(idat), dtype=np.uint8)
-        assert np.array_equal(_png_unfilter(raw, h, w * bpp, bpp), img)
+    for h, w, c in [(1, 1, 1), (5, 1, 3), (1, 9, 4), (17, 23, 3)]:
+        a = rng.integers(0, 65536, (h, w, c)).astype(np.uint16)
+        (tmp_path / "x.png").write_bytes(_png_with_random_filters(a, seed=h))
+        im = load_image(tmp_path / "x.png")
+        planes = [im.rgb[:1] if c == 1 else im.rgb] + ([im.alpha] if im.alpha is not None else [])
+        assert np.array_equal((torch.cat(planes) * 65535).round().permute(1, 2, 0).numpy().astype(np.uint16), a)
 
 
 def test_16bit_grey_png_written_by_pillow(tmp_path: Path) -> None:
@@ -180,8 +180,8 @@ def test_exif_orientation_is_applied(tmp_path: Path, orientation: int) -> None:
     assert expect.shape[:2] == ((17, 12) if orientation >= 5 else (12, 17))
     assert np.array_equal(_u8(load_image(tmp_path / "o.png").rgb), expect)
     # the 16-bit decoder applies it the same way
-    a16 = (a.astype(np.uint16) * 257)
-    png = bytearray(_encode_png16(a16, None))
+    save_image(tmp_path / "plain16.png", torch.from_numpy(a).permute(2, 0, 1) / 255, bits=16)  # a * 257
+    png = bytearray((tmp_path / "plain16.png").read_bytes())
     exif_bytes = exif.tobytes()
     chunk = struct.pack(">I", len(exif_bytes)) + b"eXIf" + exif_bytes + struct.pack(">I", zlib.crc32(b"eXIf" + exif_bytes))
     png[33:33] = chunk  # after IHDR
@@ -210,13 +210,13 @@ def test_animated_gif_gives_first_frame_and_a_warning(tmp_path: Path) -> None:
 
 
 def test_real_photos_from_the_wheel() -> None:
-    astro = load_image(SKIMAGE_DATA / "astronaut.png")
+    astro = load_image(photo_path("astronaut.png"))
     assert astro.size == (512, 512) and not astro.grey
-    cam = load_image(SKIMAGE_DATA / "camera.png")
+    cam = load_image(photo_path("camera.png"))
     assert cam.grey and cam.size == (512, 512)
-    rocket = load_image(SKIMAGE_DATA / "rocket.jpg")
+    rocket = load_image(photo_path("rocket.jpg"))
     assert rocket.size == (427, 640) and rocket.format == "JPEG"
-    assert torch.equal(load_rgb(SKIMAGE_DATA / "astronaut.png"), astro.rgb)  # one decoder, two entry points
+    assert torch.equal(load_rgb(photo_path("astronaut.png")), astro.rgb)  # one decoder, two entry points
 
 
 # ---- bad files and limits -------------------------------------------------------------------------------

@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import os
 import shlex
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -18,6 +17,7 @@ import pytest
 from torch.distributed.run import config_from_args
 
 from dreamsr.launch import LaunchUsageError, launch_args, main, split_argv
+from tests._helpers import copy_photos
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -75,15 +75,10 @@ def _readme_command() -> list[str]:
 def test_readme_command_trains_in_two_processes(tmp_path: Path) -> None:
     """The README's command verbatim (only its photo and run folders pointed here), made small by options
     appended after it (the last value of an option wins): 2 gloo processes, and --p reaches the workers."""
-    import skimage
-
     cmd = _readme_command()
     assert cmd[:7] == ["python", "-m", "dreamsr.launch", "--standalone", "--nproc_per_node", "2", "train"]
     assert "--p" in cmd and cmd[cmd.index("--p") + 1] == "1"
-    photos = tmp_path / "photos"
-    photos.mkdir()
-    for name in ("astronaut.png", "coffee.png"):
-        shutil.copy(Path(skimage.__file__).parent / "data" / name, photos / name)
+    photos = copy_photos(tmp_path / "photos", ("astronaut.png", "coffee.png"))
     data, out = cmd.index("--data-dir") + 1, cmd.index("-o") + 1
     cmd[data], cmd[out] = str(photos), str(tmp_path / "run")
     small = ["--preset", "tiny", "--patch", "32", "--batch-size", "4", "--steps", "2", "--save-every", "2",

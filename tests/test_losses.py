@@ -9,7 +9,7 @@ from torch import nn
 from dreamsr.diffusion import Schedule
 from dreamsr.errors import ConfigError
 from dreamsr.losses import dream_loss, lambda_t
-from tests.photos import load_photo
+from tests._helpers import load_photo
 
 
 class StandIn(nn.Module):

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -12,16 +11,15 @@ import torch
 
 from dreamsr import metrics
 from dreamsr.errors import InputError
-from dreamsr.images import downsample, load_rgb, upsample
+from dreamsr.images import downsample, upsample
+from tests._helpers import load_photo, save_random_weights
 
 skimage_metrics = pytest.importorskip("skimage.metrics")
 
 
 def _photo(name: str = "astronaut.png", size: int = 96) -> torch.Tensor:
     """A real photo from the scikit-image wheel, centre crop size x size, [3,H,W] in [0, 1]."""
-    import skimage
-
-    img = load_rgb(Path(skimage.__file__).parent / "data" / name)
+    img = load_photo(name)
     h, w = img.shape[-2:]
     t, l = (h - size) // 2, (w - size) // 2
     return img[:, t:t + size, l:l + size].contiguous()
@@ -167,50 +165,10 @@ def test_consistency_is_mse_times_1e5_against_the_bicubic_downsample() -> None:
 
 
 # ---------------------------------------------------------------- LPIPS / FID weights (random stand-ins)
-def _save_random_weights(folder, lpips_net: str = "squeeze", fid: bool = True) -> None:
-    """Random-initialised weights under the real file names (shared/offline.md): plumbing, not real values."""
-    import torchvision
-
-    folder.mkdir(parents=True, exist_ok=True)
-    torch.manual_seed(0)
-    ctor = {"alex": torchvision.models.alexnet, "squeeze": torchvision.models.squeezenet1_1}[lpips_net]
-    if lpips_net:
-        torch.save(ctor(weights=None).state_dict(), folder / metrics.LPIPS_FILES[lpips_net][0])
-    if fid:
-        # pytorch-fid's layout; BatchNorm statistics calibrated on noise so that random features stay O(1)
-        net = metrics._build_fid_inception()
-        for m in net.modules():
-            if isinstance(m, torch.nn.BatchNorm2d):
-                m.reset_running_stats()
-                m.momentum = None
-        with torch.no_grad():
-            metrics.InceptionFeatures._pool3(SimpleNamespace(net=net.train()), torch.rand(2, 3, 160, 160) * 2 - 1)
-        torch.save(net.state_dict(), folder / metrics.FID_FILE)
-
-
-def random_weights_home(request, tmp_path_factory) -> Path:
-    """A TORCH_HOME holding random squeezenet + FID Inception weights under the real names; kept in pytest's
-    cache between runs (the files take seconds to make on two busy cores), else in a temporary folder."""
-    cache = getattr(request.config, "cache", None)
-    home = Path(cache.mkdir("dreamsr-random-metric-weights-v1")) if cache is not None \
-        else tmp_path_factory.mktemp("torch_home")
-    folder = home / "hub" / "checkpoints"
-    marker = folder / "complete"
-    if not marker.is_file() or marker.read_text() != torch.__version__:
-        _save_random_weights(folder)
-        marker.write_text(torch.__version__)
-    return home
-
-
-@pytest.fixture(scope="module")
-def random_weights(request, tmp_path_factory) -> Path:
-    return random_weights_home(request, tmp_path_factory)
-
-
 @pytest.fixture
-def torch_home(random_weights, monkeypatch):
-    monkeypatch.setenv("TORCH_HOME", str(random_weights))
-    return random_weights
+def torch_home(random_metric_weights: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.setenv("TORCH_HOME", str(random_metric_weights))
+    return random_metric_weights
 
 
 @pytest.fixture
@@ -232,7 +190,7 @@ def test_lpips_matches_the_lpips_package_fed_minus_one_to_one(net, torch_home, t
     import lpips
 
     if net != "squeeze":  # the shared folder holds squeezenet (4.8 MB); alexnet (233 MB) goes to a temporary one
-        _save_random_weights(tmp_path / "hub" / "checkpoints", lpips_net=net, fid=False)
+        save_random_weights(tmp_path / "hub" / "checkpoints", lpips_net=net, fid=False)
         monkeypatch.setenv("TORCH_HOME", str(tmp_path))
     ours = metrics.LPIPS(net)
     # the package's own loader finds the same (random) backbone in $TORCH_HOME and never downloads
@@ -245,7 +203,7 @@ def test_lpips_matches_the_lpips_package_fed_minus_one_to_one(net, torch_home, t
 
 
 def test_lpips_weights_from_a_metric_weights_dir(tmp_path, empty_torch_home) -> None:
-    _save_random_weights(tmp_path / "w", fid=False)
+    save_random_weights(tmp_path / "w", fid=False)
     d = metrics.LPIPS("squeeze", weights_dir=tmp_path / "w")
     sr, hr = _pair(size=48)
     assert d(sr, hr) > 0 and d(hr, hr) == 0.0

@@ -15,9 +15,10 @@ import torch
 from PIL import Image
 
 from dreamsr.checkpoint import load_checkpoint, read_info
-from tests._helpers import SKIMAGE_DATA, write_tiny_checkpoint
+from tests._helpers import photo_path, write_tiny_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _script(name: str) -> ModuleType:
@@ -32,19 +33,11 @@ def _script(name: str) -> ModuleType:
     return mod
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 @pytest.fixture()
 def val_dir(tmp_path: Path) -> Path:
     d = tmp_path / "val"
     d.mkdir()
-    Image.open(SKIMAGE_DATA / "chelsea.png").convert("RGB").crop((100, 60, 132, 92)).save(d / "chelsea.png")
+    Image.open(photo_path("chelsea.png")).convert("RGB").crop((100, 60, 132, 92)).save(d / "chelsea.png")
     return d
 
 

@@ -15,7 +15,7 @@ from dreamsr.images import downsample, load_image, upsample
 from dreamsr.options import SamplingOptions
 from dreamsr.pipeline import ENSEMBLE_TRANSFORMS, MIN_SIDE, Upscaler, dihedral, tile_seed
 from dreamsr.tiling import make_grid
-from tests._helpers import (SKIMAGE_DATA, IdentityOnCondition, Pointwise, Recorder, seam_ratio, tiny_info,
+from tests._helpers import (IdentityOnCondition, Pointwise, Recorder, photo_path, seam_ratio, tiny_info,
                             write_tiny_checkpoint)
 
 
@@ -170,7 +170,7 @@ def test_back_projection_pulls_the_downsample_towards_the_lr_input(target: str) 
     info = tiny_info(scale=4, target=target)
     up = Upscaler(IdentityOnCondition(target), info)
     gen = torch.Generator().manual_seed(0)
-    lr = load_image(SKIMAGE_DATA / "coffee.png").rgb[None, :, 150:170, 300:324] * 2 - 1
+    lr = load_image(photo_path("coffee.png")).rgb[None, :, 150:170, 300:324] * 2 - 1
     x0 = upsample(lr, 4)
     img = (x0 + 0.3 * torch.randn(x0.shape, generator=gen)).clamp(-1, 1)  # a wrong HR estimate
     fix = up._back_projection(x0, lr)
@@ -189,7 +189,7 @@ def test_back_projection_pulls_the_downsample_towards_the_lr_input(target: str) 
 
 def test_back_projection_in_the_pipeline_improves_lr_consistency() -> None:
     up = Upscaler(Pointwise(), tiny_info(scale=2))
-    lr = load_image(SKIMAGE_DATA / "coffee.png").rgb[:, 100:130, 200:240]
+    lr = load_image(photo_path("coffee.png")).rgb[:, 100:130, 200:240]
     kw = dict(steps=4, seed=0, tile=16, overlap=4)
     plain = up.upscale(lr, **kw)
     bp = up.upscale(lr, back_project=True, **kw)
@@ -275,7 +275,7 @@ def test_bf16_autocast_stays_close_to_fp32(tmp_path: Path) -> None:
 # ---- seams on a real photo ----------------------------------------------------------------------------------
 def test_no_seams_on_a_real_photo_in_step_mode(tiny_residual: Upscaler, record_property) -> None:
     """Mean |gradient| across tile borders vs inside tiles: step-blend within 10%; merge=end reported."""
-    hr = load_image(SKIMAGE_DATA / "astronaut.png").rgb[:, 96:216, 136:256]  # face and background, 120 px
+    hr = load_image(photo_path("astronaut.png")).rgb[:, 96:216, 136:256]  # face and background, 120 px
     lr = downsample(hr, 2).clamp(0, 1)  # 60x60 LR -> tiles at 0, 20, 36 (tile 24, overlap 4)
     grid = make_grid(60, 60, 24, 4).scaled(2)
     by = list(grid.ys[1:]) + [y + grid.tile_h for y in grid.ys[:-1]]
@@ -293,7 +293,7 @@ def test_no_seams_on_a_real_photo_in_step_mode(tiny_residual: Upscaler, record_p
 def test_seam_metric_sees_seams() -> None:
     # control: the photo itself has ratio ~1 at these rows/columns; pasted tiles with a small brightness
     # offset each (+-2 %, what independent tiles of a poorly blended sampler look like) do not
-    photo = load_image(SKIMAGE_DATA / "astronaut.png").rgb[:, 96:216, 136:256]
+    photo = load_image(photo_path("astronaut.png")).rgb[:, 96:216, 136:256]
     grid = make_grid(60, 60, 24, 0).scaled(2)
     by = list(grid.ys[1:]) + [y + grid.tile_h for y in grid.ys[:-1]]
     base = seam_ratio(photo, by, by)

@@ -8,7 +8,6 @@ import json
 import math
 import re
 import ast
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -17,28 +16,17 @@ import pytest
 import torch
 
 import scripts.reproduce as R
+from tests._helpers import copy_photos
 
 ROOT = Path(__file__).resolve().parents[1]
-SKIMAGE_DATA = Path(__import__("skimage").__file__).parent / "data"
 EXPERIMENTS = ("e1_p_sweep", "e2_convergence", "e3_sampling_steps", "e4_discrepancy", "e5_residual")
-
-
-@pytest.fixture(autouse=True)
-def _one_thread() -> object:
-    """Tiny models gain nothing from threads, and on a shared 2-core machine two torch threads per process
-    oversubscribe the cores (spinning threads made the CI profile ten times slower)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _corpus(root: Path, train: tuple[str, ...] = ("chelsea.png", "coffee.png"),
             val: tuple[str, ...] = ("astronaut.png",)) -> Path:
-    for sub, names in (("train", train), ("val", val)):
-        (root / sub).mkdir(parents=True, exist_ok=True)
-        for n in names:
-            shutil.copy(SKIMAGE_DATA / n, root / sub / n)
+    copy_photos(root / "train", train)
+    copy_photos(root / "val", val)
     return root
 
 

@@ -6,11 +6,9 @@ import dataclasses
 import json
 import math
 import os
-import shutil
 import subprocess
 import sys
 import textwrap
-import time
 from pathlib import Path
 
 import pytest
@@ -20,43 +18,23 @@ from safetensors.torch import load_file
 from dreamsr.checkpoint import load_checkpoint
 from dreamsr.errors import CheckpointError, ConfigError, TrainingError
 from dreamsr.train import TrainConfig, export_from_state, latest_checkpoint, read_state_config, train
+from tests._helpers import copy_photos
 
 REPO = Path(__file__).resolve().parents[1]
 TRAIN_PHOTOS = ("astronaut.png", "coffee.png", "chelsea.png", "rocket.jpg")
 HELD_OUT = ("motorcycle_left.png",)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
-
-def _skimage_photo(name: str) -> Path:
-    import skimage
-
-    return Path(os.path.dirname(skimage.__file__)) / "data" / name
-
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """One intra-op thread: tiny models gain nothing from two, and on a shared 2-core machine spinning OpenMP
-    threads of several processes slow each other down by 10x or more."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 @pytest.fixture(scope="module")
 def photos(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A folder with four real photos (scikit-image wheel) for the 'folder' layout."""
-    d = tmp_path_factory.mktemp("photos")
-    for n in TRAIN_PHOTOS:
-        shutil.copy(_skimage_photo(n), d / n)
-    return d
+    return copy_photos(tmp_path_factory.mktemp("photos"), TRAIN_PHOTOS)
 
 
 @pytest.fixture(scope="module")
 def val_photos(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    d = tmp_path_factory.mktemp("val")
-    for n in HELD_OUT:
-        shutil.copy(_skimage_photo(n), d / n)
-    return d
+    return copy_photos(tmp_path_factory.mktemp("val"), HELD_OUT)
 
 
 def tiny_config(photos: Path, run_dir: Path, **kw) -> TrainConfig:

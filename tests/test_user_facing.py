@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import pytest
@@ -16,9 +15,7 @@ from dreamsr.checkpoint import TRAIN_STATE_FORMAT, load_checkpoint, read_info
 from dreamsr.cli import app
 from dreamsr.errors import CheckpointError, ConfigError
 from dreamsr.train import STATE_FORMAT, TrainConfig, train
-
-SKIMAGE_DATA = Path(__import__("skimage").__file__).parent / "data"
-
+from tests._helpers import copy_photos, photo_path
 
 def _option(command: str, short: str):
     """The option of ``dreamsr COMMAND`` spelled ``short`` (typer's click parameter object)."""
@@ -36,10 +33,7 @@ def test_output_is_minus_o_and_dash_dash_output_everywhere(command: str, aliases
 
 @pytest.fixture(scope="module")
 def photos(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    d = tmp_path_factory.mktemp("photos")
-    for name in ("astronaut.png", "coffee.png"):
-        shutil.copy(SKIMAGE_DATA / name, d / name)
-    return d
+    return copy_photos(tmp_path_factory.mktemp("photos"), ("astronaut.png", "coffee.png"))
 
 
 @pytest.fixture(scope="module")
@@ -95,7 +89,7 @@ def test_a_training_state_is_named_as_such_with_the_way_to_export_it(state: Path
 
 
 def test_upscale_weights_given_a_training_state_says_so(state: Path, tmp_path: Path) -> None:
-    r = CliRunner().invoke(app, ["upscale", str(SKIMAGE_DATA / "coffee.png"), "--weights", str(state), "-o",
+    r = CliRunner().invoke(app, ["upscale", str(photo_path("coffee.png")), "--weights", str(state), "-o",
                                  str(tmp_path / "out.png"), "--steps", "1"])
     assert r.exit_code == 1
     text = " ".join(r.output.split())  # rich may wrap the line
