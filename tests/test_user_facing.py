@@ -37,18 +37,13 @@ def photos(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def state(photos: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+def state(photos: Path, tmp_path_factory: pytest.TempPathFactory, one_thread: None) -> Path:
     """A training state (checkpoints/step_00000002.safetensors) of a 2-step tiny run."""
     run = tmp_path_factory.mktemp("run")
     with torch.random.fork_rng(devices=[]):
-        before = torch.get_num_threads()
-        torch.set_num_threads(1)
-        try:
-            train(TrainConfig(dataset="folder", data_dir=str(photos), preset="tiny", patch=32, batch_size=2, steps=2,
-                              save_every=2, val_every=0, workers=0, log_every=1, run_dir=str(run), target="residual",
-                              precision="fp32", device="cpu"))
-        finally:
-            torch.set_num_threads(before)
+        train(TrainConfig(dataset="folder", data_dir=str(photos), preset="tiny", patch=32, batch_size=2, steps=2,
+                          save_every=2, val_every=0, workers=0, log_every=1, run_dir=str(run), target="residual",
+                          precision="fp32", device="cpu"))
     return run / "checkpoints" / "step_00000002.safetensors"
 
 
