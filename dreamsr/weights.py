@@ -701,9 +701,10 @@ def convert_pth(src: str | os.PathLike, dst: str | os.PathLike, unet: UNetConfig
             nested = [k for k, v in obj.items() if isinstance(v, dict)]
             hint = f"; pick one of its nested dicts with --key ({', '.join(map(str, nested))})" if nested else ""
         raise CheckpointError(f"{src}: expected a flat state dict of tensors{hint}")
-    if any(k.startswith("denoise_fn.") for k in obj):
-        raise CheckpointError(f"{src}: a released SR3/DREAM GaussianDiffusion state dict ('denoise_fn.*'); convert "
-                              "it with `dreamsr weights convert --from sr3 IN.pth OUT.safetensors`")
+    from dreamsr.families.released import describe, identify
+
+    if identify(obj) in ("sr3", "idm", "resshift", "autoencoder"):  # a released file: name the command
+        raise CheckpointError(f"{src}: {describe(obj)}")
     model = UNet(unet)
     load_state_strict(model, obj, str(src))
     info = CheckpointInfo(network=unet, diffusion=diffusion or DiffusionConfig(), scale=scale,

@@ -483,7 +483,7 @@ def test_bad_inputs_get_one_line_a_nonzero_exit_and_no_file(tmp_path: Path, tiny
         one_error_line(cli("convert", "--from", "sr3", src, out), 1, text)
         assert not out.exists() and not list(tmp_path.glob(".out.safetensors.*")), src
     one_error_line(cli("convert", "--from", "sr3", tiny_pth, out, "--preset", "tiny"), 2, "does not apply")
-    one_error_line(cli("convert", "--from", "sr4", tiny_pth, out), 2, "--from must be dreamsr or sr3")
+    one_error_line(cli("convert", "--from", "sr4", tiny_pth, out), 2, "--from must be one of dreamsr, sr3, idm, resshift")
     one_error_line(cli("convert", "--from", "sr3", tiny_pth, out, "--task", "faces"), 2, "task must be one of")
     one_error_line(cli("convert", "--from", "sr3", tiny_pth, out), 1, "matches no released configuration")
     one_error_line(cli("convert", "--from", "sr3", tiny_pth, tmp_path / "o.pt", "--norm-groups", 4, "--scale", 8), 2,

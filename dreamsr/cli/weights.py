@@ -203,21 +203,38 @@ def push(file: Path = typer.Argument(..., help="A dreamsr .safetensors checkpoin
     typer.echo(result.toml, nl=False)
 
 
+# the options each --from layout takes (the rest are refused with one line; dtype applies to all)
+_CONVERT_OPTIONS: dict[str, tuple[str, ...]] = {
+    "dreamsr": ("--preset", "--config", "--scale", "--diffusion", "--key"),
+    "sr3": ("--scale", "--norm-groups", "--task"),
+    "idm": ("--preset", "--config", "--scale", "--task"),
+    "resshift": ("--autoencoder", "--steps", "--task"),
+}
+_FROM_SHAPES = " (the configuration is read from the tensor shapes)"
+
+
 @app.command("convert")
 @_errors
 def convert(src: Path = typer.Argument(..., metavar="IN.pth", help="A PyTorch state dict (see --from)."),
             dst: Path = typer.Argument(..., metavar="OUT.safetensors", help="Checkpoint to write."),
-            layout: str = typer.Option("dreamsr", "--from", help="Layout of IN.pth: dreamsr (this UNet's keys) or "
-                                       "sr3 (a released SR3/DREAM GaussianDiffusion state dict, *_gen.pth)."),
-            preset: Optional[str] = typer.Option(None, help="UNet preset the weights were trained with."),
-            config: Optional[Path] = typer.Option(None, help="UNetConfig as a JSON file (instead of --preset)."),
+            layout: str = typer.Option("dreamsr", "--from", help="Layout of IN.pth: dreamsr (this UNet's keys), "
+                                       "sr3 (a released SR3/DREAM *_gen.pth), idm (a released IDM *_gen.pth) or "
+                                       "resshift (a released ResShift UNet, with --autoencoder)."),
+            preset: Optional[str] = typer.Option(None, help="Preset the weights were trained with (--from dreamsr: "
+                                                 "a UNet preset; --from idm: an IDM preset, default face)."),
+            config: Optional[Path] = typer.Option(None, help="Network config as a JSON file (instead of --preset)."),
             scale: Optional[int] = typer.Option(None, min=1, help="Native upscaling factor of the model (--from sr3: "
-                                                "default the released configuration's, x8).", show_default=False),
-            diffusion: Optional[Path] = typer.Option(None, help="DiffusionConfig JSON file [default: standard]."),
-            key: Optional[str] = typer.Option(None, help="Nested dict to take, e.g. ema [default: top level]."),
+                                                "default the released configuration's, x8; --from idm: default x8, "
+                                                "the face release's output).", show_default=False),
+            diffusion: Optional[Path] = typer.Option(None, help="DiffusionConfig JSON file (default: the standard one)."),
+            key: Optional[str] = typer.Option(None, help="Nested dict to take, e.g. ema (default: the top level)."),
             norm_groups: Optional[int] = typer.Option(None, "--norm-groups", min=1, help="--from sr3: GroupNorm "
                                                       "groups, for an SR3 configuration no release has."),
-            task: Optional[str] = typer.Option(None, help="--from sr3: face or general [default: the release's]."),
+            task: Optional[str] = typer.Option(None, help="face or general (default: the release's)."),
+            autoencoder: Optional[Path] = typer.Option(None, "--autoencoder", metavar="AE.pth", help="--from "
+                                                       "resshift: the release's autoencoder_vq_f4.pth (required)."),
+            steps: Optional[int] = typer.Option(None, "--steps", help="--from resshift: T of the model, 15 (v1 "
+                                                "kernel) or 4 (v3 kernel) (default: the file name's _s15 / _s4)."),
             dtype: str = typer.Option("fp32", help="Storage precision: fp32, fp16 or bf16."),
             ) -> None:
     """Convert a .pth state dict into a self-describing .safetensors checkpoint.
@@ -225,25 +242,34 @@ def convert(src: Path = typer.Argument(..., metavar="IN.pth", help="A PyTorch st
     The input is read with torch.load(weights_only=True): nothing is unpickled.
     Example: dreamsr weights convert model.pth model.safetensors --preset small --scale 4
     Example: dreamsr weights convert --from sr3 I640000_E37_gen.pth sr3-face.safetensors
+    Example: dreamsr weights convert --from idm best_psnr_gen.pth idm-face.safetensors
+    Example: dreamsr weights convert --from resshift resshift_realsrx4_s15.pth --autoencoder autoencoder_vq_f4.pth
+    resshift-x4.safetensors
     """
-    from dreamsr import weights as W
-    from dreamsr.diffusion import DiffusionConfig
-    from dreamsr.unet import UNetConfig, preset as get_preset
+    if layout not in _CONVERT_OPTIONS:
+        _fail(f"--from must be one of {', '.join(_CONVERT_OPTIONS)}, got {layout!r}", EXIT_USAGE)
+    given = {"--preset": preset, "--config": config, "--scale": scale, "--diffusion": diffusion, "--key": key,
+             "--norm-groups": norm_groups, "--task": task, "--autoencoder": autoencoder, "--steps": steps}
+    for option, value in given.items():
+        if value is not None and option not in _CONVERT_OPTIONS[layout]:
+            why = _FROM_SHAPES if option in ("--preset", "--config") and layout in ("sr3", "resshift") else ""
+            _fail(f"{option} does not apply to --from {layout}{why}", EXIT_USAGE)
 
     if layout == "sr3":
-        for option, value in (("--preset", preset), ("--config", config), ("--diffusion", diffusion), ("--key", key)):
-            if value is not None:
-                _fail(f"{option} does not apply to --from sr3 (the configuration is read from the tensor shapes)",
-                      EXIT_USAGE)
         from dreamsr.families.sr3.release import convert_released
 
         path = convert_released(src, dst, norm_groups=norm_groups, scale=scale, task=task, dtype=dtype)
         out.print(f"wrote {path}", soft_wrap=True, markup=False)
         return
-    if layout != "dreamsr":
-        _fail(f"--from must be dreamsr or sr3, got {layout!r}", EXIT_USAGE)
-    if norm_groups is not None or task is not None:
-        _fail("--norm-groups and --task apply only to --from sr3", EXIT_USAGE)
+    if layout == "idm":
+        return _convert_idm(src, dst, preset, config, scale, task, dtype)
+    if layout == "resshift":
+        return _convert_resshift(src, dst, autoencoder, steps, task, dtype)
+
+    from dreamsr import weights as W
+    from dreamsr.diffusion import DiffusionConfig
+    from dreamsr.unet import UNetConfig, preset as get_preset
+
     if scale is None:
         _fail("give --scale N (the model's native upscaling factor)", EXIT_USAGE)
     if (preset is None) == (config is None):
@@ -252,6 +278,44 @@ def convert(src: Path = typer.Argument(..., metavar="IN.pth", help="A PyTorch st
     diff = DiffusionConfig.from_dict(_read_json(diffusion, "--diffusion")) if diffusion else None
     path = W.convert_pth(src, dst, unet, scale=scale, diffusion=diff, key=key, dtype=dtype)
     out.print(f"wrote {path}", soft_wrap=True, markup=False)
+
+
+def _convert_idm(src: Path, dst: Path, preset: str | None, config: Path | None, scale: int | None,
+                 task: str | None, dtype: str) -> None:
+    from dreamsr.families.idm.network import IDMConfig, preset as idm_preset
+    from dreamsr.families.idm.release import write_release
+
+    if preset is not None and config is not None:
+        _fail("give at most one of --preset NAME or --config FILE.json", EXIT_USAGE)
+    network = (IDMConfig.from_dict(_read_json(config, "--config")) if config is not None
+               else idm_preset(preset or "face"))
+    done = write_release(src, dst, config=network, scale=scale, task=task, dtype=dtype)
+    sched = done.schedule
+    out.print(f"wrote {done.path}: idm, x{done.scale} (trained x{network.min_scale:g} to x{network.max_scale:g}), "
+              f"{_human_params(done.parameters)} parameters, linear schedule of {sched['num_steps']} steps "
+              f"(beta {sched['beta_start']:g} to {sched['beta_end']:g})", soft_wrap=True, markup=False)
+    out.print(f"dropped {len(done.dropped)} unused modules ({_human_params(done.dropped_parameters)} parameters; "
+              "listed in the checkpoint's training.dropped):", soft_wrap=True, markup=False)
+    for name, (why, count) in done.dropped.items():
+        out.print(f"  {name} ({count} tensor{'s' if count != 1 else ''}): {why}", soft_wrap=True, markup=False)
+    _print_recommended(done.sampling)
+
+
+def _convert_resshift(src: Path, dst: Path, autoencoder: Path | None, steps: int | None, task: str | None,
+                      dtype: str) -> None:
+    from dreamsr.families.resshift.release import write_release
+
+    done = write_release(src, dst, autoencoder_path=autoencoder, steps=steps, task=task, dtype=dtype)
+    out.print(f"wrote {done.path}: resshift, x4 in the VQ-f4 latent, UNet {_human_params(done.unet_parameters)} + "
+              f"autoencoder {_human_params(done.autoencoder_parameters)} parameters", soft_wrap=True, markup=False)
+    out.print(f"schedule: {done.schedule_rule}", soft_wrap=True, markup=False)
+    _print_recommended(done.sampling)
+
+
+def _print_recommended(sampling: dict[str, Any]) -> None:
+    flags = " ".join(f"--{k.replace('_', '-')} {v}" for k, v in sampling.items())
+    out.print(f"recommended sampling, the release's setting (dreamsr upscale uses it unless you give the option): "
+              f"{flags}", soft_wrap=True, markup=False)
 
 
 @app.command("export")

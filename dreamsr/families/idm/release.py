@@ -10,6 +10,7 @@ pyramid and the implicit upsamplers) and 13 schedule buffers (``betas`` ... ``dd
 named dropped module, the 13 buffers give the schedule. :func:`convert_release` applies it to a state dict, and any
 unexpected key, missing key or wrong shape is a :class:`~dreamsr.errors.CheckpointError` naming it.
 :func:`read_release` reads a file with ``torch.load(weights_only=True)`` (nothing is unpickled).
+:func:`write_release` is ``dreamsr weights convert --from idm``: a released file -> one self-describing checkpoint.
 
 Dropped (present in the file, never influencing the output):
 - ``imnet.*``: the diffusion-level LIIF MLP, passed to GaussianDiffusion but never called;
@@ -30,11 +31,12 @@ from typing import Mapping
 
 import torch
 
-from dreamsr.errors import CheckpointError
+from dreamsr.errors import CheckpointError, ConfigError
 from dreamsr.families.idm.network import PRESETS, IDMConfig, IDMNet
 
 __all__ = ["ReleaseLayout", "ReleaseConversion", "SCHEDULE_BUFFERS", "release_layout", "convert_release",
-           "read_release"]
+           "read_release", "write_release", "WrittenRelease", "RELEASE_SCALE", "RELEASE_NAME",
+           "RECOMMENDED_SAMPLING", "SAMPLING_PROVENANCE"]
 
 # GaussianDiffusion's registered buffers, all [T] (set_new_noise_schedule); betas define the rest.
 SCHEDULE_BUFFERS: tuple[str, ...] = (
@@ -46,6 +48,18 @@ SCHEDULE_BUFFERS: tuple[str, ...] = (
 
 # the release's never-called diffusion-level MLP: mlp.MLP(66 -> 256 x 4 -> 3), Linear layers at 0, 2, 4, 6, 8
 _IMNET_LAYERS = (0, 2, 4, 6, 8)
+
+# The released face model (config/ffhq_liifsr3_scaler_16_128.json) maps 16x16 faces to 128x128: x8 is its output
+# scale (the top of the x1..x8 range it was trained on, idm.md "Training pipeline"), the scale a converted file
+# states as native.
+RELEASE_NAME = "ffhq_liifsr3_scaler_16_128"
+RELEASE_SCALE = 8
+# Nothing was measured on the released weights here (they cannot be downloaded on the build machines): the
+# recommendation is the setting the release validates with.
+RECOMMENDED_SAMPLING: dict[str, int | str] = {"steps": 2000, "sampler": "ddpm"}
+SAMPLING_PROVENANCE = ("the release's setting, not measured in dreamsr: IDM's run.sh validates with the full "
+                       "2000-step ancestral chain (--sampler ddpm --steps 2000); its -use_ddim option is DDIM with "
+                       "200 steps, eta 0 (--sampler ddim --steps 200)")
 
 
 @dataclass(frozen=True)
@@ -266,3 +280,85 @@ def read_release(path: str | os.PathLike, config: IDMConfig | None = None) -> Re
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise CheckpointError(f"{path}: cannot be read as a weights-only PyTorch file ({first})") from None
     return convert_release(obj, config, source=str(path))
+
+
+@dataclass(frozen=True)
+class WrittenRelease:
+    """What :func:`write_release` wrote: the checkpoint ``path``, its network ``config``, native ``scale`` and
+    ``schedule`` (DiffusionConfig fields), and the released modules it left out: ``dropped`` = module name ->
+    (why, number of tensors), ``dropped_parameters`` values in all; ``parameters``: values kept; ``sampling``:
+    the recommended sampling it records."""
+
+    path: Path
+    config: IDMConfig
+    scale: int
+    schedule: dict[str, float | int]
+    dropped: dict[str, tuple[str, int]]
+    dropped_parameters: int
+    parameters: int
+    sampling: dict = field(default_factory=dict)  # the recommended sampling written into the checkpoint
+
+
+def write_release(src: str | os.PathLike, dst: str | os.PathLike, *, config: IDMConfig | None = None,
+                  scale: int | None = None, task: str | None = None, dtype: str = "fp32") -> WrittenRelease:
+    """A released IDM ``*_gen.pth`` -> one self-describing dreamsr checkpoint at ``dst`` (family idm, process
+    gaussian). Nothing is written unless every check passes.
+
+    ``config``: the network the file holds (default the "face" preset, the released model; the file's shapes must
+    match it exactly). ``scale``: the native output scale to record (default :data:`RELEASE_SCALE`, x8); it must
+    lie in the config's trained range [min_scale, max_scale], which the checkpoint carries in its network config.
+    Metadata: the schedule read from the file's buffers (a linear beta schedule), ``sampling`` =
+    :data:`RECOMMENDED_SAMPLING` with ``training['sampling_provenance']``, and ``training['dropped']`` naming
+    every released module left out and why.
+    """
+    from dreamsr import __version__
+    from dreamsr.checkpoint import CheckpointInfo, save_checkpoint
+    from dreamsr.diffusion import DiffusionConfig
+    from dreamsr.families import get_family
+    from dreamsr.families.released import check_output, require_layout
+    from dreamsr.families.sr3.release import read_pth
+
+    src, dst = Path(src), Path(dst)
+    c = config or PRESETS["face"]
+    family = get_family("idm")
+    native = RELEASE_SCALE if scale is None else int(scale)
+    lo, hi = family.scales(c, native)
+    if not lo <= native <= hi:
+        given = "--scale" if scale is not None else f"the release's output scale x{RELEASE_SCALE}"
+        raise ConfigError(f"{given} (x{native}) is outside this IDM configuration's trained range x{lo:g} to "
+                          f"x{hi:g}" + ("; give --scale N within it" if scale is None else ""))
+    if task is not None and task not in ("general", "face"):
+        raise ConfigError(f"task must be one of general, face, got {task!r}")
+    if dtype not in ("fp32", "fp16", "bf16"):
+        raise ConfigError(f"storage dtype must be one of fp32, fp16, bf16, got {dtype!r}")
+    check_output(dst, src)
+
+    source = str(src)
+    obj = read_pth(src)
+    require_layout(obj, "idm", source, "a released IDM state dict (*_gen.pth)")
+    conv = convert_release(obj, c, source=source)
+    layout = release_layout(c)
+    dropped = {name: (why, len(keys)) for name, (why, keys) in layout.dropped.items()}
+    dropped_parameters = sum(int(obj[k].numel()) for k in layout.dropped_keys())
+
+    with torch.device("meta"):  # the released tensors become the network's (no second copy in memory)
+        net = IDMNet(c)
+    net.load_state_dict(conv.state_dict, strict=True, assign=True)
+    is_release = c == PRESETS["face"]
+    training = {
+        "task": task or ("face" if is_release else "general"),
+        "converted_from": src.name,
+        "source_layout": "idm-release (GaussianDiffusion state dict of Ree1s/IDM, *_gen.pth)",
+        "release": RELEASE_NAME if is_release else None,
+        "dropped": {name: why for name, (why, _) in dropped.items()},
+        "dropped_tensors": len(layout.dropped_keys()),
+        "dropped_parameters": dropped_parameters,
+        "sampling_provenance": SAMPLING_PROVENANCE,
+    }
+    info = CheckpointInfo(network=c, diffusion=DiffusionConfig(**conv.schedule), scale=native, training=training,
+                          dreamsr_version=__version__, sampling=dict(RECOMMENDED_SAMPLING), family="idm",
+                          process="gaussian")
+    path = save_checkpoint(dst, net, info, dtype=dtype)
+    return WrittenRelease(path=path, config=c, scale=native, schedule=dict(conv.schedule), dropped=dropped,
+                          dropped_parameters=dropped_parameters, parameters=sum(p.numel() for p in net.parameters()),
+                          sampling=dict(info.sampling))

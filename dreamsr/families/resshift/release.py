@@ -17,6 +17,10 @@ is the identity on the exact key set of the module built from the recognised con
 convolution's input being the condition). The deterministic buffers of the Swin layers (``relative_position_index``,
 ``attn_mask``) must equal the values the recognised geometry gives (else the file is another architecture).
 Float tensors come out as float32, the relative position indices as int64.
+
+:func:`write_release` is ``dreamsr weights convert --from resshift``: the UNet file and the autoencoder file -> one
+self-describing checkpoint (family resshift, process shift, first stage vqf4). The state dicts do not hold the
+residual-shifting schedule; :func:`release_schedule` states the rule that picks it.
 """
 
 from __future__ import annotations
@@ -24,20 +28,22 @@ from __future__ import annotations
 import math
 import os
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Mapping
 
 import torch
 
-from dreamsr.errors import CheckpointError
+from dreamsr.errors import CheckpointError, ConfigError
 from dreamsr.families.resshift.network import (ResShiftUNet, ResShiftUNetConfig, SwinBlock,
                                                relative_position_index, shifted_window_mask)
 from dreamsr.first_stages.vqf4 import VQF4, VQF4Config
+from dreamsr.processes.shift import ShiftConfig
 
 __all__ = ["ConvertedRelease", "load_release_file", "unwrap_state", "unet_config_from_state", "unet_key_map",
            "convert_unet_state", "vqf4_config_from_state", "autoencoder_key_map", "convert_autoencoder_state",
-           "check_latent_channels", "convert_release"]
+           "check_latent_channels", "convert_release", "release_schedule", "recommended_sampling", "write_release",
+           "WrittenRelease", "RELEASE_SCALE", "RELEASE_CHOP", "RELEASE_CHOP_OVERLAP", "SAMPLING_PROVENANCE"]
 
 _PREFIXES = ("module.", "_orig_mod.")  # DDP and torch.compile wrappers, in the order they can nest
 
@@ -373,3 +379,146 @@ def convert_release(unet_path: str | os.PathLike,
                                                       ae_src)
     check_latent_channels(unet_config, ae_config, ae_src)
     return ConvertedRelease(unet_config, unet_tensors, ae_config, ae_tensors)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# one self-describing file
+# ----------------------------------------------------------------------------------------------------------------
+
+# Every ResShift release is x4 (``sf: 4``; the VQ-f4 latent is on the LR grid).
+RELEASE_SCALE = 4
+# inference_resshift.py's default chopping (v1 and HEAD): 512 x 512 LR chops at stride 448, so 64 LR px overlap.
+# At x4 with the f4 latent, LR px = latent px: 512 and the stride 448 are multiples of the v1 UNet's window
+# multiple (64 latent px), so every chop's Swin windows line up with the whole image's and none needs padding.
+RELEASE_CHOP = 512
+RELEASE_CHOP_OVERLAP = 64
+SAMPLING_PROVENANCE = ("the release's setting, not measured in dreamsr: inference_resshift.py samples all T steps "
+                       "ancestrally (--sampler ddpm --steps T) and cuts the LR image into 512 px chops at stride 448 "
+                       "(--tile 512 --overlap 64); its --chop_size 256 (stride 224) is the lighter option "
+                       "(--tile 256 --overlap 32)")
+
+_STEPS_IN_NAME = re.compile(r"_s(\d+)(?=_|$)")
+# the bicubic v1 config (configs/bicubic_swinunet_bicubic256.yaml) has kappa 1; inference_resshift.py overrides it
+# to 2 for the bicsrx4_matlab task only, so the OpenCV-bicubic file runs with kappa 1
+_KAPPA_1_NAMES = ("bicsrx4_opencv", "bicsrx4_cv2")
+
+
+def release_schedule(file_name: str, steps: int | None = None) -> tuple[ShiftConfig, str]:
+    """The residual-shifting kernel of a released UNet file, and the rule that chose it (one sentence).
+
+    The rule: T is ``steps`` when given, else the ``_s<T>`` token of the file name (``resshift_realsrx4_s15.pth``,
+    ``resshift_realsrx4_s4_v3.pth``); both given must agree. T = 15 is the v1 kernel
+    (:meth:`~dreamsr.processes.shift.ShiftConfig.v1`: κ = 2, p = 0.3, min_noise 0.04, the sqrt(0.001) cap on
+    sqrt(η_1)), with κ = 1 for the OpenCV-bicubic file (``resshift_bicsrx4_opencv_s15.pth``, the v1 bicubic
+    config); T = 4 is the v3 kernel (:meth:`~dreamsr.processes.shift.ShiftConfig.v3`: κ = 2, min_noise 0.2, no
+    cap), as the HEAD configs of ``resshift_realsrx4_s4_v3.pth`` and ``resshift_bicsrx4_s4.pth`` set it. Any other
+    T is a ConfigError.
+    """
+    stem = Path(file_name).stem.lower()
+    found = _STEPS_IN_NAME.findall(stem)
+    named = int(found[-1]) if found else None
+    if steps is not None and named is not None and steps != named:
+        raise ConfigError(f"--steps {steps} contradicts the file name {Path(file_name).name} (_s{named}: T = {named})")
+    T = steps if steps is not None else named
+    if T is None:
+        raise ConfigError(f"the file name {Path(file_name).name} does not say the number of steps (the released "
+                          "names end in _s15 or _s4) and the state dict does not hold the schedule; pass --steps 15 "
+                          "(v1 kernel) or --steps 4 (v3 kernel)")
+    how = "--steps" if steps is not None else f"the file name's _s{named}"
+    if T == 15:
+        if any(tag in stem for tag in _KAPPA_1_NAMES):
+            return (replace(ShiftConfig.v1(), kappa=1.0),
+                    f"T = 15 from {how}: the v1 kernel with kappa 1 (the v1 bicubic config, OpenCV resize)")
+        return ShiftConfig.v1(), f"T = 15 from {how}: the v1 kernel (kappa 2, p 0.3, min_noise 0.04)"
+    if T == 4:
+        return ShiftConfig.v3(), f"T = 4 from {how}: the v3 kernel (kappa 2, p 0.3, min_noise 0.2)"
+    raise ConfigError(f"T = {T} steps (from {how}) is no released ResShift schedule; dreamsr knows T = 15 (v1) "
+                      "and T = 4 (v3)")
+
+
+def recommended_sampling(unet: ResShiftUNetConfig, num_steps: int) -> dict[str, int | str]:
+    """All ``num_steps`` ancestral steps and the release's 512/64 LR px chops, rounded up to multiples of the UNet's
+    window multiple (a no-op for the release: 512 and 64 are multiples of its 64) so tiles need no Swin padding."""
+    m = unet.window_multiple
+    tile, overlap = -(-RELEASE_CHOP // m) * m, -(-RELEASE_CHOP_OVERLAP // m) * m
+    return {"steps": int(num_steps), "sampler": "ddpm", "tile": tile, "overlap": overlap}
+
+
+@dataclass(frozen=True)
+class WrittenRelease:
+    """What :func:`write_release` wrote: the checkpoint ``path``, the recognised configs, the kernel and the rule
+    that chose it, the parameter counts of the UNet and the autoencoder, and the recommended sampling."""
+
+    path: Path
+    unet_config: ResShiftUNetConfig
+    autoencoder_config: VQF4Config
+    shift: ShiftConfig
+    schedule_rule: str
+    unet_parameters: int
+    autoencoder_parameters: int
+    sampling: dict[str, int | str]  # the recommended sampling written into the checkpoint
+
+
+def write_release(unet_path: str | os.PathLike, dst: str | os.PathLike, *,
+                  autoencoder_path: str | os.PathLike | None = None, steps: int | None = None,
+                  task: str | None = None, dtype: str = "fp32") -> WrittenRelease:
+    """A released ResShift UNet file and ``autoencoder_vq_f4.pth`` -> one self-describing dreamsr checkpoint at
+    ``dst``: family resshift (``unet.*`` and ``first_stage.*`` tensors, first stage "vqf4"), process shift with the
+    kernel of :func:`release_schedule`, scale x4, ``sampling`` = :func:`recommended_sampling` with
+    ``training['sampling_provenance']``. Nothing is written unless every check passes.
+
+    Without ``autoencoder_path`` the UNet's 3-channel latent has no space to run in: ConfigError. An autoencoder
+    whose latent channels differ from the UNet's: CheckpointError. A file of another family: CheckpointError
+    naming the command that converts it.
+    """
+    from dreamsr import __version__
+    from dreamsr.checkpoint import CheckpointInfo, save_checkpoint
+    from dreamsr.families.released import check_output, require_layout
+    from dreamsr.families.resshift import ResShiftConfig, ResShiftNet
+    from dreamsr.families.sr3.release import read_pth
+
+    unet_path, dst = Path(unet_path), Path(dst)
+    if autoencoder_path is None:
+        raise ConfigError("a released ResShift UNet runs in the latent space of the VQ-f4 autoencoder; pass "
+                          "--autoencoder autoencoder_vq_f4.pth (from the same ResShift release)")
+    ae_path = Path(autoencoder_path)
+    if task is not None and task not in ("general", "face"):
+        raise ConfigError(f"task must be one of general, face, got {task!r}")
+    if dtype not in ("fp32", "fp16", "bf16"):
+        raise ConfigError(f"storage dtype must be one of fp32, fp16, bf16, got {dtype!r}")
+    check_output(dst, unet_path, ae_path)
+
+    src, ae_src = str(unet_path), str(ae_path)
+    obj = read_pth(unet_path)
+    require_layout(obj, "resshift", src, "a released ResShift UNet (resshift_*_s15.pth / *_s4*.pth)")
+    shift, rule = release_schedule(unet_path.name, steps)
+    unet_config, unet_tensors = convert_unet_state(unwrap_state(obj, src), src)
+    del obj
+    ae_obj = read_pth(ae_path)
+    require_layout(ae_obj, "autoencoder", ae_src, "a VQ autoencoder (autoencoder_vq_f4.pth)")
+    ae_config, ae_tensors = convert_autoencoder_state(unwrap_state(ae_obj, ae_src), ae_src)
+    del ae_obj
+    check_latent_channels(unet_config, ae_config, ae_src)
+
+    config = ResShiftConfig(unet=unet_config, first_stage="vqf4", factor=ae_config.factor, vqf4=ae_config)
+    with torch.device("meta"):  # the converted tensors become the network's (no second copy in memory)
+        net = ResShiftNet(config)
+    state = {**{f"unet.{k}": v for k, v in unet_tensors.items()},
+             **{f"first_stage.{k}": v for k, v in ae_tensors.items()}}
+    net.load_state_dict(state, strict=True, assign=True)
+    training = {
+        "task": task or "general",
+        "converted_from": unet_path.name,
+        "autoencoder_from": ae_path.name,
+        "source_layout": "resshift-release (UNetModelSwin state dict of zsyOAOA/ResShift + VQModelTorch autoencoder)",
+        "schedule_rule": rule,
+        "sampling_provenance": SAMPLING_PROVENANCE,
+    }
+    info = CheckpointInfo(network=config, diffusion=shift, scale=RELEASE_SCALE, training=training,
+                          dreamsr_version=__version__, sampling=recommended_sampling(unet_config, shift.num_steps),
+                          family="resshift", process="shift")
+    path = save_checkpoint(dst, net, info, dtype=dtype)
+    return WrittenRelease(path=path, unet_config=unet_config, autoencoder_config=ae_config, shift=shift,
+                          schedule_rule=rule, unet_parameters=sum(p.numel() for p in net.unet.parameters()),
+                          autoencoder_parameters=sum(p.numel() for p in net.first_stage.parameters()),
+                          sampling=dict(info.sampling))
