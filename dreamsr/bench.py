@@ -55,6 +55,7 @@ import torch
 from dreamsr.checkpoint import CheckpointInfo
 from dreamsr.diffusion import DiffusionConfig, Schedule
 from dreamsr.errors import ConfigError
+from dreamsr.options import SamplingOptions
 from dreamsr.runtime import CPU_BF16_FLAGS, cpu_flags, cpu_native_bf16, resolve_device, resolve_precision
 from dreamsr.unet import PRESETS, UNet, UNetConfig
 
@@ -97,10 +98,10 @@ class BenchConfig:
     # --- sampling ---
     lr_size: int = 64  # side of the square LR input (ignored when ``image`` is given); output = lr_size * scale
     image: str | None = None  # an image file to upscale instead of the synthetic LR image
-    steps: int = 20  # sampler steps
-    sampler: str = "ddim"  # ddim | ddpm
-    tile: int = 40  # LR tile side (0: no tiling)
-    overlap: int = 5  # LR tile overlap
+    steps: int = 20  # sampler steps (fewer than SamplingOptions' default, to fit the bench in minutes)
+    sampler: str | None = None  # ddim | ddpm; None: SamplingOptions' default
+    tile: int | None = None  # LR tile side (0: no tiling); None: SamplingOptions' default
+    overlap: int | None = None  # LR tile overlap; None: SamplingOptions' default
     batches: tuple[int, ...] = (4,)  # tiles per network call on our default path (one run per value)
     repeats: int = 3  # timed repeats per sampling measurement on our default path, after a one-step warm-up
     naive_repeats: int = 1  # timed repeats of the naive path (the slowest; the paths take turns while both run)
@@ -141,11 +142,13 @@ class BenchConfig:
         for ok, msg in checks:
             if not ok:
                 raise ConfigError(msg)
-        if self.sampler not in ("ddim", "ddpm"):
-            raise ConfigError(f"sampler must be ddim or ddpm, got {self.sampler!r}")
-        from dreamsr.tiling import validate_tiling
+        self.sampling()  # validates the sampling fields
 
-        validate_tiling(self.tile, self.overlap)
+    def sampling(self) -> SamplingOptions:
+        """The sampling settings every timed upscale uses (the batch and merge mode vary per run)."""
+        return SamplingOptions(**{k: v for k, v in dict(steps=self.steps, sampler=self.sampler, seed=self.seed,
+                                                         tile=self.tile, overlap=self.overlap).items()
+                                  if v is not None})
 
 
 # --- machine, timing, memory ---------------------------------------------------------------------------------
@@ -387,7 +390,7 @@ def load_model(*, model: str | None = None, weights: str | None = None, preset: 
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             net = UNet(cfg)
-        info = CheckpointInfo(unet=cfg, diffusion=DiffusionConfig(), scale=int(scale),
+        info = CheckpointInfo(network=cfg, diffusion=DiffusionConfig(), scale=int(scale),
                               training={"steps": 0, "note": "random initialisation (benchmark)"})
         source = f"preset:{preset} (random init, seed {seed})"
     else:
@@ -397,8 +400,9 @@ def load_model(*, model: str | None = None, weights: str | None = None, preset: 
         path = resolve_weights(weights=weights, model=model)
         net, info = load_checkpoint(path)
         source = f"weights:{path}" if weights is not None else f"model:{model} ({path})"
-    desc = {"source": source, "preset": match_preset(info.unet), "parameters": net.num_parameters(),
-            "scale": info.scale, "target": info.diffusion.target, "unet": info.unet.to_dict()}
+    desc = {"source": source, "preset": match_preset(info.network), "parameters": net.num_parameters(),
+            "scale": info.scale, "target": info.diffusion.target, "family": info.family,
+            "network": info.network.to_dict()}
     return net, info, desc
 
 
@@ -416,7 +420,7 @@ def bench_image(size: int, seed: int = 0) -> torch.Tensor:
 
 def _padded_tile(info: CheckpointInfo, grid_tile_h: int, grid_tile_w: int) -> tuple[int, int]:
     """HR tile size the network actually sees (padded to the UNet's size multiple, as Upscaler._eps does)."""
-    m = info.unet.size_multiple
+    m = info.network.size_multiple
     return grid_tile_h + (-grid_tile_h) % m, grid_tile_w + (-grid_tile_w) % m
 
 
@@ -430,7 +434,8 @@ def bench_sampling(model: UNet, info: CheckpointInfo, device: torch.device, conf
 
     h, w = int(lr.shape[-2]), int(lr.shape[-1])
     s = info.scale
-    grid = make_grid(h, w, config.tile, config.overlap)
+    base = config.sampling()
+    grid = make_grid(h, w, base.tile, base.overlap)
     hgrid = grid.scaled(s)
     tiles = len(grid)
     th, tw = _padded_tile(info, hgrid.tile_h, hgrid.tile_w)
@@ -440,20 +445,16 @@ def bench_sampling(model: UNet, info: CheckpointInfo, device: torch.device, conf
     precisions = list(dict.fromkeys(resolve_precision(p, device) for p in config.precisions)) or available
     skipped = [] if config.precisions else skipped_precisions(device)
     emulated = [p for p in precisions if p not in available]  # asked for by name, not native here
-    opts = dict(steps=config.steps, sampler=config.sampler, seed=config.seed, tile=config.tile,
-                overlap=config.overlap)
     master = copy.deepcopy(model).to("cpu", torch.float32)
     specs = [("default", p, b, "step", True) for p in precisions for b in config.batches]
     if config.naive:
         specs.append(("naive", "fp32", 1, "end", False))
     reps = [config.naive_repeats if spec[0] == "naive" else config.repeats for spec in specs]
 
-    def make(spec: tuple) -> Any:
+    def make(spec: tuple) -> tuple[Any, SamplingOptions]:
         _, precision, batch, merge, channels_last = spec
         up = Upscaler(copy.deepcopy(master), info, device=device, precision=precision, channels_last=channels_last)
-        up.validate(steps=config.steps, sampler=config.sampler, eta=None, tile=config.tile,
-                    overlap=config.overlap, batch=batch, merge=merge, start=None)
-        return up
+        return up, up.options(base, batch=batch, merge=merge)  # checked against the chain before any timing
 
     def release() -> None:
         if device.type == "cuda":
@@ -463,8 +464,8 @@ def bench_sampling(model: UNet, info: CheckpointInfo, device: torch.device, conf
     for spec in specs if config.warmup else []:
         if progress is not None:
             progress(f"sampling warm-up: {spec[0]} path, {spec[1]}, batch {spec[2]}")
-        up = make(spec)
-        up.upscale(lr, **dict(opts, steps=1, batch=spec[2], merge=spec[3]))
+        up, opts = make(spec)
+        up.upscale(lr, opts.replace(steps=1))
         del up
         release()
     # Timed: rounds in which every path still due runs once (the naive path in the first ``naive_repeats``), so
@@ -479,10 +480,10 @@ def bench_sampling(model: UNet, info: CheckpointInfo, device: torch.device, conf
             if progress is not None:
                 progress(f"sampling: {spec[0]} path, {spec[1]}, batch {spec[2]}, merge {spec[3]} "
                          f"(repeat {rnd + 1}/{reps[i]})")
-            up = make(spec)
+            up, opts = make(spec)
             with PeakMemory(device) as mem:
                 t0, c0 = time.perf_counter(), time.process_time()
-                up.upscale(lr, **dict(opts, batch=spec[2], merge=spec[3]))
+                up.upscale(lr, opts)
                 _sync(device)
                 times[i].append(time.perf_counter() - t0)
                 cpu_times[i].append(time.process_time() - c0)
@@ -490,13 +491,13 @@ def bench_sampling(model: UNet, info: CheckpointInfo, device: torch.device, conf
                 peaks[i] = mem
             del up
             release()
-    forwards = tiles * config.steps
+    forwards = tiles * base.steps
     runs = []
     for spec, ts, cs, mem in zip(specs, times, cpu_times, peaks):
         path, precision, batch, merge, channels_last = spec
         t = summarize(ts)
         runs.append({"path": path, "precision": precision, "batch": batch, "merge": merge,
-                     "channels_last": channels_last, "model_calls": config.steps * math.ceil(tiles / batch),
+                     "channels_last": channels_last, "model_calls": base.steps * math.ceil(tiles / batch),
                      "tile_forwards": forwards, "time": t, "cpu_time": summarize(cs),
                      "tiles_per_s": forwards / t["median_s"],
                      "s_per_out_mp": t["median_s"] / out_mp, "memory": mem.as_dict() if mem else None})
@@ -515,7 +516,8 @@ def bench_sampling(model: UNet, info: CheckpointInfo, device: torch.device, conf
                         "speedup_vs_naive": best["speedup_vs_naive"],
                         "speedup_vs_naive_cpu_time": best["speedup_vs_naive_cpu_time"]}
     return {"lr_size": [h, w], "out_size": [h * s, w * s], "out_megapixels": out_mp, "scale": s,
-            "steps": config.steps, "sampler": config.sampler, "tile": config.tile, "overlap": config.overlap,
+            "steps": base.steps, "sampler": base.sampler, "tile": base.tile, "overlap": base.overlap,
+            "settings": base.to_dict(),
             "tiles": tiles, "tile_hr": [th, tw], "precisions_supported": available, "runs": runs,
             "headline": headline, "skipped": skipped, "emulated": emulated}
 
@@ -540,7 +542,7 @@ def _train_config(info: CheckpointInfo, preset_name: str, device: torch.device, 
     d = info.diffusion
     return TrainConfig(
         dataset="folder", data_dir=str(data_dir), scale=info.scale, patch=config.train_patch, augment=True,
-        cache_mb=256, workers=0, preset=preset_name, dropout=info.unet.dropout, embed_scale=info.unet.embed_scale,
+        cache_mb=256, workers=0, preset=preset_name, dropout=info.network.dropout, embed_scale=info.network.embed_scale,
         target=d.target, residual_scale=d.residual_scale, num_steps=d.num_steps, beta_start=d.beta_start,
         beta_end=d.beta_end, p=p, steps=config.train_warmup + config.train_steps, batch_size=config.train_batch,
         seed=config.seed, device=str(device), precision=config.train_precision, run_dir=str(run_dir),
@@ -549,15 +551,15 @@ def _train_config(info: CheckpointInfo, preset_name: str, device: torch.device, 
 
 def _check_training(info: CheckpointInfo, device: torch.device, config: BenchConfig) -> str:
     """ConfigError unless the training section can run (before any work); returns the preset name."""
-    preset_name = match_preset(info.unet)
+    preset_name = match_preset(info.network)
     if preset_name is None:
         raise ConfigError("the training section needs a preset architecture (tiny, small, base, sr3-div2k, "
                           "sr3-face); this checkpoint's UNet is none of them: use --sections sampling,efficiency")
     patch = config.train_patch
-    mult = math.lcm(info.scale, info.unet.size_multiple)
+    mult = math.lcm(info.scale, info.network.size_multiple)
     if patch % mult:
         raise ConfigError(f"train patch {patch} must be a multiple of the scale {info.scale} and of "
-                          f"{info.unet.size_multiple} (the UNet's size multiple); e.g. {mult * max(1, patch // mult)}")
+                          f"{info.network.size_multiple} (the UNet's size multiple); e.g. {mult * max(1, patch // mult)}")
     if resolve_precision(config.train_precision, device) == "fp16" and device.type != "cuda":
         raise ConfigError("fp16 training needs a CUDA device; use --train-precision bf16 or fp32")
     return preset_name
@@ -667,9 +669,9 @@ def efficiency(info: CheckpointInfo, device: torch.device, config: BenchConfig, 
     if sampling is not None:
         th, tw = sampling["tile_hr"]
     else:
-        g = make_grid(config.lr_size, config.lr_size, config.tile, config.overlap).scaled(s)
+        g = make_grid(config.lr_size, config.lr_size, config.sampling().tile, config.sampling().overlap).scaled(s)
         th, tw = _padded_tile(info, g.tile_h, g.tile_w)
-    per_tile = forward_flops(info.unet, 1, th, tw)
+    per_tile = forward_flops(info.network, 1, th, tw)
     out: dict[str, Any] = {"tile_hr": [th, tw], "flops_per_tile_forward": per_tile,
                            "gflops_per_tile_forward": per_tile / 1e9, "sampling": [], "training": None}
     if sampling is not None:
@@ -683,8 +685,8 @@ def efficiency(info: CheckpointInfo, device: torch.device, config: BenchConfig, 
                                     "fraction_of_peak": None if peak is None else tflops / peak})
     if True:  # counting is free (meta device): always report the training step's FLOPs
         b, patch = config.train_batch, config.train_patch
-        f_std = train_step_flops(info.unet, b, patch, math.inf)
-        f_dream = train_step_flops(info.unet, b, patch, 1.0)
+        f_std = train_step_flops(info.network, b, patch, math.inf)
+        f_dream = train_step_flops(info.network, b, patch, 1.0)
         tr: dict[str, Any] = {"batch": b, "patch": patch, "flops_per_step_standard": f_std,
                               "flops_per_step_dream": f_dream, "flops_ratio": f_dream / f_std, "runs": []}
         if training is not None:

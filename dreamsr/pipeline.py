@@ -48,7 +48,7 @@ from dreamsr.options import ENSEMBLE_SIZES, SamplingOptions
 from dreamsr.runtime import autocast, resolve_device, resolve_precision
 from dreamsr.tiling import TileGrid, accumulate, align_to_unit, make_grid, reflect_pad, split
 
-__all__ = ["Upscaler", "UpscaleResult", "ProgressFn", "MIN_SIDE", "BACK_PROJECTION_ITERS", "tile_seed",
+__all__ = ["Upscaler", "UpscaleResult", "Plan", "ProgressFn", "MIN_SIDE", "BACK_PROJECTION_ITERS", "tile_seed",
            "output_size", "ENSEMBLE_SIZES", "ENSEMBLE_TRANSFORMS", "dihedral"]
 
 ProgressFn = Callable[[int, int], None]  # (model calls done, model calls in total) after every tile batch
@@ -81,6 +81,28 @@ def tile_seed(seed: int, index: int) -> int:
 def output_size(height: int, width: int, scale: float) -> tuple[int, int]:
     """Output (H, W) for a final ``scale`` (rounded to the nearest pixel, at least 1)."""
     return max(1, int(round(height * scale))), max(1, int(round(width * scale)))
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What an upscale of one image will do: tiles, steps, network calls and the tile batch's shapes."""
+
+    tiles: int  # tiles per step
+    steps: int  # sampler steps
+    ensemble: int  # self-ensemble members
+    batch: int  # tiles per network call
+    calls: int  # network calls in total (ensemble x steps x tile batches)
+    signal_tile: tuple[int, int]  # (h, w) of a tile in the process's signal space
+    cond_tile: tuple[int, int]  # (h, w) of a tile of the network's condition
+
+
+@dataclass(frozen=True)
+class _Geometry:
+    ha: int  # LR height after alignment padding
+    wa: int
+    grid: TileGrid  # LR grid
+    hgrid: TileGrid  # HR pixel grid
+    sgrid: TileGrid  # the process's signal grid
 
 
 @dataclass
@@ -193,12 +215,58 @@ class Upscaler:
         return x0_fn
 
     # ------------------------------------------------------------------------------------------------
+    def _geometry(self, h: int, w: int, s: float, opts: SamplingOptions) -> _Geometry:
+        """The aligned LR/HR/signal grids of an ``h`` x ``w`` LR image at scale ``s``: tiles, their offsets and
+        the LR image are aligned to the family's unit at this scale (SR3: 1 px), so every tile's output grid is in
+        phase with the whole image's."""
+        unit, _ = self.family.unit(self.info.network, s)
+        tile, overlap = align_to_unit(opts.tile, opts.overlap, unit)
+        ha, wa = -(-h // unit) * unit, -(-w // unit) * unit
+        grid = make_grid(ha, wa, tile, overlap)
+        return _Geometry(ha, wa, grid, grid.scaled(s), grid.scaled(s / self.family.factor(self.info.network)))
+
+    def plan(self, height: int, width: int, options: SamplingOptions | None = None, *, scale: float | None = None,
+             **given: object) -> Plan:
+        """What :meth:`upscale` will do for an ``height`` x ``width`` LR image with the same settings (nothing runs)."""
+        opts = self.options(options, **given)
+        s = float(self.scale if scale is None else scale)
+        self.family.check_scale(self.info.network, self.scale, s)
+        geo = self._geometry(height, width, s, opts)
+        batches = math.ceil(len(geo.sgrid) / opts.batch)
+        return Plan(tiles=len(geo.sgrid), steps=opts.steps, ensemble=opts.ensemble, batch=opts.batch,
+                    calls=opts.ensemble * opts.steps * batches,
+                    signal_tile=(geo.sgrid.tile_h, geo.sgrid.tile_w),
+                    cond_tile=self._cond_grid(geo.grid, geo.hgrid, geo.sgrid).tile_h_w)
+
     def model_calls(self, height: int, width: int, options: SamplingOptions | None = None, **given: object) -> int:
         """Network calls (tile batches) that :meth:`upscale` makes for an ``height`` x ``width`` LR image with
         the same ``options``/``given`` settings."""
-        opts = self.options(options, **given)
-        grid = make_grid(height, width, opts.tile, opts.overlap)  # a transposed copy has as many tiles
-        return opts.ensemble * opts.steps * math.ceil(len(grid) / opts.batch)
+        return self.plan(height, width, options, **given).calls
+
+    @torch.no_grad()
+    def time_call(self, plan: Plan, repeats: int = 1) -> float:
+        """Seconds of one network call of ``plan``'s tile batch on this machine (the median of ``repeats`` timed
+        calls after one warm-up call), with random inputs of the plan's shapes: for time estimates."""
+        probe = self.process.anchor(torch.zeros(1, 3, 8 * self.family.factor(self.info.network), 8))
+        c_sig = int(probe.shape[1])
+        n = min(plan.batch, plan.tiles)
+        y_t = torch.randn(n, c_sig, *plan.signal_tile, device=self.device)
+        cond = torch.randn(n, 3, *plan.cond_tile, device=self.device)
+        level = torch.full((n,), 0.5, device=self.device)
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            self._predict(y_t, cond, level)  # warm-up (first-call set-up, allocator)
+            times = []
+            for _ in range(max(1, repeats)):
+                t0 = time.perf_counter()
+                self._predict(y_t, cond, level)
+                if self.device.type == "cuda":
+                    torch.cuda.synchronize(self.device)
+                times.append(time.perf_counter() - t0)
+        finally:
+            self.model.train(was_training)
+        return sorted(times)[len(times) // 2]
 
     @property
     def scales(self) -> tuple[float, float]:
@@ -241,17 +309,11 @@ class Upscaler:
             raise InputError(f"image is {w}x{h} px; dreamsr needs at least {MIN_SIDE}x{MIN_SIDE}")
         if not bool(torch.isfinite(lr).all()):
             raise InputError("image contains NaN or infinite values")
-        # tiles, their offsets and the LR image are aligned to the family's unit at this scale (SR3: 1 px), so
-        # every tile's output grid is in phase with the whole image's
-        unit, _ = self.family.unit(self.info.network, s)
-        tile, overlap = align_to_unit(opts.tile, opts.overlap, unit)
-        ha, wa = -(-h // unit) * unit, -(-w // unit) * unit
+        geo = self._geometry(h, w, s, opts)
+        ha, wa, grid, hgrid, sgrid = geo.ha, geo.wa, geo.grid, geo.hgrid, geo.sgrid
         lr_dev = lr.device
         lr_m = to_model(lr.to(self.device, torch.float32).clamp(0, 1))  # [-1, 1]
         lr_a = reflect_pad(lr_m, ha - h, wa - w)
-        grid = make_grid(ha, wa, tile, overlap)
-        hgrid = grid.scaled(s)
-        sgrid = grid.scaled(s / self.family.factor(self.info.network))  # the process's signal grid
         out_h, out_w = output_size(h, w, s)
         # the bicubic estimate on the whole image (not clamped, as in training)
         up = resize(lr_a, output_size(ha, wa, s))

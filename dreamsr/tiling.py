@@ -112,6 +112,11 @@ class TileGrid:
     def __len__(self) -> int:
         return len(self.ys) * len(self.xs)
 
+    @property
+    def tile_h_w(self) -> tuple[int, int]:
+        """(tile_h, tile_w)."""
+        return self.tile_h, self.tile_w
+
     def boxes(self) -> list[tuple[int, int]]:
         """Tile top-left corners (y, x), row-major."""
         return [(y, x) for y in self.ys for x in self.xs]

@@ -420,7 +420,7 @@ def test_default_bench_fits_five_minutes_on_two_avx2_cores() -> None:
     same FLOP rate (their FLOPs counted like the efficiency section), plus 5 s per training run for start-up,
     checkpoint and export. The old defaults (128 px, 50 steps, bf16 emulated) came to over half an hour."""
     cfg = BenchConfig()
-    grid = make_grid(cfg.lr_size, cfg.lr_size, cfg.tile, cfg.overlap)
+    grid = make_grid(cfg.lr_size, cfg.lr_size, cfg.sampling().tile, cfg.sampling().overlap)
     tiles = len(grid)
     assert grid.scaled(4).tile_h == 160  # tiles of the measured size
     s_per_tile = 0.26

@@ -20,6 +20,7 @@ from rich.text import Text
 from dreamsr.cli.common import EXIT_USAGE, console, exit_code_for, fail, is_tty, out
 from dreamsr.errors import DreamSRError
 from dreamsr.files import atomic_write_text
+from dreamsr.options import SamplingOptions as S
 
 _PRECISIONS = ("fp32", "bf16", "fp16")
 
@@ -227,9 +228,12 @@ def bench(
                                          "one.", show_default=False),
     steps: Optional[int] = typer.Option(None, "--steps", help="Sampler steps. \\[default: 20; --full: 50]",
                                         show_default=False),
-    sampler: str = typer.Option("ddim", "--sampler", help="ddim or ddpm."),
-    tile: int = typer.Option(40, "--tile", help="LR tile side (0: no tiling)."),
-    overlap: int = typer.Option(5, "--overlap", help="LR tile overlap."),
+    sampler: Optional[str] = typer.Option(None, "--sampler", help=f"ddim or ddpm. \\[default: {S.sampler}]",
+                                          show_default=False),
+    tile: Optional[int] = typer.Option(None, "--tile", help=f"LR tile side (0: no tiling). \\[default: {S.tile}]",
+                                       show_default=False),
+    overlap: Optional[int] = typer.Option(None, "--overlap", help=f"LR tile overlap. \\[default: {S.overlap}]",
+                                          show_default=False),
     batch: str = typer.Option("4", "--batch", help="Tiles per network call on the default path; a comma-separated "
                               "list times each."),
     repeats: Optional[int] = typer.Option(None, "--repeats", help="Timed repeats of each default-path sampling run "
