@@ -10,12 +10,13 @@ without affine), so any sampling schedule can be used at test time.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from dreamsr.config import from_dict_strict
 from dreamsr.errors import ConfigError
 
 __all__ = ["UNetConfig", "UNet", "PRESETS", "preset"]
@@ -80,11 +81,7 @@ class UNetConfig:
     @classmethod
     def from_dict(cls, d: dict) -> "UNetConfig":
         """Inverse of :meth:`to_dict`; unknown keys are an error, not silently dropped."""
-        known = {f.name for f in fields(cls)}
-        unknown = set(d) - known
-        if unknown:
-            raise ConfigError(f"UNetConfig: unknown keys {sorted(unknown)}")
-        return cls(**d)
+        return from_dict_strict(cls, d)
 
 
 # Named presets. Parameter counts are pinned in tests/test_unet.py.
