@@ -5,7 +5,8 @@ the reference listings) for the full-size tests (slow) and, for the default test
 small configurations (the full layouts are checked against the listings in test_idm_network / test_resshift_network).
 They are written with ``torch.save``, converted through the CLI, loaded back with ``load_checkpoint`` (strict) and
 compared tensor by tensor with the source through the converters' key maps. Oracles for the metadata: the
-release's numbers (x8 faces, T = 15 / 4, sqrt(eta_1) = 0.02 / 0.1, the 512 px chops at stride 448), not the code.
+release's numbers (x8 faces, T = 15 / 4, sqrt(eta_1) = 0.02 / 0.1, 64 px training crops, 8 px windows), not the
+code.
 """
 
 from __future__ import annotations
@@ -254,8 +255,9 @@ def check_resshift_file(out: Path, unet: dict[str, torch.Tensor], ae: dict[str, 
     net = info.network
     assert (net.first_stage, net.factor, net.unet, net.vqf4) == ("vqf4", 4, unet_config, ae_config)
     T = shift.num_steps
-    assert info.sampling == {"steps": T, "sampler": "ddpm", "tile": 512, "overlap": 64}
-    assert "the release's setting" in info.training["sampling_provenance"]
+    tile = unet_config.image_size  # the training size in latent px = LR px at x4 with the f4 latent
+    assert info.sampling == {"steps": T, "sampler": "ddpm", "tile": tile, "overlap": tile // 4}
+    assert "all T steps ancestrally as the release samples" in info.training["sampling_provenance"]
     assert info.build_process(model).chain == T
     SamplingOptions.resolve(info.sampling).check_chain(T)
 
@@ -298,15 +300,15 @@ def test_the_schedule_rule(name: str, steps: int | None, T: int, kappa: float, s
     assert f"T = {T}" in rule
 
 
-def test_the_recommended_tiles_are_the_release_chops_on_whole_windows() -> None:
-    """512 LR px chops at stride 448: with the f4 latent at x4 they are latent px, multiples of the v1 UNet's
-    64-px window multiple (the 8-px window at its 1/8 level), so no tile pads a Swin layer."""
+def test_the_recommended_tiles_are_the_training_size_on_whole_windows() -> None:
+    """The release trains on 64 x 64 latents (256 px crops at x4 with the f4 autoencoder: 64 LR px); the v1 UNet's
+    coarsest Swin layer (1/8 resolution, 8 px windows) needs sides that are multiples of 8 * 8 = 64 latent px."""
     from dreamsr.families.resshift.release import recommended_sampling
 
-    rec = recommended_sampling(UNET_PRESETS["v1"], 15)
-    assert rec == {"steps": 15, "sampler": "ddpm", "tile": 512, "overlap": 64}
-    assert rec["tile"] % 64 == 0 and (rec["tile"] - rec["overlap"]) % 64 == 0
-    assert UNET_PRESETS["v1"].window_multiple == 64
+    v1 = UNET_PRESETS["v1"]
+    assert recommended_sampling(v1, 4, 15) == {"steps": 15, "sampler": "ddpm", "tile": 64, "overlap": 16}
+    assert recommended_sampling(v1, 4, 4)["steps"] == 4
+    assert v1.window_multiple == 8 * 2 ** 3 == 64
 
 
 @pytest.mark.slow

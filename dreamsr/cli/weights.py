@@ -314,8 +314,8 @@ def _convert_resshift(src: Path, dst: Path, autoencoder: Path | None, steps: int
 
 def _print_recommended(sampling: dict[str, Any]) -> None:
     flags = " ".join(f"--{k.replace('_', '-')} {v}" for k, v in sampling.items())
-    out.print(f"recommended sampling, the release's setting (dreamsr upscale uses it unless you give the option): "
-              f"{flags}", soft_wrap=True, markup=False)
+    out.print(f"recommended sampling (dreamsr upscale uses it unless you give the option; its provenance is in "
+              f"the checkpoint's training.sampling_provenance): {flags}", soft_wrap=True, markup=False)
 
 
 @app.command("export")

@@ -43,7 +43,7 @@ from dreamsr.processes.shift import ShiftConfig
 __all__ = ["ConvertedRelease", "load_release_file", "unwrap_state", "unet_config_from_state", "unet_key_map",
            "convert_unet_state", "vqf4_config_from_state", "autoencoder_key_map", "convert_autoencoder_state",
            "check_latent_channels", "convert_release", "release_schedule", "recommended_sampling", "write_release",
-           "WrittenRelease", "RELEASE_SCALE", "RELEASE_CHOP", "RELEASE_CHOP_OVERLAP", "SAMPLING_PROVENANCE"]
+           "WrittenRelease", "RELEASE_SCALE", "SAMPLING_PROVENANCE"]
 
 _PREFIXES = ("module.", "_orig_mod.")  # DDP and torch.compile wrappers, in the order they can nest
 
@@ -387,15 +387,15 @@ def convert_release(unet_path: str | os.PathLike,
 
 # Every ResShift release is x4 (``sf: 4``; the VQ-f4 latent is on the LR grid).
 RELEASE_SCALE = 4
-# inference_resshift.py's default chopping (v1 and HEAD): 512 x 512 LR chops at stride 448, so 64 LR px overlap.
-# At x4 with the f4 latent, LR px = latent px: 512 and the stride 448 are multiples of the v1 UNet's window
-# multiple (64 latent px), so every chop's Swin windows line up with the whole image's and none needs padding.
-RELEASE_CHOP = 512
-RELEASE_CHOP_OVERLAP = 64
-SAMPLING_PROVENANCE = ("the release's setting, not measured in dreamsr: inference_resshift.py samples all T steps "
-                       "ancestrally (--sampler ddpm --steps T) and cuts the LR image into 512 px chops at stride 448 "
-                       "(--tile 512 --overlap 64); its --chop_size 256 (stride 224) is the lighter option "
-                       "(--tile 256 --overlap 32)")
+# The tiles: the release's training size. The UNet was trained on 64 x 64 latents (256 px HR crops, 64 px LR),
+# one whole tile of its window multiple (64 latent px for v1: the 8-px window at the 1/8 level), so no Swin layer
+# pads; a quarter of it overlaps. inference_resshift.py itself runs an LR image of up to 512 px whole (padded to a
+# multiple of 64) and chops larger ones at 512 px, stride 448; dreamsr pads an image smaller than a tile up to the
+# tile, so 512 px tiles would run a 128 px image at 16 times its area.
+SAMPLING_PROVENANCE = ("not measured in dreamsr: all T steps ancestrally as the release samples (--sampler ddpm "
+                       "--steps T); tiles of the UNet's training size with a quarter overlap (the release: 64 LR px "
+                       "= 64 latent px at x4, --tile 64 --overlap 16); the release's own inference runs LR images up "
+                       "to 512 px whole and chops larger ones at 512 px, stride 448")
 
 _STEPS_IN_NAME = re.compile(r"_s(\d+)(?=_|$)")
 # the bicubic v1 config (configs/bicubic_swinunet_bicubic256.yaml) has kappa 1; inference_resshift.py overrides it
@@ -436,12 +436,18 @@ def release_schedule(file_name: str, steps: int | None = None) -> tuple[ShiftCon
                       "and T = 4 (v3)")
 
 
-def recommended_sampling(unet: ResShiftUNetConfig, num_steps: int) -> dict[str, int | str]:
-    """All ``num_steps`` ancestral steps and the release's 512/64 LR px chops, rounded up to multiples of the UNet's
-    window multiple (a no-op for the release: 512 and 64 are multiples of its 64) so tiles need no Swin padding."""
-    m = unet.window_multiple
-    tile, overlap = -(-RELEASE_CHOP // m) * m, -(-RELEASE_CHOP_OVERLAP // m) * m
-    return {"steps": int(num_steps), "sampler": "ddpm", "tile": tile, "overlap": overlap}
+def recommended_sampling(unet: ResShiftUNetConfig, factor: int, num_steps: int) -> dict[str, int | str]:
+    """All ``num_steps`` ancestral steps, in LR tiles of the UNet's training size (``image_size`` latent px, i.e.
+    ``image_size * factor / RELEASE_SCALE`` LR px for a first stage of ``factor``) with a quarter overlap.
+
+    The training size is a multiple of the UNet's window multiple, so no tile pads a Swin layer (v1: 64 and 64).
+    """
+    latent = unet.image_size
+    if latent % unet.window_multiple or (latent * factor) % RELEASE_SCALE:
+        raise CheckpointError(f"the UNet's training size {latent} is not a whole number of windows "
+                              f"({unet.window_multiple}) or of LR pixels at x{RELEASE_SCALE}")
+    tile = latent * factor // RELEASE_SCALE
+    return {"steps": int(num_steps), "sampler": "ddpm", "tile": tile, "overlap": tile // 4}
 
 
 @dataclass(frozen=True)
@@ -465,7 +471,7 @@ def write_release(unet_path: str | os.PathLike, dst: str | os.PathLike, *,
     """A released ResShift UNet file and ``autoencoder_vq_f4.pth`` -> one self-describing dreamsr checkpoint at
     ``dst``: family resshift (``unet.*`` and ``first_stage.*`` tensors, first stage "vqf4"), process shift with the
     kernel of :func:`release_schedule`, scale x4, ``sampling`` = :func:`recommended_sampling` with
-    ``training['sampling_provenance']``. Nothing is written unless every check passes.
+    ``training['sampling_provenance']`` (what is the release's and what is not). Nothing is written unless every check passes.
 
     Without ``autoencoder_path`` the UNet's 3-channel latent has no space to run in: ConfigError. An autoencoder
     whose latent channels differ from the UNet's: CheckpointError. A file of another family: CheckpointError
@@ -515,7 +521,7 @@ def write_release(unet_path: str | os.PathLike, dst: str | os.PathLike, *,
         "sampling_provenance": SAMPLING_PROVENANCE,
     }
     info = CheckpointInfo(network=config, diffusion=shift, scale=RELEASE_SCALE, training=training,
-                          dreamsr_version=__version__, sampling=recommended_sampling(unet_config, shift.num_steps),
+                          dreamsr_version=__version__, sampling=recommended_sampling(unet_config, ae_config.factor, shift.num_steps),
                           family="resshift", process="shift")
     path = save_checkpoint(dst, net, info, dtype=dtype)
     return WrittenRelease(path=path, unet_config=unet_config, autoencoder_config=ae_config, shift=shift,
