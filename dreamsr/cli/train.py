@@ -136,8 +136,19 @@ def train(
                                           rich_help_panel="Data"),
     cache_mb: Optional[int] = typer.Option(None, "--cache-mb", min=0, help="Decoded-image cache (MiB). "
                                            "(default: 4096)", rich_help_panel="Data"),
-    preset: Optional[str] = typer.Option(None, "--preset", help="UNet preset: tiny, small, base, sr3-div2k, "
-                                         "sr3-face. (default: small)", rich_help_panel="Model"),
+    family: Optional[str] = typer.Option(None, "--family", help="Model family: sr3 (a UNet on the bicubic "
+                                         "upsample), idm (any scale up to --scale), resshift (few-step residual "
+                                         "shifting). (default: sr3)", rich_help_panel="Model"),
+    preset: Optional[str] = typer.Option(None, "--preset", help="The family's preset (sr3: tiny, small, base, "
+                                         "sr3-div2k, sr3-face; idm: tiny, small, face; resshift: tiny, small, "
+                                         "small-pixel, ...). (default: small)", rich_help_panel="Model"),
+    process: Optional[str] = typer.Option(None, "--process", help="Diffusion process: gaussian or shift. "
+                                          "(default: the family's own)", rich_help_panel="Model"),
+    shift: Optional[str] = typer.Option(None, "--shift", help="Shift process schedule: v1 (15 steps) or v3 (4 "
+                                        "steps). (default: v1)", rich_help_panel="Model"),
+    max_scale: Optional[float] = typer.Option(None, "--max-scale", help="idm: the largest scale of the network's "
+                                              "range (trained scales are drawn per step up to --scale). "
+                                              "(default: the preset's)", rich_help_panel="Model"),
     dropout: Optional[float] = typer.Option(None, "--dropout", min=0.0, max=0.99, help="Override the preset's "
                                             "dropout.", rich_help_panel="Model"),
     embed_scale: Optional[float] = typer.Option(None, "--embed-scale", help="Override the preset's noise-level "
@@ -213,9 +224,9 @@ def train(
                                             rich_help_panel="Validation"),
     val_crop: Optional[int] = typer.Option(None, "--val-crop", min=0, help="Centre crop of each validation image "
                                            "(HR px, 0: whole). (default: 128)", rich_help_panel="Validation"),
-    val_steps: Optional[int] = typer.Option(None, "--val-steps", min=1, help="Sampler steps. (default: 20)",
+    val_steps: Optional[int] = typer.Option(None, "--val-steps", min=1, help="Sampler steps. (default: 20; a shift process: its own T)",
                                             rich_help_panel="Validation"),
-    val_sampler: Optional[str] = typer.Option(None, "--val-sampler", help="ddim or ddpm. (default: ddim)",
+    val_sampler: Optional[str] = typer.Option(None, "--val-sampler", help="ddim or ddpm. (default: the process's: ddim, shift: ddpm)",
                                               rich_help_panel="Validation"),
 ) -> None:
     """Train a DREAM super-resolution model (resumable, validated, DDP over several processes).
@@ -234,7 +245,8 @@ def train(
     given: dict[str, Any] = {
         "dataset": dataset, "data_dir": str(data_dir) if data_dir else None, "val_dir": str(val_dir) if val_dir else None,
         "val_dataset": val_dataset, "scale": scale, "patch": patch, "hr_downscale": hr_downscale, "augment": augment,
-        "workers": workers, "cache_mb": cache_mb, "preset": preset, "dropout": dropout, "embed_scale": embed_scale,
+        "workers": workers, "cache_mb": cache_mb, "family": family, "preset": preset, "process": process,
+        "shift": shift, "max_scale": max_scale, "dropout": dropout, "embed_scale": embed_scale,
         "target": target, "residual_scale": residual_scale, "p": _parse_p(p) if p is not None else None,
         "independent_noise": independent_noise, "loss": loss, "steps": steps, "batch_size": batch_size, "lr": lr,
         "lr_warmup": lr_warmup, "lr_schedule": lr_schedule, "grad_clip": grad_clip, "ema_decay": ema_decay,

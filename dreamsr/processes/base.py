@@ -31,6 +31,7 @@ class Process(Protocol):
 
     name: str  # the key in PROCESSES and in a checkpoint's metadata
     prediction: Literal["eps", "x0"]  # what the network predicts
+    default_loss: str  # the per-pixel loss of `loss` when none is given ("l1" | "l2")
     config: Any  # a frozen dataclass with to_dict()/from_dict(); stored in the checkpoint as "diffusion"
 
     @property

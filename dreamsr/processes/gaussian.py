@@ -25,6 +25,7 @@ class GaussianProcess:
 
     name = "gaussian"
     prediction: Literal["eps"] = "eps"
+    default_loss = "l1"  # the paper's (SR3's) L1 on ε
 
     def __init__(self, config: DiffusionConfig | None = None, space: Any = None) -> None:
         """``space``: a first stage (``encode``/``decode``, ``bounded``) to diffuse in, as the DREAM paper's
@@ -76,4 +77,5 @@ class GaussianProcess:
              level: torch.Tensor | None = None, eps: torch.Tensor | None = None,
              generator: torch.Generator | None = None, **options: Any) -> torch.Tensor:
         """Alg. 3 (:func:`dreamsr.losses.dream_loss`); ``options``: ``independent_noise``, ``loss`` ("l1"|"l2")."""
+        options["loss"] = options.get("loss") or self.default_loss
         return dream_loss(net, y0, cond, self.schedule, p, generator=generator, gamma=level, eps=eps, **options)

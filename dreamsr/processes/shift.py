@@ -168,6 +168,7 @@ class ShiftProcess:
 
     name = "shift"
     prediction: Literal["x0"] = "x0"
+    default_loss = "l2"  # the release's plain MSE to y0
 
     def __init__(self, config: ShiftConfig | None = None, space: Space | None = None) -> None:
         self.config = config or ShiftConfig()
@@ -369,7 +370,7 @@ class ShiftProcess:
     def loss(self, net: Net, y0: torch.Tensor, cond: torch.Tensor, anchor: torch.Tensor, p: float, *,
              level: torch.Tensor | None = None, eps: torch.Tensor | None = None,
              generator: torch.Generator | None = None, independent_noise: bool = False,
-             loss: Literal["l2", "l1"] = "l2") -> torch.Tensor:
+             loss: Literal["l2", "l1"] | None = None) -> torch.Tensor:
         """Per-sample DREAM loss [B] for the x0-predicting shift process (Alg. 3, derived in
         docs/resshift-dream.md); p = inf is the release's training (one forward pass, MSE to y0).
 
@@ -385,6 +386,7 @@ class ShiftProcess:
         Returns:
             [B] float32, differentiable through the second pass only.
         """
+        loss = loss or self.default_loss
         if loss not in ("l1", "l2"):
             raise ConfigError(f"loss must be 'l1' or 'l2', got {loss!r}")
         if not (math.isinf(p) or p >= 0):

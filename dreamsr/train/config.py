@@ -14,11 +14,14 @@ from dreamsr.data import FACE_LAYOUTS, DataConfig
 from dreamsr.diffusion import DiffusionConfig
 from dreamsr.errors import ConfigError
 from dreamsr.families import FAMILIES, Family, get_family
+from dreamsr.processes import get_process
 
-__all__ = ["TrainConfig", "RESUMABLE_FIELDS", "PROCESS"]
+__all__ = ["TrainConfig", "RESUMABLE_FIELDS", "PROCESS", "VAL_STEPS"]
 
-# the diffusion process TrainConfig's schedule fields configure (SR3's Gaussian ε process on γ = sqrt(ᾱ))
+# the default process, and the one runs from before families were stored trained (SR3's Gaussian ε process)
 PROCESS = "gaussian"
+# validation sampler steps of the Gaussian process when not given (a shift process samples its own T steps)
+VAL_STEPS = 20
 
 
 @dataclass(frozen=True)
@@ -39,6 +42,9 @@ class TrainConfig:
     # --- model and objective ---
     family: str = "sr3"  # model family (a key of dreamsr.families.FAMILIES); states from before it load as sr3
     preset: str = "small"  # the family's preset (SR3 UNet: tiny, small, base, sr3-div2k, sr3-face)
+    process: str | None = None  # diffusion process (None: the family's own: gaussian for sr3/idm, shift for resshift)
+    shift: Literal["v1", "v3"] = "v1"  # shift process: ResShift's schedule (v1: T = 15, v3: T = 4)
+    max_scale: float | None = None  # continuous-scale families (idm): the largest trained scale (None: the preset's)
     dropout: float | None = None  # override the preset's dropout (None: keep it)
     embed_scale: float | None = None  # override the preset's noise-level embedding scale (None: keep it)
     target: Literal["image", "residual"] = "image"  # diffuse the HR image (paper) or the scaled HR - bicubic
@@ -48,7 +54,7 @@ class TrainConfig:
     beta_end: float = 1e-2  # linear beta schedule end
     p: float = 1.0  # DREAM exponent of lambda_t = sqrt(1 - alpha_bar)^p; 0 = DRM, inf = standard training
     independent_noise: bool = False  # fresh eps' for the rectified input (Eq. 13; drawn per step and rank)
-    loss: Literal["l1", "l2"] = "l1"  # per-pixel loss
+    loss: Literal["l1", "l2"] | None = None  # per-pixel loss (None: the process's: l1 gaussian (paper), l2 shift)
     # --- optimisation ---
     steps: int = 100_000  # total optimizer steps (resume continues up to this number)
     batch_size: int = 8  # global batch (split evenly over DDP ranks)
@@ -82,8 +88,8 @@ class TrainConfig:
     val_every: int = 1000  # validate every this many steps (and at the end; 0: never)
     val_count: int = 4  # held-out images used
     val_crop: int = 128  # centre crop of each validation HR image (pixels; 0: whole image)
-    val_steps: int = 20  # sampler steps for validation
-    val_sampler: Literal["ddim", "ddpm"] = "ddim"  # validation sampler
+    val_steps: int | None = None  # sampler steps for validation (None: VAL_STEPS, or a shift process's own T)
+    val_sampler: Literal["ddim", "ddpm"] | None = None  # validation sampler (None: the process's default)
     val_seed: int = 0  # sampling seed for validation
 
     def __post_init__(self) -> None:
@@ -102,14 +108,16 @@ class TrainConfig:
             (0 <= self.ema_decay < 1, f"ema_decay must be in [0, 1), got {self.ema_decay}"),
             (math.isinf(self.p) or self.p >= 0, f"p must be >= 0 or inf, got {self.p}"),
             (self.target in ("image", "residual"), f"target must be image or residual, got {self.target!r}"),
-            (self.loss in ("l1", "l2"), f"loss must be l1 or l2, got {self.loss!r}"),
+            (self.loss in (None, "l1", "l2"), f"loss must be l1 or l2, got {self.loss!r}"),
             (self.patch >= 0, "patch must be >= 0"),
             (self.workers >= 0, "workers must be >= 0"),
             (self.save_every >= 0 and self.val_every >= 0, "save_every and val_every must be >= 0"),
             (self.keep >= 1, "keep must be >= 1"),
             (self.log_every >= 1, "log_every must be >= 1"),
-            (self.val_count >= 0 and self.val_steps >= 1, "val_count must be >= 0 and val_steps >= 1"),
-            (self.val_sampler in ("ddim", "ddpm"), f"val_sampler must be ddim or ddpm, got {self.val_sampler!r}"),
+            (self.val_count >= 0 and (self.val_steps is None or self.val_steps >= 1),
+             "val_count must be >= 0 and val_steps >= 1"),
+            (self.val_sampler in (None, "ddim", "ddpm"), f"val_sampler must be ddim or ddpm, got {self.val_sampler!r}"),
+            (self.shift in ("v1", "v3"), f"shift must be v1 or v3, got {self.shift!r}"),
             (self.export_dtype in ("fp32", "fp16", "bf16"), "export_dtype must be fp32, fp16 or bf16"),
             (self.time_limit >= 0, "time_limit must be >= 0"),
             (self.stop_at >= 0, f"stop_at must be >= 0, got {self.stop_at}"),
@@ -117,8 +125,13 @@ class TrainConfig:
         for ok, msg in checks:
             if not ok:
                 raise ConfigError(msg)
+        self.model_family().check_process(self.process_name())
 
     # --- derived ---
+    def process_name(self) -> str:
+        """The diffusion process trained: ``process``, else the family's own (the first it runs)."""
+        return self.process or self.model_family().processes[0]
+
     @property
     def hr_patch(self) -> int:
         """The HR crop size actually used."""
@@ -137,13 +150,19 @@ class TrainConfig:
             changes["dropout"] = self.dropout
         if self.embed_scale is not None:
             changes["embed_scale"] = self.embed_scale
+        if self.max_scale is not None:
+            changes["max_scale"] = float(self.max_scale)
         unknown = sorted(set(changes) - {f.name for f in dataclasses.fields(cfg)})
         if unknown:
             raise ConfigError(f"the {self.family} family's network has no {', '.join(unknown)} to override")
         return dataclasses.replace(cfg, **changes) if changes else cfg
 
-    def diffusion_config(self) -> DiffusionConfig:
-        """The config of the :data:`PROCESS` trained (schedule and target)."""
+    def diffusion_config(self) -> Any:
+        """The config of the process trained (Gaussian: schedule and target; shift: ResShift's v1/v3 schedule)."""
+        if self.process_name() == "shift":
+            from dreamsr.processes.shift import ShiftConfig
+
+            return ShiftConfig.v1() if self.shift == "v1" else ShiftConfig.v3()
         return DiffusionConfig(num_steps=self.num_steps, beta_start=self.beta_start, beta_end=self.beta_end,
                                target=self.target, residual_scale=self.residual_scale)
 
@@ -159,12 +178,14 @@ class TrainConfig:
         training = {
             "p": "inf" if math.isinf(self.p) else self.p, "steps": step, "dataset": self.dataset,
             "patch": self.hr_patch, "batch_size": self.batch_size, "lr": self.lr, "preset": self.preset,
-            "ema_decay": self.ema_decay, "ema": self.export_ema, "seed": self.seed, "loss": self.loss,
+            "ema_decay": self.ema_decay, "ema": self.export_ema, "seed": self.seed,
+            "loss": self.loss or get_process(self.process_name()).build(self.diffusion_config(), None).default_loss,
             "hr_downscale": self.hr_downscale,
             "init_weights": Path(self.init_weights).name if self.init_weights else None,
         }
         return CheckpointInfo(network=self.network_config(), diffusion=self.diffusion_config(), scale=self.scale,
-                              training=training, dreamsr_version=__version__, family=self.family, process=PROCESS)
+                              training=training, dreamsr_version=__version__, family=self.family,
+                              process=self.process_name())
 
     def lr_at(self, step: int) -> float:
         """Learning rate of optimizer step ``step`` (0-based): linear warm-up, then constant or cosine decay."""

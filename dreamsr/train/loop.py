@@ -20,11 +20,11 @@ from dreamsr.checkpoint import load_state_strict
 from dreamsr.data import SRTrainDataset, make_loader, mix_seed
 from dreamsr.errors import ConfigError, TrainingError
 from dreamsr.files import atomic_write_text, dumps_json
-from dreamsr.images import to_model
+from dreamsr.images import resize, to_model
 from dreamsr.processes import build_process
 from dreamsr.processes.base import Process
 from dreamsr.runtime import autocast, resolve_precision
-from dreamsr.train.config import PROCESS, TrainConfig
+from dreamsr.train.config import TrainConfig
 from dreamsr.train.distributed import Dist, TrainNet, init_distributed
 from dreamsr.train.state import (TrainState, check_resume_config, checkpoint_name, export_weights,
                                  list_checkpoints, load_init_weights, read_state, resolve_resume, save_state,
@@ -132,16 +132,18 @@ class _Run:
             raise ConfigError(f"batch size {cfg.batch_size} is not divisible by the {dist.world} processes")
 
         self.family = cfg.model_family()
-        try:
-            self.family.check_process(PROCESS)
-        except ConfigError as err:
-            raise ConfigError(f"{err}; TrainConfig trains the {PROCESS} process") from None
         self.net_config = cfg.network_config()
-        multiple = self.family.size_multiple(self.net_config)
+        # HR pixels an HR side must be a multiple of: the network's size multiple in the signal space
+        multiple = self.family.size_multiple(self.net_config) * self.family.factor(self.net_config)
         if cfg.hr_patch % cfg.scale or cfg.hr_patch % multiple:
             raise ConfigError(f"patch {cfg.hr_patch} must be a multiple of the scale {cfg.scale} and of "
-                              f"{multiple} (the {cfg.preset} UNet's size multiple)")
-        self.process = build_process(PROCESS, cfg.diffusion_config())
+                              f"{multiple} (the {cfg.preset} network's size multiple)")
+        lo, hi = self.family.scales(self.net_config, cfg.scale)
+        if lo < hi and not lo <= cfg.scale <= hi:
+            raise ConfigError(f"--scale {cfg.scale} (the largest scale trained) is outside the {cfg.family} "
+                              f"network's range x{lo:g} to x{hi:g}")
+        # a continuous-scale family trains on a scale drawn per step in [lo, scale] (IDM); None: the fixed scale
+        self.scale_range = (lo, float(cfg.scale)) if lo < hi else None
         self.run_dir = Path(cfg.run_dir)
         self.ckpt_dir = self.run_dir / "checkpoints"
 
@@ -153,6 +155,8 @@ class _Run:
         self.start_step = saved.step if saved is not None else 0
         self._build_model(saved)
         del saved
+        # the process runs in the signal space of the network's first stage (pixels for sr3/idm)
+        self.process = build_process(cfg.process_name(), cfg.diffusion_config(), self.family.space_of(self.model))
 
         self.dataset = SRTrainDataset(cfg.data_config(), workers=cfg.workers)
         if cfg.cache_mb > 0:
@@ -211,7 +215,7 @@ class _Run:
             stale.unlink(missing_ok=True)  # left by a run killed while saving
         from dreamsr import __version__
 
-        resolved = {"config": cfg.to_dict(), "family": cfg.family, "process": PROCESS,
+        resolved = {"config": cfg.to_dict(), "family": cfg.family, "process": cfg.process_name(),
                     "network": self.net_config.to_dict(), "diffusion": cfg.diffusion_config().to_dict(),
                     "hr_patch": cfg.hr_patch, "device": str(self.device), "precision": self.precision,
                     "channels_last": self.channels_last, "world_size": self.dist.world,
@@ -280,17 +284,31 @@ class _Run:
                            checkpoint=self.last_ckpt, last_loss=self.last_loss, last_val=self.last_val,
                            stopped=self.stopped, model=self.model, ema=self.ema)
 
+    def _rescale(self, k: int, hr: torch.Tensor, lr: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """A continuous-scale family's batch at step ``k``'s scale s ~ U[lo, scale] (one draw per step, the same on
+        every rank, seeded by (seed, k)): the HR crop resized to round(s * LR side) (antialiased bicubic), the
+        bicubic upsample of the LR crop at that size; the LR crop is kept (IDM's training: LR fixed, HR varies)."""
+        assert self.scale_range is not None
+        lo, hi = self.scale_range
+        gen = torch.Generator().manual_seed(mix_seed(self.cfg.seed, 6, k))
+        s = lo + (hi - lo) * float(torch.rand((), generator=gen, dtype=torch.float64))
+        size = (max(1, round(s * lr.shape[-2])), max(1, round(s * lr.shape[-1])))
+        return resize(hr, size).clamp(0, 1), resize(lr, size)  # the upsample is not clamped, as the loader's
+
     def step(self, k: int, batch: tuple[torch.Tensor, torch.Tensor, torch.Tensor]) -> tuple[float, float]:
         """Optimizer step ``k`` (0-based) on its batch (HR, LR, bicubic upsample; [0, 1]): Alg. 3, Adam, EMA.
         Returns (the loss averaged over the ranks, the learning rate used)."""
         cfg, dev = self.cfg, self.device
         hr, lr, up = batch
+        if self.scale_range is not None:
+            hr, up = self._rescale(k, hr, lr)
         up = to_model(up.to(dev, non_blocking=True))
         if self.channels_last:
             up = up.contiguous(memory_format=torch.channels_last)
         y0 = self.process.to_signal(to_model(hr.to(dev, non_blocking=True)), up)  # what is diffused
         anchor = self.process.anchor(up)
-        cond = self.family.condition(to_model(lr.to(dev, non_blocking=True)), up)  # what the network sees
+        # what the network sees (at the signal's size for a family whose condition lives there)
+        cond = self.family.condition(to_model(lr.to(dev, non_blocking=True)), up, tuple(y0.shape[-2:]))
         if self.channels_last:
             cond = cond.contiguous(memory_format=torch.channels_last)
         local_b = cfg.batch_size // self.dist.world
@@ -308,7 +326,8 @@ class _Run:
 
         with autocast(dev, self.precision):
             per = self.process.loss(self.net, y0, cond, anchor, cfg.p, level=level, eps=eps, generator=indep_gen,
-                                    independent_noise=cfg.independent_noise, loss=cfg.loss)
+                                    independent_noise=cfg.independent_noise,
+                                    **({} if cfg.loss is None else {"loss": cfg.loss}))
         loss = per.mean()
         loss_f = float(self.dist.mean(loss.detach().float()))
         if not math.isfinite(loss_f):

@@ -24,7 +24,7 @@ from safetensors.torch import save_file
 from dreamsr.checkpoint import TRAIN_STATE_FORMAT, load_checkpoint, load_state_strict, save_checkpoint
 from dreamsr.errors import CheckpointError, ConfigError, TrainingError
 from dreamsr.files import atomic_write_to
-from dreamsr.train.config import PROCESS, RESUMABLE_FIELDS, TrainConfig
+from dreamsr.train.config import RESUMABLE_FIELDS, TrainConfig
 
 __all__ = ["STATE_FORMAT", "STATE_FORMAT_VERSION", "TrainState", "checkpoint_name", "list_checkpoints",
            "latest_checkpoint", "resolve_resume", "read_state", "read_state_config", "save_state",
@@ -199,7 +199,7 @@ def save_state(path: Path, cfg: TrainConfig, step: int, model: torch.nn.Module, 
         "optim": json.dumps(opt_meta, sort_keys=True),
         "scaler": json.dumps(scaler.state_dict() if scaler is not None else None),
         "family": cfg.family,
-        "process": PROCESS,
+        "process": cfg.process_name(),
         "network": json.dumps(cfg.network_config().to_dict(), sort_keys=True),
         "diffusion": json.dumps(cfg.diffusion_config().to_dict(), sort_keys=True),
         "world_size": str(world),

@@ -15,8 +15,7 @@ from torch import nn
 from dreamsr.data import find_images, load_val_images, resolve_layout
 from dreamsr.errors import ConfigError
 from dreamsr.images import downsample, save_image, upsample
-from dreamsr.options import SamplingOptions
-from dreamsr.train.config import TrainConfig
+from dreamsr.train.config import VAL_STEPS, TrainConfig
 
 __all__ = ["val_files", "load_validation_images", "save_grid", "validate"]
 
@@ -77,9 +76,10 @@ def validate(model: nn.Module, cfg: TrainConfig, images: list[tuple[str, torch.T
     model.eval()
     try:
         up = Upscaler(model, info, device=device, precision=precision, channels_last=channels_last)
-        # small centre crops go through in one piece; whole images in the default tiles
-        opts = SamplingOptions(steps=cfg.val_steps, sampler=cfg.val_sampler, seed=cfg.val_seed,
-                               **({"tile": 0} if cfg.val_crop else {}))
+        # small centre crops go through in one piece; whole images in the default tiles. Steps/sampler: as given,
+        # else the process's own (a shift process: all T ancestral steps), else VAL_STEPS respaced DDIM steps
+        steps = cfg.val_steps or (None if up.process.sampling_defaults else VAL_STEPS)
+        opts = up.options(steps=steps, sampler=cfg.val_sampler, seed=cfg.val_seed, tile=0 if cfg.val_crop else None)
         rows, ps, ss, bps, bss, prgb = [], [], [], [], [], []
         for _name, hr in images:
             lr = downsample(hr, cfg.scale).clamp(0, 1).mul(255).round().div(255)
