@@ -445,3 +445,48 @@ def test_shipped_default_model_is_used_for_other_scales(tmp_path: Path) -> None:
     assert r.exit_code == 0, r.output
     assert Image.open(tmp_path / "out.png").size == (16, 16)
     assert "dreamsr-x4-small" in r.stderr and "resized to x2" in r.stderr
+
+
+# ---- the plan before long work ------------------------------------------------------------------------------
+@pytest.mark.parametrize("per_call, long", [(0.05, False), (5.0, True)])
+def test_plan_states_calls_and_a_timed_estimate(tmp_path: Path, ckpt: Path, monkeypatch: pytest.MonkeyPatch,
+                                                per_call: float, long: bool) -> None:
+    """The plan counts the network calls the run will make (checked at the network), times one call on this
+    machine for long jobs, and past ten minutes says what would be shorter; --json records both."""
+    from dreamsr.pipeline import Upscaler
+
+    timed: list[object] = []
+    monkeypatch.setattr(Upscaler, "time_call", lambda self, plan, repeats=1: timed.append(plan) or per_call)
+    calls = 0
+    predict = Upscaler._predict
+
+    def counting(self, *a, **k):  # type: ignore[no-untyped-def]
+        nonlocal calls
+        calls += 1
+        return predict(self, *a, **k)
+
+    monkeypatch.setattr(Upscaler, "_predict", counting)
+    src = tmp_path / "in.png"
+    Image.fromarray(photo(30, 44)).save(src)
+    steps = 40 if long else 12
+    r = run(src, "-w", ckpt, "--steps", steps, "--tile", "16", "--overlap", "4", "--batch", "2",
+            "--precision", "fp32", "-o", tmp_path / "out.png", "--json")
+    assert r.exit_code == 0, r.stderr
+    plan = json.loads(r.stdout)["plan"]
+    tiles = 4 * 3  # 44 px: offsets 0, 12, 24, 28; 30 px: 0, 12, 14
+    assert plan["tiles"] == tiles and plan["calls"] == steps * tiles // 2 == calls
+    assert plan["estimate_seconds"] == pytest.approx(per_call * calls, rel=1e-3) and len(timed) == 1
+    assert f"{calls} network calls" in r.stderr
+    assert ("note: this is a long job" in r.stderr) == long
+
+
+def test_plan_skips_the_timing_for_short_jobs(tmp_path: Path, ckpt: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from dreamsr.pipeline import Upscaler
+
+    monkeypatch.setattr(Upscaler, "time_call", lambda *a, **k: pytest.fail("a short job must not be timed"))
+    src = tmp_path / "in.png"
+    Image.fromarray(photo(14, 18)).save(src)
+    r = run(src, "-w", ckpt, "--steps", 3, "--precision", "fp32", "-o", tmp_path / "o.png", "--json")
+    assert r.exit_code == 0, r.stderr
+    plan = json.loads(r.stdout)["plan"]
+    assert plan["calls"] == 3 and plan["estimate_seconds"] is None

@@ -281,6 +281,10 @@ def upscale(
                    else f", resized to x{label} by bicubic")
             console.print(Text(f"model {path.name}: {up.info.family} x{up.scale} ({up.describe_process()}){how}; "
                                f"{opts.describe()}; {up.device} {up.precision}"), soft_wrap=True)
+        model_scale = out_scale if up.scales[0] < up.scales[1] else float(up.scale)
+        plan = _plan(up, jobs, opts, model_scale)
+        if not quiet and plan["calls"]:
+            _print_plan(up, jobs, opts, model_scale, plan, given)
         try:
             _run_jobs(up, jobs, out_scale=out_scale, overwrite=overwrite, max_pixels=max_pixels, quiet=quiet,
                       options=opts)
@@ -307,6 +311,7 @@ def upscale(
         }
         if up is not None:
             summary.update({
+                "plan": plan,
                 "native_scale": up.scale, "scale": float(scale) if scale is not None else float(up.scale),
                 "device": str(up.device), "precision": up.precision,
                 "family": up.info.family, "process": up.info.process, "settings": opts.to_dict(),
@@ -318,6 +323,75 @@ def upscale(
     if not quiet:
         console.print(Text(f"done: {n_ok} image(s) written in {time.perf_counter() - t_start:.1f} s"))
     raise typer.Exit(EXIT_OK)
+
+
+# an estimate is timed (one warm-up and one timed network call) only for jobs of at least this many calls
+TIMED_ESTIMATE_CALLS = 30
+# past this estimate the plan suggests cheaper settings
+LONG_JOB_SECONDS = 600
+
+
+def _image_size(path: Path) -> tuple[int, int] | None:
+    """(H, W) from the file header without decoding it; None when unreadable (the job reports that later)."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as im:
+            w, h = im.size
+        return h, w
+    except Exception:  # noqa: BLE001 - any unreadable file is reported by its job
+        return None
+
+
+def _plan(up: Any, jobs: list[Job], opts: S, model_scale: float) -> dict[str, Any]:
+    """Network calls of every pending job and, for long jobs, an estimate from one timed call on this machine."""
+    calls, tiles, per_call = 0, 0, None
+    first = None
+    for job in jobs:
+        size = _image_size(job.src) if job.status == "pending" else None
+        if size is None:
+            continue
+        try:
+            p = up.plan(*size, opts, scale=model_scale)
+        except DreamSRError:
+            continue  # the job fails with the message when it runs
+        first = first or p
+        calls += p.calls
+        tiles += p.tiles
+    if first is not None and calls >= TIMED_ESTIMATE_CALLS:
+        per_call = up.time_call(first)
+    return {"images": sum(j.status == "pending" for j in jobs), "tiles": tiles, "steps": opts.steps,
+            "calls": calls, "seconds_per_call": None if per_call is None else round(per_call, 4),
+            "estimate_seconds": None if per_call is None else round(per_call * calls, 1)}
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 5400:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"
+
+
+def _print_plan(up: Any, jobs: list[Job], opts: S, model_scale: float, plan: dict[str, Any],
+                given: dict[str, Any]) -> None:
+    """The plan line and, past LONG_JOB_SECONDS, what would make it shorter."""
+    est = plan["estimate_seconds"]
+    console.print(Text(f"plan: {plan['images']} image(s), {plan['tiles']} tile(s) x {opts.steps} steps"
+                       + (f" x {opts.ensemble} ensemble members" if opts.ensemble > 1 else "")
+                       + f" = {plan['calls']} network calls"
+                       + ("" if est is None else f"; about {_duration(est)} on this machine "
+                          f"({plan['seconds_per_call']:.2f} s per call)")), soft_wrap=True)
+    if est is None or est <= LONG_JOB_SECONDS:
+        return
+    tips = []
+    rec = up.options(**{k: v for k, v in given.items() if k not in ("steps", "start", "back_project", "ensemble")})
+    if up.info.sampling and rec != opts:
+        rec_calls = plan["calls"] * rec.steps * rec.ensemble // max(1, opts.steps * opts.ensemble)
+        tips.append(f"the model's recommended sampling ({rec.describe()}) takes about "
+                    f"{_duration(rec_calls * plan['seconds_per_call'])}")
+    tips.append("fewer --steps shorten it in proportion")
+    console.print(Text.assemble(("note:", "yellow"), f" this is a long job; {'; '.join(tips)}"), soft_wrap=True)
 
 
 def _run_jobs(up: Any, jobs: list[Job], *, out_scale: float, overwrite: bool, max_pixels: int, quiet: bool,
