@@ -9,7 +9,7 @@ from dreamsr.diffusion import DiffusionConfig, Schedule
 from dreamsr.errors import DreamSRError
 from dreamsr.losses import dream_loss, lambda_t
 from dreamsr.samplers import ddim_sample, ddpm_sample
-from dreamsr.unet import PRESETS, UNet, UNetConfig, preset
+from dreamsr.families.sr3.unet import PRESETS, UNet, UNetConfig, preset
 
 __version__ = "0.1.0"
 

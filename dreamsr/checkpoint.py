@@ -39,7 +39,7 @@ __all__ = ["CheckpointInfo", "save_checkpoint", "load_checkpoint", "load_state_s
 
 FORMAT = "dreamsr.checkpoint"
 FORMAT_VERSION = "1"
-TRAIN_STATE_FORMAT = "dreamsr.train-state"  # dreamsr.train.STATE_FORMAT (training states, not models)
+TRAIN_STATE_FORMAT = "dreamsr.jobs.train-state"  # dreamsr.jobs.train.STATE_FORMAT (training states, not models)
 _STORE_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 

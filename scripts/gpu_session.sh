@@ -154,7 +154,7 @@ pkill -f -- "--run-dir $WORK/" 2>/dev/null; pkill -f -- "scripts/reproduce .*--o
 import shutil
 import sys
 from pathlib import Path
-from dreamsr.train import export_from_state, latest_checkpoint
+from dreamsr.jobs.train import export_from_state, latest_checkpoint
 work = Path(sys.argv[1])
 dest = work / "models"
 dest.mkdir(exist_ok=True)

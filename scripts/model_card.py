@@ -2,7 +2,7 @@
 """Measure a x4 checkpoint on the held-out photos and write the model card's tables (no number typed by hand).
 
 Finished evaluations (the same settings and weights sha256) are reused, so the work can be split over processes that
-share OUT and a final run with every option only assembles the tables. Runs ``dreamsr.evaluate.evaluate`` (the same code as ``dreamsr eval``) for bicubic and for the model at
+share OUT and a final run with every option only assembles the tables. Runs ``dreamsr.jobs.evaluate.evaluate`` (the same code as ``dreamsr eval``) for bicubic and for the model at
 10/20/50/100 steps with DDIM and DDPM, plus the sampling options (truncated start, back-projection) at the
 card's default step count, and writes ``OUT/card_tables.md`` and ``OUT/card.json``; the comparison figure
 (LR | bicubic | dreamsr | HR) is copied from the evaluation's grids to ``OUT/figure.png``.
@@ -22,7 +22,7 @@ from pathlib import Path
 
 import torch
 
-from dreamsr.evaluate import EvalConfig, evaluate, finished_summary
+from dreamsr.jobs.evaluate import EvalConfig, evaluate, finished_summary
 
 HEADERS = ("PSNR RGB", "SSIM RGB", "PSNR Y (crop 4)", "SSIM Y (crop 4)", "consistency ×1e5")
 

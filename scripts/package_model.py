@@ -14,7 +14,7 @@ import argparse
 from pathlib import Path
 
 from dreamsr.checkpoint import CheckpointInfo, load_checkpoint, save_checkpoint
-from dreamsr.weights import sha256_file
+from dreamsr.jobs.weights import sha256_file
 
 
 def main() -> int:

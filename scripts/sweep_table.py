@@ -2,7 +2,7 @@
 """Compare several x4 checkpoints on the held-out crops with one sampling setting (the model card's sweep table).
 
 Each checkpoint's training settings (target, crop, batch, lr, embedding scale, steps) are read from its own
-metadata, so the table cannot disagree with the weights. Evaluations run through ``dreamsr.evaluate.evaluate``
+metadata, so the table cannot disagree with the weights. Evaluations run through ``dreamsr.jobs.evaluate.evaluate``
 (the code of ``dreamsr eval``) and are reused when the same settings and weights sha256 finished under OUT, so a rerun only adds what is new.
 
 Usage::
@@ -20,8 +20,8 @@ from pathlib import Path
 import torch
 
 from dreamsr.checkpoint import read_info
-from dreamsr.evaluate import EvalConfig, evaluate_cached
-from dreamsr.weights import sha256_file
+from dreamsr.jobs.evaluate import EvalConfig, evaluate_cached
+from dreamsr.jobs.weights import sha256_file
 
 # evaluate()'s summary columns -> the table's headers
 COLUMNS = {"psnr_y": "PSNR Y", "ssim_y": "SSIM Y", "psnr_rgb": "PSNR RGB", "ssim_rgb": "SSIM RGB",

@@ -57,7 +57,7 @@ def write_tiny_checkpoint(path: Path, *, scale: int = 2, target: str = "residual
     ``training`` defaults to ``{"steps": 0, "dataset": "none"}``."""
     from dreamsr.checkpoint import CheckpointInfo, save_checkpoint
     from dreamsr.diffusion import DiffusionConfig
-    from dreamsr.unet import PRESETS, UNet
+    from dreamsr.families.sr3.unet import PRESETS, UNet
 
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
@@ -72,7 +72,7 @@ def tiny_info(*, scale: int = 2, target: str = "image"):
     """CheckpointInfo of the tiny preset (for stand-in models that ignore it)."""
     from dreamsr.checkpoint import CheckpointInfo
     from dreamsr.diffusion import DiffusionConfig
-    from dreamsr.unet import PRESETS
+    from dreamsr.families.sr3.unet import PRESETS
 
     return CheckpointInfo(network=PRESETS["tiny"], diffusion=DiffusionConfig(target=target), scale=scale)
 

@@ -56,7 +56,7 @@ def random_metric_weights(request: pytest.FixtureRequest, tmp_path_factory: pyte
 def hub_server(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeHub]:
     """A started FakeHub; HF_ENDPOINT points at it and HF_HUB_CACHE is ``tmp_path/"hf-cache"``.
 
-    huggingface_hub reads HF_ENDPOINT at import, so library code must pass ``endpoint=`` (dreamsr.weights reads
+    huggingface_hub reads HF_ENDPOINT at import, so library code must pass ``endpoint=`` (dreamsr.jobs.weights reads
     the variable at call time and does). Never leaves the client a path into its ~23 s retry loop.
     """
     with FakeHub() as hub:

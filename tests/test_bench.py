@@ -16,11 +16,12 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from dreamsr import bench, runtime
-from dreamsr.bench import BenchConfig, PeakMemory, forward_flops, run_bench, train_step_flops
+from dreamsr import runtime
+from dreamsr.jobs import bench
+from dreamsr.jobs.bench import BenchConfig, PeakMemory, forward_flops, run_bench, train_step_flops
 from dreamsr.errors import ConfigError, ModelNotFoundError
 from dreamsr.tiling import make_grid
-from dreamsr.unet import PRESETS, UNet, UNetConfig
+from dreamsr.families.sr3.unet import PRESETS, UNet, UNetConfig
 from tests._helpers import copy_photos
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -198,7 +199,7 @@ def test_check_targets_on_synthetic_reports() -> None:
 def _hook_flops(config: UNetConfig, batch: int, h: int, w: int) -> int:
     """Independent count: 2 x MACs of every Conv2d and Linear (from their shapes, by forward hooks on a real
     CPU forward) plus the two attention matmuls of each SelfAttention (q k^T and attn v: 2 x B x N^2 x C each)."""
-    from dreamsr.unet import SelfAttention
+    from dreamsr.families.sr3.unet import SelfAttention
 
     torch.manual_seed(0)
     model = UNet(config).eval()

@@ -107,7 +107,7 @@ def test_every_mode_end_to_end(tmp_path: Path, ckpt: Path) -> None:
 def library_upscale(ckpt: Path, src: Path, *, device: str = "auto", precision: str = "auto", **options) -> np.ndarray:
     """What the library makes of ``src`` with ``options`` (Upscaler.upscale, CLI-independent), rounded to 8 bits
     as a PNG stores it: uint8 [H, W, 3]."""
-    from dreamsr.pipeline import Upscaler
+    from dreamsr.jobs.pipeline import Upscaler
 
     up = Upscaler.from_checkpoint(ckpt, device=device, precision=precision)
     sr = up.upscale(load_image(src).rgb, **options)
@@ -235,7 +235,7 @@ def test_the_input_is_never_replaced(tmp_path: Path, ckpt: Path) -> None:
 # ---- Ctrl-C ---------------------------------------------------------------------------------------------
 def test_ctrl_c_while_sampling_keeps_the_finished_images_and_writes_no_partial_one(
         tmp_path: Path, ckpt: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from dreamsr.unet import UNet
+    from dreamsr.families.sr3.unet import UNet
 
     src = tmp_path / "in"
     src.mkdir()
@@ -335,9 +335,9 @@ def test_usage_errors_exit_2_and_write_nothing(tmp_path: Path, ckpt: Path, opts:
 
 
 def test_no_model_is_a_helpful_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import dreamsr.weights
+    import dreamsr.jobs.weights
 
-    monkeypatch.setattr(dreamsr.weights, "default_model", lambda scale: None)  # a registry without defaults
+    monkeypatch.setattr(dreamsr.jobs.weights, "default_model", lambda scale: None)  # a registry without defaults
     Image.fromarray(photo()).save(tmp_path / "a.png")
     r = run(tmp_path / "a.png")
     assert r.exit_code == 2
@@ -351,7 +351,7 @@ def test_no_model_is_a_helpful_error(tmp_path: Path, monkeypatch: pytest.MonkeyP
 
 
 def test_registry_default_model_is_used_without_options(tmp_path: Path, ckpt: Path) -> None:
-    from dreamsr.unet import PRESETS, UNet
+    from dreamsr.families.sr3.unet import PRESETS, UNet
 
     reg = tmp_path / "xdg" / "dreamsr" / "weights.toml"
     reg.parent.mkdir(parents=True)
@@ -453,7 +453,7 @@ def test_plan_states_calls_and_a_timed_estimate(tmp_path: Path, ckpt: Path, monk
                                                 per_call: float, long: bool) -> None:
     """The plan counts the network calls the run will make (checked at the network), times one call on this
     machine for long jobs, and past ten minutes says what would be shorter; --json records both."""
-    from dreamsr.pipeline import Upscaler
+    from dreamsr.jobs.pipeline import Upscaler
 
     timed: list[object] = []
     monkeypatch.setattr(Upscaler, "time_call", lambda self, plan, repeats=1: timed.append(plan) or per_call)
@@ -481,7 +481,7 @@ def test_plan_states_calls_and_a_timed_estimate(tmp_path: Path, ckpt: Path, monk
 
 
 def test_plan_skips_the_timing_for_short_jobs(tmp_path: Path, ckpt: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from dreamsr.pipeline import Upscaler
+    from dreamsr.jobs.pipeline import Upscaler
 
     monkeypatch.setattr(Upscaler, "time_call", lambda *a, **k: pytest.fail("a short job must not be timed"))
     src = tmp_path / "in.png"

@@ -36,14 +36,14 @@ def _no_tf32() -> Iterator[None]:
 
 @pytest.fixture(scope="module")
 def small():
-    from dreamsr.bench import load_model
+    from dreamsr.jobs.bench import load_model
 
     net, info, _ = load_model(preset="small", scale=4, seed=0)
     return net, info
 
 
 def _upscale(small, device: str, precision: str, lr: torch.Tensor, **kw) -> torch.Tensor:
-    from dreamsr.pipeline import Upscaler
+    from dreamsr.jobs.pipeline import Upscaler
 
     net, info = small
     up = Upscaler(copy.deepcopy(net), info, device=device, precision=precision)
@@ -56,7 +56,7 @@ def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
 
 @pytest.mark.parametrize("precision, tol", [("bf16", 0.05), ("fp16", 0.03)])
 def test_half_precision_sampling_close_to_fp32(small, precision: str, tol: float) -> None:
-    from dreamsr.bench import bench_image
+    from dreamsr.jobs.bench import bench_image
 
     if precision == "bf16" and not torch.cuda.is_bf16_supported():
         pytest.skip("bf16 not supported on this GPU")
@@ -70,7 +70,7 @@ def test_half_precision_sampling_close_to_fp32(small, precision: str, tol: float
 
 
 def test_cuda_fp32_matches_cpu(small) -> None:
-    from dreamsr.bench import bench_image
+    from dreamsr.jobs.bench import bench_image
 
     lr = bench_image(48, seed=1)
     cpu = _upscale(small, "cpu", "fp32", lr, steps=4, seed=3)
@@ -80,7 +80,7 @@ def test_cuda_fp32_matches_cpu(small) -> None:
 
 @pytest.mark.parametrize("merge", ["step", "end"])
 def test_tile_batch_size_does_not_change_the_image(small, merge: str) -> None:
-    from dreamsr.bench import bench_image
+    from dreamsr.jobs.bench import bench_image
 
     lr = bench_image(80, seed=2)  # 3 x 3 = 9 tiles
     outs = [_upscale(small, "cuda", "fp32", lr, steps=4, seed=5, batch=b, merge=merge) for b in (1, 4, 9)]
@@ -95,7 +95,7 @@ def test_tile_batch_size_changes_bf16_images_only_within_bf16_rounding(small, me
     of a random-init model moved by up to 0.6 (H200, 2026-11-26), so no max bound holds. Each batch size is
     within 0.05 relative L2 of fp32 (test_half_precision_sampling_close_to_fp32), hence within 0.1 of each
     other by the triangle inequality. (Changed after that GPU run; not yet rerun on a GPU.)"""
-    from dreamsr.bench import bench_image
+    from dreamsr.jobs.bench import bench_image
 
     lr = bench_image(80, seed=2)
     ref = _upscale(small, "cuda", "fp32", lr, steps=4, seed=5, merge=merge)
@@ -109,7 +109,7 @@ def test_tile_batch_size_changes_bf16_images_only_within_bf16_rounding(small, me
 @pytest.mark.parametrize("precision", ["bf16", "fp16"])
 @pytest.mark.parametrize("p", [math.inf, 1.0])
 def test_training_steps_under_autocast_are_finite(tmp_path: Path, precision: str, p: float) -> None:
-    from dreamsr.train import TrainConfig, train
+    from dreamsr.jobs.train import TrainConfig, train
     from tests._helpers import copy_photos
 
     if precision == "bf16" and not torch.cuda.is_bf16_supported():
@@ -136,7 +136,7 @@ def test_training_steps_under_autocast_are_finite(tmp_path: Path, precision: str
 
 
 def test_peak_memory_sees_a_cuda_allocation() -> None:
-    from dreamsr.bench import PeakMemory
+    from dreamsr.jobs.bench import PeakMemory
 
     dev = torch.device("cuda")
     with PeakMemory(dev) as mem:
@@ -147,7 +147,7 @@ def test_peak_memory_sees_a_cuda_allocation() -> None:
 
 
 def test_bench_report_on_cuda() -> None:
-    from dreamsr.bench import PEAK_BF16_TFLOPS, BenchConfig, run_bench
+    from dreamsr.jobs.bench import PEAK_BF16_TFLOPS, BenchConfig, run_bench
 
     cfg = BenchConfig(device="cuda", precisions=("bf16",), lr_size=24, steps=2, tile=8, overlap=2, batches=(4,),
                       repeats=1, train_batch=2, train_patch=16, train_steps=2, train_warmup=1, train_rounds=1)

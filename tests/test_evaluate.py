@@ -14,7 +14,7 @@ from PIL import Image
 
 from dreamsr import metrics as M
 from dreamsr.errors import ConfigError, DatasetError
-from dreamsr.evaluate import (EvalConfig, compare, compare_markdown, evaluate, evaluate_cached,
+from dreamsr.jobs.evaluate import (EvalConfig, compare, compare_markdown, evaluate, evaluate_cached,
                               finished_summary, resolve_set)
 from dreamsr.images import downsample, load_rgb, upsample
 from tests._helpers import load_photo, write_tiny_checkpoint
@@ -237,7 +237,7 @@ def test_absent_metric_weights_are_unavailable_and_the_rest_still_runs(tmp_path:
 
 # ---------------------------------------------------------------------------------------------- diffusion models
 def test_diffusion_model_goes_through_the_pipeline_with_k_seeds(tmp_path: Path, tiny_checkpoint: Path) -> None:
-    from dreamsr.pipeline import Upscaler
+    from dreamsr.jobs.pipeline import Upscaler
 
     root = tmp_path / "p"
     hr_full = load_photo("chelsea.png")[:, 100:132, 150:186]
@@ -276,7 +276,7 @@ def test_summary_json_is_the_report_and_records_the_sampling_that_ran(tmp_path: 
     import hashlib
 
     import dreamsr
-    from dreamsr.pipeline import Upscaler
+    from dreamsr.jobs.pipeline import Upscaler
 
     root = tmp_path / "p"
     _save(load_photo("chelsea.png")[:, 100:132, 150:186], root / "cat.png")

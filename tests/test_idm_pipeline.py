@@ -13,7 +13,7 @@ from dreamsr.checkpoint import CheckpointInfo, load_checkpoint, save_checkpoint
 from dreamsr.diffusion import DiffusionConfig
 from dreamsr.errors import CheckpointError, ConfigError
 from dreamsr.families.idm.network import IDMNet, nearest_indices, preset
-from dreamsr.pipeline import Upscaler
+from dreamsr.jobs.pipeline import Upscaler
 from dreamsr.tiling import make_grid
 
 
@@ -95,7 +95,7 @@ def test_checkpoint_round_trip_names_the_family(tmp_path: Path) -> None:
 
 
 def test_mismatched_family_and_network_are_checkpoint_errors() -> None:
-    from dreamsr.unet import PRESETS
+    from dreamsr.families.sr3.unet import PRESETS
 
     with pytest.raises(CheckpointError, match="idm checkpoint needs a IDMConfig"):
         CheckpointInfo(network=PRESETS["tiny"], diffusion=DiffusionConfig(), scale=4, family="idm")

@@ -125,7 +125,7 @@ def test_draws_are_reproducible_from_the_generator(batch):
 def test_tiny_unet_overfits_real_photo_crops():
     """A tiny UNet fits one batch of 8 crops of a real photo with p=1: the loss falls by at least 5x."""
     from dreamsr.images import downsample, to_model, upsample
-    from dreamsr.unet import UNet, preset
+    from dreamsr.families.sr3.unet import UNet, preset
 
     astronaut = load_photo("astronaut.png")
     torch.manual_seed(0)

@@ -118,6 +118,6 @@ def test_package_model_sets_sampling_and_keeps_the_weights(tmp_path: Path) -> No
     assert info.sampling == {"steps": 10, "start": 500, "back_project": True}
     a, b = load_checkpoint(src)[0].state_dict(), load_checkpoint(dst)[0].state_dict()
     assert all(torch.equal(a[k].half().float(), b[k]) for k in a)  # stored in fp16, otherwise unchanged
-    from dreamsr.weights import sha256_file
+    from dreamsr.jobs.weights import sha256_file
 
     assert f'sha256      = "{sha256_file(dst)}"' in r.stdout and f"bytes       = {dst.stat().st_size}" in r.stdout

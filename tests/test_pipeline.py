@@ -13,7 +13,7 @@ from dreamsr.diffusion import Schedule
 from dreamsr.errors import ConfigError, InputError
 from dreamsr.images import downsample, load_image, upsample
 from dreamsr.options import SamplingOptions
-from dreamsr.pipeline import ENSEMBLE_TRANSFORMS, MIN_SIDE, Upscaler, dihedral, tile_seed
+from dreamsr.jobs.pipeline import ENSEMBLE_TRANSFORMS, MIN_SIDE, Upscaler, dihedral, tile_seed
 from dreamsr.tiling import make_grid
 from tests._helpers import (IdentityOnCondition, Pointwise, Recorder, photo_path, seam_ratio, tiny_info,
                             write_tiny_checkpoint)

@@ -124,7 +124,7 @@ def test_e4_final_step_matches_direct_computation(tmp_path: Path, target: str) -
     from dreamsr.diffusion import DiffusionConfig, Schedule
     from dreamsr.images import downsample, to_model, upsample
     from dreamsr.samplers import ddpm_sample
-    from dreamsr.unet import PRESETS, UNet
+    from dreamsr.families.sr3.unet import PRESETS, UNet
 
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)

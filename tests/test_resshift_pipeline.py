@@ -16,7 +16,7 @@ from dreamsr.errors import ConfigError
 from dreamsr.families.resshift import PRESETS, ResShiftConfig, ResShiftNet
 from dreamsr.first_stages.vqf4 import VQF4_PRESETS
 from dreamsr.images import upsample
-from dreamsr.pipeline import Upscaler
+from dreamsr.jobs.pipeline import Upscaler
 from dreamsr.processes.shift import ShiftConfig
 from dreamsr.tiling import make_grid
 

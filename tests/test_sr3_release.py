@@ -27,7 +27,7 @@ from dreamsr.cli import app
 from dreamsr.diffusion import DiffusionConfig
 from dreamsr.errors import CheckpointError
 from dreamsr.families.sr3 import release as R
-from dreamsr.unet import UNet, UNetConfig
+from dreamsr.families.sr3.unet import UNet, UNetConfig
 
 DATA = Path(__file__).parent / "data"
 BUFFERS = ("betas", "alphas_cumprod", "alphas_cumprod_prev", "sqrt_alphas_cumprod", "sqrt_one_minus_alphas_cumprod",

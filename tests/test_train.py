@@ -17,7 +17,7 @@ from safetensors.torch import load_file
 
 from dreamsr.checkpoint import load_checkpoint
 from dreamsr.errors import CheckpointError, ConfigError, TrainingError
-from dreamsr.train import TrainConfig, export_from_state, latest_checkpoint, read_state_config, train
+from dreamsr.jobs.train import TrainConfig, export_from_state, latest_checkpoint, read_state_config, train
 from tests._helpers import copy_photos
 
 REPO = Path(__file__).resolve().parents[1]
@@ -220,8 +220,8 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(photos: Path, tmp_path: P
 
 _KILL_SCRIPT = textwrap.dedent("""
     import os, signal, sys
-    import dreamsr.train.state as S
-    from dreamsr.train import TrainConfig, train
+    import dreamsr.jobs.train.state as S
+    from dreamsr.jobs.train import TrainConfig, train
 
     real = S.save_file
     count = {"n": 0}
@@ -357,7 +357,7 @@ _DDP_SCRIPT = textwrap.dedent("""
     import json, os, sys
     import torch
     from safetensors.torch import save_file
-    from dreamsr.train import TrainConfig, train
+    from dreamsr.jobs.train import TrainConfig, train
 
     cfg = TrainConfig(**json.loads(sys.argv[1]))
     res = train(cfg)
@@ -538,7 +538,7 @@ def test_small_model_beats_bicubic_on_a_held_out_photo(photos: Path, val_photos:
     # the exported model, through the public pipeline, stays above bicubic (one more step was taken)
     from dreamsr.images import downsample, upsample
     from dreamsr.metrics import psnr
-    from dreamsr.pipeline import Upscaler
+    from dreamsr.jobs.pipeline import Upscaler
 
     up = Upscaler.from_checkpoint(res.export, device="cpu", precision="fp32")
     hr = load_val_hr(val_photos, 128)

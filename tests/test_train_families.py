@@ -18,7 +18,7 @@ from dreamsr.config import from_dict_strict
 from dreamsr.errors import ConfigError
 from dreamsr.families import FAMILIES
 from dreamsr.families.base import Family
-from dreamsr.train import TrainConfig, train
+from dreamsr.jobs.train import TrainConfig, train
 from tests._helpers import copy_photos
 
 pytestmark = pytest.mark.usefixtures("one_thread")

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from dreamsr.errors import ConfigError
-from dreamsr.unet import PRESETS, UNet, UNetConfig, preset
+from dreamsr.families.sr3.unet import PRESETS, UNet, UNetConfig, preset
 
 # Pinned so an accidental architecture change is noticed (the sr3 presets are the paper's ~98 M SR3 UNet).
 PARAMS = {"tiny": 10_111, "small": 2_633_955, "base": 5_917_011, "sr3-div2k": 97_807_491, "sr3-face": 97_807_491}

@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 from dreamsr.checkpoint import TRAIN_STATE_FORMAT, load_checkpoint, read_info
 from dreamsr.cli import app
 from dreamsr.errors import CheckpointError, ConfigError
-from dreamsr.train import STATE_FORMAT, TrainConfig, train
+from dreamsr.jobs.train import STATE_FORMAT, TrainConfig, train
 from tests._helpers import copy_photos, photo_path
 
 def _option(command: str, short: str):
@@ -98,8 +98,8 @@ def test_user_registry_entry_without_params(tiny_checkpoint: Path, tmp_path: Pat
     """`params` may be left out of a user entry: it is counted in the file's header when the file is here."""
     import hashlib
 
-    from dreamsr import weights as W
-    from dreamsr.unet import PRESETS, UNet
+    from dreamsr.jobs import weights as W
+    from dreamsr.families.sr3.unet import PRESETS, UNet
 
     sha = hashlib.sha256(tiny_checkpoint.read_bytes()).hexdigest()
     registry = tmp_path / "weights.toml"

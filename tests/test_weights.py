@@ -16,13 +16,13 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from typer.testing import CliRunner
 
-from dreamsr import weights as W
+from dreamsr.jobs import weights as W
 from dreamsr.checkpoint import CheckpointInfo, load_checkpoint, read_info, save_checkpoint
 from dreamsr.cli import app
 from dreamsr.diffusion import DiffusionConfig
 from dreamsr.errors import CheckpointError, ConfigError, DownloadError, ModelNotFoundError
 from dreamsr.files import clear_sha256_cache
-from dreamsr.unet import PRESETS, UNet, UNetConfig
+from dreamsr.families.sr3.unet import PRESETS, UNet, UNetConfig
 from tests.hub_server import FakeHub
 
 tomllib = W.tomllib  # the stdlib module on 3.11+, tomli on 3.10
@@ -647,7 +647,7 @@ def test_recommended_sampling_round_trips_and_unknown_keys_fail(tmp_path):
     from dreamsr.checkpoint import CheckpointInfo, load_checkpoint, save_checkpoint
     from dreamsr.diffusion import DiffusionConfig
     from dreamsr.errors import CheckpointError
-    from dreamsr.unet import UNet, preset
+    from dreamsr.families.sr3.unet import UNet, preset
 
     model = UNet(preset("tiny"))
     info = CheckpointInfo(model.config, DiffusionConfig(), 4, sampling={"steps": 20, "start": 500,

@@ -1,6 +1,6 @@
 """`dreamsr bench`: sampling speed, DREAM training overhead, memory and efficiency of the real code paths.
 
-All measuring is in :mod:`dreamsr.bench`; this module parses options, shows progress on stderr, prints rich
+All measuring is in :mod:`dreamsr.jobs.bench`; this module parses options, shows progress on stderr, prints rich
 tables on stdout and writes the JSON report. Exit codes: 0 done, 1 a measurement failed, 2 bad usage.
 """
 
@@ -54,7 +54,7 @@ def _parse_batches(text: str) -> tuple[int, ...]:
 
 
 def _parse_sections(text: str) -> tuple[str, ...]:
-    from dreamsr.bench import SECTIONS
+    from dreamsr.jobs.bench import SECTIONS
 
     items = [t.lower() for t in _split(text, "--sections")]
     if items == ["all"]:
@@ -279,7 +279,7 @@ def bench(
 
       dreamsr bench --sections training --train-batch 8 --train-patch 64 --data-dir photos/
     """
-    from dreamsr.bench import FULL, BenchConfig, run_bench
+    from dreamsr.jobs.bench import FULL, BenchConfig, run_bench
 
     quick = {k: getattr(BenchConfig, k) for k in ("lr_size", "steps", "repeats", "naive_repeats")}
 

@@ -1,6 +1,6 @@
 """`dreamsr eval`: paper-comparable metrics of any upscaler (bicubic included) on a named set, and `--compare`.
 
-All the work is in :mod:`dreamsr.evaluate`; this module parses options, shows progress and prints tables.
+All the work is in :mod:`dreamsr.jobs.evaluate`; this module parses options, shows progress and prints tables.
 Exit codes: 0 all files evaluated, 1 some files failed (the report is still written), 2 bad usage.
 """
 
@@ -29,7 +29,7 @@ def _error(message: str, code: int) -> None:
 
 
 def _parse_metrics(text: str) -> tuple[str, ...]:
-    from dreamsr.evaluate import METRICS
+    from dreamsr.jobs.evaluate import METRICS
 
     names = [t.strip().lower() for t in text.split(",") if t.strip()]
     if names == ["all"]:
@@ -42,13 +42,13 @@ def _parse_metrics(text: str) -> tuple[str, ...]:
 
 
 def _fmt(v: Any, metric: str) -> str:
-    from dreamsr.evaluate import format_metric
+    from dreamsr.jobs.evaluate import format_metric
 
     return format_metric(v, metric)
 
 
 def _label(entry: dict[str, Any]) -> str:
-    from dreamsr.evaluate import metric_label
+    from dreamsr.jobs.evaluate import metric_label
 
     return metric_label(entry)
 
@@ -76,7 +76,7 @@ def _summary_table(summary: dict[str, Any]) -> Table:
 
 
 def _compare(paths: List[Path]) -> int:
-    from dreamsr.evaluate import compare
+    from dreamsr.jobs.evaluate import compare
 
     table = compare([str(p) for p in paths])
     t = Table(title="dreamsr eval --compare", title_justify="left")
@@ -199,8 +199,8 @@ def evaluate(
             raise typer.Exit(_compare(summaries))
         if summaries:
             raise ConfigError(f"unexpected argument {summaries[0]} (summary files go with --compare)")
-        from dreamsr.evaluate import EvalConfig
-        from dreamsr.evaluate import evaluate as run_eval
+        from dreamsr.jobs.evaluate import EvalConfig
+        from dreamsr.jobs.evaluate import evaluate as run_eval
 
         cfg = EvalConfig(set=set_name, data_dir=str(data_dir) if data_dir else None, limit=limit, model=model,
                          weights=str(weights) if weights else None, scale=scale, metrics=_parse_metrics(metrics),

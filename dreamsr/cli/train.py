@@ -1,6 +1,6 @@
 """`dreamsr train`: DREAM training from the command line (single process, or DDP under ``python -m dreamsr.launch``).
 
-Every option maps to a field of :class:`dreamsr.train.TrainConfig`; an option not given keeps the
+Every option maps to a field of :class:`dreamsr.jobs.train.TrainConfig`; an option not given keeps the
 TrainConfig default, or, with ``--resume``, the value stored in the checkpoint (so
 ``dreamsr train --resume runs/x --steps 40000`` continues a run with its own settings).
 """
@@ -240,7 +240,7 @@ def train(
       python -m dreamsr.launch --standalone --nproc_per_node 4 train --dataset df2k --data-dir /data --p 1
       (DDP: torchrun's options before `train`, dreamsr's after it; see `python -m dreamsr.launch --help`)
     """
-    from dreamsr.train import TrainConfig, export_from_state, read_state_config, train as run_train
+    from dreamsr.jobs.train import TrainConfig, export_from_state, read_state_config, train as run_train
 
     given: dict[str, Any] = {
         "dataset": dataset, "data_dir": str(data_dir) if data_dir else None, "val_dir": str(val_dir) if val_dir else None,
@@ -263,7 +263,7 @@ def train(
     if resume is not None:
         src: Path | None = None
         if resume == "auto":
-            from dreamsr.train import latest_checkpoint
+            from dreamsr.jobs.train import latest_checkpoint
 
             src = latest_checkpoint(given.get("run_dir", base.run_dir))
         else:

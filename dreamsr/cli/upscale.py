@@ -1,6 +1,6 @@
 """`dreamsr upscale INPUT... [-o OUT]`: super-resolve image files and folders.
 
-All the work is in :class:`dreamsr.pipeline.Upscaler`; this module collects the inputs, plans the output
+All the work is in :class:`dreamsr.jobs.pipeline.Upscaler`; this module collects the inputs, plans the output
 names, shows progress and picks the exit code: 0 all images written, 1 any image (or the model) failed,
 2 bad usage. Each bad input is one red line on stderr and the other files are still processed.
 """
@@ -114,7 +114,7 @@ def _normalise_ext(ext: str | None) -> str | None:
 
 def _resolve_model(model: str | None, weights: Path | None, scale: float | None) -> Path:
     """--weights > --model > the registry's default for the scale; a helpful error when there is none."""
-    from dreamsr import weights as wmod
+    from dreamsr.jobs import weights as wmod
 
     if weights is None and model is None:
         want = int(scale) if scale is not None and float(scale).is_integer() else 4
@@ -250,7 +250,7 @@ def upscale(
     up = None
     if found:
         path = _resolve_model(model, weights, scale)
-        from dreamsr.pipeline import Upscaler
+        from dreamsr.jobs.pipeline import Upscaler
 
         try:
             up = Upscaler.from_checkpoint(path, device=device, precision=precision)

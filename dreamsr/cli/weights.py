@@ -1,6 +1,6 @@
 """`dreamsr weights ...`: list, pull, info, verify, push and convert model weights.
 
-All the work is in :mod:`dreamsr.weights`; this module parses options, prints, and picks exit codes
+All the work is in :mod:`dreamsr.jobs.weights`; this module parses options, prints, and picks exit codes
 (0 ok, 1 a file failed / did not verify, 2 bad usage). Errors are one red line on stderr.
 """
 
@@ -72,7 +72,7 @@ def _print_json(obj: Any) -> None:
 @_errors
 def list_models(as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table.")) -> None:
     """List the models of the registry (shipped weights.toml plus the user's), and whether they are here."""
-    from dreamsr import weights as W
+    from dreamsr.jobs import weights as W
 
     rows = [W.entry_dict(e) for e in W.registry_entries().values()]
     if as_json:
@@ -100,7 +100,7 @@ def pull(names: list[str] = typer.Argument(..., metavar="NAME...", help="Registr
 
     Example: dreamsr weights pull NAME   (then `dreamsr upscale --model NAME` works offline)
     """
-    from dreamsr import weights as W
+    from dreamsr.jobs import weights as W
 
     failed = 0
     for name in names:
@@ -125,7 +125,7 @@ def info(target: str = typer.Argument(..., metavar="FILE_OR_NAME",
          as_json: bool = typer.Option(False, "--json", help="Print JSON instead of text."),
          ) -> None:
     """Print a checkpoint's metadata (configs, scale, training) and, for a registry name, its entry."""
-    from dreamsr import weights as W
+    from dreamsr.jobs import weights as W
 
     d = W.describe(target)
     if as_json:
@@ -159,7 +159,7 @@ def verify(names: Optional[list[str]] = typer.Argument(None, metavar="[NAME...]"
 
     Exit 1 if a file does not match, or a model named on the command line is not here.
     """
-    from dreamsr import weights as W
+    from dreamsr.jobs import weights as W
 
     results = W.verify(names or None)
     bad = 0
@@ -194,7 +194,7 @@ def push(file: Path = typer.Argument(..., help="A dreamsr .safetensors checkpoin
 
     Uses HF_TOKEN (or `hf auth login`) and HF_ENDPOINT. Paste the printed table into ~/.config/dreamsr/weights.toml.
     """
-    from dreamsr import weights as W
+    from dreamsr.jobs import weights as W
 
     result = W.push_checkpoint(file, repo, name=name, filename=filename, task=task, license=license,
                                description=description, private=private)
@@ -266,9 +266,9 @@ def convert(src: Path = typer.Argument(..., metavar="IN.pth", help="A PyTorch st
     if layout == "resshift":
         return _convert_resshift(src, dst, autoencoder, steps, task, dtype)
 
-    from dreamsr import weights as W
+    from dreamsr.jobs import weights as W
     from dreamsr.diffusion import DiffusionConfig
-    from dreamsr.unet import UNetConfig, preset as get_preset
+    from dreamsr.families.sr3.unet import UNetConfig, preset as get_preset
 
     if scale is None:
         _fail("give --scale N (the model's native upscaling factor)", EXIT_USAGE)

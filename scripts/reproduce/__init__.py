@@ -9,8 +9,8 @@
         ground truth ("training", Alg. 1 line 3) and when it comes from the sampler ("sampling", Alg. 2 line 4).
     E5  Beyond the paper: p = 1 vs p = inf with the residual target (the model only adds detail to bicubic).
 
-Everything goes through dreamsr's own code: ``dreamsr.train.train`` (runs, validation curves, exported
-``model.safetensors``), ``dreamsr.evaluate.evaluate`` (every table), ``dreamsr.samplers.ddpm_sample`` with its
+Everything goes through dreamsr's own code: ``dreamsr.jobs.train.train`` (runs, validation curves, exported
+``model.safetensors``), ``dreamsr.jobs.evaluate.evaluate`` (every table), ``dreamsr.samplers.ddpm_sample`` with its
 per-step callback and ``dreamsr.diffusion.Schedule`` (E4). The package writes, under ``--out``::
 
     runs/<target>_p<p>/          training run folders (resumable: train(resume="auto"))
@@ -56,8 +56,8 @@ Modules (imports point from the driver down to the parts; none reaches into drea
     profiles.py           Profile, PROFILES (ci, smoke, full), the six runs (RunSpec), the paper's quoted numbers
     common.py             JSON files, clock, hardware record, number formatting, paired difference, a checked claim
     crops.py              the held-out HR crops every evaluation uses
-    training.py           the training runs: dreamsr.train.train per run, resumed or skipped when finished
-    evaluation.py         the evaluation cache: dreamsr.evaluate.evaluate per model, skipped when done before
+    training.py           the training runs: dreamsr.jobs.train.train per run, resumed or skipped when finished
+    evaluation.py         the evaluation cache: dreamsr.jobs.evaluate.evaluate per model, skipped when done before
     e1_p_sweep.py ... e5_residual.py   one module per experiment: its evaluations, analysis and JSON
     figures.py            the figures (matplotlib optional)
     report.py             the Markdown report, one small writer per section

@@ -1,6 +1,6 @@
 """E2, convergence (Fig. 1/7): validation PSNR during training for p = 1 and p = inf, and the step at which
 p = 1 first reaches p = inf's final (and best) PSNR, as a speed-up factor. Every number comes from the runs'
-metrics.jsonl (the validations ``dreamsr.train.train`` logged)."""
+metrics.jsonl (the validations ``dreamsr.jobs.train.train`` logged)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The evaluation cache: one ``dreamsr.evaluate.evaluate`` call per model and setting on the held-out crops,
+"""The evaluation cache: one ``dreamsr.jobs.evaluate.evaluate`` call per model and setting on the held-out crops,
 skipped when the same evaluation of the same weights (sha256) finished before."""
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ def run_eval(name: str, out_dir: Path, *, weights: Path | None, crops: Path, ima
              grids: int, log: Callable[[str], None]) -> dict[str, Any]:
     """evaluate() one model (or bicubic when ``weights`` is None) on the held-out crops, unless the same
     evaluation of the same weights (sha256) finished before. Returns the summary plus per-image values."""
-    from dreamsr.evaluate import EvalConfig, evaluate, finished_summary
+    from dreamsr.jobs.evaluate import EvalConfig, evaluate, finished_summary
 
     cfg = EvalConfig(set="folder", data_dir=str(crops), limit=images, model="bicubic" if weights is None else name,
                      weights=None if weights is None else str(weights), metrics=metrics, convention="both",

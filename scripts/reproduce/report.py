@@ -120,7 +120,7 @@ def setting(prof: dict[str, Any], info: dict[str, Any], e1: dict, e3: dict, e4: 
           f"E3 {duration(sum(c['seconds'] for c in e3['curves']))}, "
           f"E4 {duration(sum(m['seconds'] for m in e4['models']))}",
           "- commands: " + "; ".join(f"`{inv['command']}`" for inv in info["invocations"]), ""]
-    L += ["Equivalent training commands (one per run; the script calls `dreamsr.train.train` with these settings):",
+    L += ["Equivalent training commands (one per run; the script calls `dreamsr.jobs.train.train` with these settings):",
           "", "```"] + [r["command"] for r in e1["rows"] if r["command"]] + \
          [r["command"] for r in e5["rows"][2:]] + ["```", ""]
     return L

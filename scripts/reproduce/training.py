@@ -1,4 +1,4 @@
-"""The six training runs: one ``dreamsr.train.train`` call each (resumed, or skipped when finished), the
+"""The six training runs: one ``dreamsr.jobs.train.train`` call each (resumed, or skipped when finished), the
 equivalent ``dreamsr train`` command line, and what a run's metrics.jsonl says about its time and progress."""
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ __all__ = ["train_config", "cli_command", "run_finished", "train_run", "train_se
 def train_config(spec: RunSpec, prof: Profile, run_dir: Path, data: Path, device: str, precision: str,
                  workers: int | None) -> Any:
     """The TrainConfig of one run: everything but p and the target is shared by all runs."""
-    from dreamsr.train import TrainConfig
+    from dreamsr.jobs.train import TrainConfig
 
     return TrainConfig(
         dataset="folder", data_dir=str(data / "train"), val_dir=str(data / "val"), scale=prof.scale,
@@ -32,7 +32,7 @@ def train_config(spec: RunSpec, prof: Profile, run_dir: Path, data: Path, device
 
 def cli_command(cfg: Any) -> str:
     """The ``dreamsr train`` command line equivalent to ``cfg`` (options that differ from the defaults)."""
-    from dreamsr.train import TrainConfig
+    from dreamsr.jobs.train import TrainConfig
 
     default = TrainConfig()
     parts = ["dreamsr train"]
@@ -49,7 +49,7 @@ def run_finished(run_dir: Path, steps: int) -> bool:
     """Whether the run in ``run_dir`` finished ``steps`` steps (its last checkpoint and its exported
     model.safetensors say so). SystemExit when it was trained past them (another profile's run)."""
     from dreamsr.checkpoint import read_info
-    from dreamsr.train import latest_checkpoint
+    from dreamsr.jobs.train import latest_checkpoint
 
     model = run_dir / "model.safetensors"
     ckpt = latest_checkpoint(run_dir)
@@ -64,7 +64,7 @@ def run_finished(run_dir: Path, steps: int) -> bool:
 def train_run(spec: RunSpec, prof: Profile, out: Path, data: Path, device: str, precision: str,
               workers: int | None, log: Callable[[str], None]) -> dict[str, Any]:
     """Train (or resume, or skip when finished) one run; returns its record for the JSONs."""
-    from dreamsr.train import train
+    from dreamsr.jobs.train import train
 
     run_dir = out / "runs" / spec.name
     cfg = train_config(spec, prof, run_dir, data, device, precision, workers)

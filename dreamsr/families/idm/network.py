@@ -12,7 +12,7 @@ Ree1s/IDM @d224c0e), the DREAM paper's second backbone: one model for any output
   like the trunk's. At every level k >= 1 a ``shift`` (equalised conv with bias, no activation) and two per-channel
   scales ``s1, s2 = EqualLinear(1 -> C_k)(p)`` of the scale scalar p modulate the trunk (below). The release also
   computes level 0's shift/scales and the last pyramid level, but never uses them: not built here.
-- **Trunk**: the SR3 UNet (:mod:`dreamsr.unet` blocks, same tensors as SR3) on ``cat([x_con, y_t])`` (condition
+- **Trunk**: the SR3 UNet (:mod:`dreamsr.families.sr3.unet` blocks, same tensors as SR3) on ``cat([x_con, y_t])`` (condition
   first, as the release), whose four x2 upsamplers are replaced by **implicit upsamplers**: scale-adaptive mixing
   ``feat = sLReLU(x * s1/|s| + shift * s2/|s|)`` with |s| = sqrt(s1^2 + s2^2 + 1e-8) per channel, then a LIIF
   query at the next level's exact size: the nearest feature cell (``grid_sample`` nearest, as the release), the
@@ -54,7 +54,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from dreamsr.errors import ConfigError, InputError
-from dreamsr.unet import Block, NoiseLevelEmbedding
+from dreamsr.families.sr3.unet import Block, NoiseLevelEmbedding
 
 __all__ = ["IDMConfig", "IDMNet", "PRESETS", "preset", "LREncoder", "ConditionPyramid", "ImplicitUpsampler",
            "EqualConv2d", "EqualLinear", "Blur", "scaled_leaky_relu", "nearest_indices", "query_indices",

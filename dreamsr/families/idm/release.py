@@ -104,7 +104,7 @@ def _conv(src: str, dst: str, bias: bool = True) -> dict[str, str]:
 
 
 def _res_block(src: str, dst: str, ch_in: int, ch_out: int, attn: bool) -> dict[str, str]:
-    """SR3's ResnetBlocWithAttn -> dreamsr.unet.Block."""
+    """SR3's ResnetBlocWithAttn -> dreamsr.families.sr3.unet.Block."""
     m = {
         **_conv(f"{src}.res_block.noise_func.noise_func.0", f"{dst}.res.emb"),
         **_conv(f"{src}.res_block.block1.block.0", f"{dst}.res.norm1"),

@@ -1,10 +1,10 @@
 """The SR3 family (Saharia et al. 2021; the DREAM paper's first backbone): a conditional UNet on the bicubic
-upsample of the LR image, at the output resolution. Network: :mod:`dreamsr.unet`."""
+upsample of the LR image, at the output resolution. Network: :mod:`dreamsr.families.sr3.unet`."""
 
 from __future__ import annotations
 
 from dreamsr.families.base import Family
-from dreamsr.unet import PRESETS, UNet, UNetConfig
+from dreamsr.families.sr3.unet import PRESETS, UNet, UNetConfig
 
 __all__ = ["FAMILY"]
 

@@ -36,7 +36,7 @@ import torch
 
 from dreamsr.diffusion import DiffusionConfig
 from dreamsr.errors import CheckpointError, ConfigError
-from dreamsr.unet import Block, UNet, UNetConfig
+from dreamsr.families.sr3.unet import Block, UNet, UNetConfig
 
 __all__ = ["SCHEDULE_BUFFERS", "DENOISE_PREFIX", "Release", "RELEASES", "key_map", "infer_network",
            "match_release", "schedule_buffers", "identify_schedule", "from_released", "to_released",
@@ -53,7 +53,7 @@ SCHEDULE_BUFFERS: tuple[str, ...] = (
 # Nothing has been measured on the released weights here (they cannot be downloaded on the build machines): the
 # recommendation is the setting the release and the paper report their numbers with.
 RECOMMENDED_SAMPLING: dict[str, Any] = {"steps": 2000}
-TASKS = ("general", "face")  # as dreamsr.weights.TASKS
+TASKS = ("general", "face")  # as dreamsr.jobs.weights.TASKS
 SAMPLING_PROVENANCE = ("the paper's setting, not measured in dreamsr: SR3's release and the DREAM paper (Sec. 4.3, "
                        "Fig. 8) sample the full 2000-step chain ancestrally (--sampler ddpm --steps 2000)")
 

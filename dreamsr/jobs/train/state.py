@@ -24,13 +24,13 @@ from safetensors.torch import save_file
 from dreamsr.checkpoint import TRAIN_STATE_FORMAT, load_checkpoint, load_state_strict, save_checkpoint
 from dreamsr.errors import CheckpointError, ConfigError, TrainingError
 from dreamsr.files import atomic_write_to
-from dreamsr.train.config import RESUMABLE_FIELDS, TrainConfig
+from dreamsr.jobs.train.config import RESUMABLE_FIELDS, TrainConfig
 
 __all__ = ["STATE_FORMAT", "STATE_FORMAT_VERSION", "TrainState", "checkpoint_name", "list_checkpoints",
            "latest_checkpoint", "resolve_resume", "read_state", "read_state_config", "save_state",
            "check_resume_config", "load_init_weights", "export_weights", "export_from_state", "stale_temporaries"]
 
-STATE_FORMAT = TRAIN_STATE_FORMAT  # "dreamsr.train-state": the checkpoint loader names such a file for what it is
+STATE_FORMAT = TRAIN_STATE_FORMAT  # "dreamsr.jobs.train-state": the checkpoint loader names such a file for what it is
 STATE_FORMAT_VERSION = "1"
 
 

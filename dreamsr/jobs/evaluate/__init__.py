@@ -36,18 +36,18 @@ Output folder: ``metrics.csv`` (one row per image and seed, failed files include
 ``summary.json``, ``summary.md`` and ``grids/*.png`` (LR | bicubic | SR | HR with a zoomed crop) for the first
 images. The library never prints; ``progress`` receives :class:`Progress` events.
 
-Modules: :mod:`~dreamsr.evaluate.sets` (the sets and their listing, through :mod:`dreamsr.data`),
-:mod:`~dreamsr.evaluate.run` (:class:`EvalConfig`, :func:`evaluate`, reuse of a finished evaluation),
-:mod:`~dreamsr.evaluate.reports` (the files written, ``--compare``).
+Modules: :mod:`~dreamsr.jobs.evaluate.sets` (the sets and their listing, through :mod:`dreamsr.data`),
+:mod:`~dreamsr.jobs.evaluate.run` (:class:`EvalConfig`, :func:`evaluate`, reuse of a finished evaluation),
+:mod:`~dreamsr.jobs.evaluate.reports` (the files written, ``--compare``).
 """
 
 from __future__ import annotations
 
-from dreamsr.evaluate.reports import (METRICS, compare, compare_markdown, format_metric, load_summary,
+from dreamsr.jobs.evaluate.reports import (METRICS, compare, compare_markdown, format_metric, load_summary,
                                       metric_label)
-from dreamsr.evaluate.run import (REFERENCE_MODELS, EvalConfig, EvalReport, Progress, ProgressFn, evaluate,
+from dreamsr.jobs.evaluate.run import (REFERENCE_MODELS, EvalConfig, EvalReport, Progress, ProgressFn, evaluate,
                                   evaluate_cached, finished_summary)
-from dreamsr.evaluate.sets import IMAGE_EXTENSIONS, PROTOCOLS, SETS, EvalItem, Protocol, SetSpec, resolve_set
+from dreamsr.jobs.evaluate.sets import IMAGE_EXTENSIONS, PROTOCOLS, SETS, EvalItem, Protocol, SetSpec, resolve_set
 
 __all__ = [
     "SETS", "SetSpec", "Protocol", "PROTOCOLS", "EvalItem", "EvalConfig", "Progress", "ProgressFn", "EvalReport",

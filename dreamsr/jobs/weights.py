@@ -34,7 +34,7 @@ from dreamsr.files import sha256_file  # public here too (callers and scripts im
 
 if TYPE_CHECKING:  # torch-heavy modules are imported where they are used
     from dreamsr.diffusion import DiffusionConfig
-    from dreamsr.unet import UNetConfig
+    from dreamsr.families.sr3.unet import UNetConfig
 
 try:  # Python >= 3.11
     import tomllib
@@ -49,7 +49,7 @@ __all__ = [
     "sha256_file", "verify", "push_checkpoint", "entry_to_toml", "convert_pth",
 ]
 
-SHIPPED_REGISTRY = Path(__file__).with_name("weights.toml")
+SHIPPED_REGISTRY = Path(__file__).parents[1] / "weights.toml"  # dreamsr/weights.toml
 SCHEMA = 1
 TASKS = ("general", "face")
 _NAME = re.compile(r"^[a-z0-9][a-z0-9_-]*$")  # a bare TOML key, so entries print without quoting
@@ -385,8 +385,11 @@ def download(ref: HubFile, *, name: str | None = None, endpoint: str | None = No
                                 "or " + _pull_hint(ref, name, cache))
         raise DownloadError(f"{name or ref.url} is not in the Hugging Face cache ({cache}) and HF_HUB_OFFLINE "
                             "is set; " + _pull_hint(ref, name, cache))
-    from huggingface_hub import get_hf_file_metadata, hf_hub_download, hf_hub_url
+    from huggingface_hub import constants, get_hf_file_metadata, hf_hub_download, hf_hub_url
 
+    # HF_HUB_OFFLINE is unset now (checked above), but the client froze the value it saw when it was imported:
+    # a process that imported it while offline (e.g. a converter run first) would refuse every download
+    constants.HF_HUB_OFFLINE = False
     # One HEAD without retries first: an unreachable endpoint fails here at once instead of inside
     # hf_hub_download's ~23 s retry loop; missing repo/revision/file are reported the same way.
     try:
@@ -673,7 +676,7 @@ def convert_pth(src: str | os.PathLike, dst: str | os.PathLike, unet: UNetConfig
     from dreamsr import __version__
     from dreamsr.checkpoint import CheckpointInfo, load_state_strict, save_checkpoint
     from dreamsr.diffusion import DiffusionConfig
-    from dreamsr.unet import UNet
+    from dreamsr.families.sr3.unet import UNet
 
     src, dst = Path(src), Path(dst)
     if not src.is_file():

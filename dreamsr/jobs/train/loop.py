@@ -24,12 +24,12 @@ from dreamsr.images import resize, to_model
 from dreamsr.processes import build_process
 from dreamsr.processes.base import Process
 from dreamsr.runtime import autocast, resolve_precision
-from dreamsr.train.config import TrainConfig
-from dreamsr.train.distributed import Dist, TrainNet, init_distributed
-from dreamsr.train.state import (TrainState, check_resume_config, checkpoint_name, export_weights,
+from dreamsr.jobs.train.config import TrainConfig
+from dreamsr.jobs.train.distributed import Dist, TrainNet, init_distributed
+from dreamsr.jobs.train.state import (TrainState, check_resume_config, checkpoint_name, export_weights,
                                  list_checkpoints, load_init_weights, read_state, resolve_resume, save_state,
                                  stale_temporaries)
-from dreamsr.train.validation import load_validation_images, validate
+from dreamsr.jobs.train.validation import load_validation_images, validate
 
 __all__ = ["TrainEvent", "TrainResult", "Callback", "train", "sample_noise"]
 
@@ -69,7 +69,7 @@ Callback = Callable[[TrainEvent], "bool | None"]
 
 
 def train(config: TrainConfig, callback: Callback | None = None) -> TrainResult:
-    """Train (or resume) a DREAM super-resolution model as ``config`` says; see :mod:`dreamsr.train`.
+    """Train (or resume) a DREAM super-resolution model as ``config`` says; see :mod:`dreamsr.jobs.train`.
 
     Raises ConfigError for bad options, DatasetError for missing data, CheckpointError for an unreadable
     checkpoint, TrainingError when the loss becomes NaN/inf (the last good checkpoint is kept) or a resume

@@ -1,6 +1,6 @@
 """Several training processes (DDP under torchrun or ``python -m dreamsr.launch``), or one: the same interface.
 
-The global batch is split over the ranks by sample index (see :mod:`dreamsr.train`); rank 0 alone writes the
+The global batch is split over the ranks by sample index (see :mod:`dreamsr.jobs.train`); rank 0 alone writes the
 run folder. Every collective here is a no-op in a single process.
 """
 

@@ -18,20 +18,20 @@ union of the ranks' batches and noises equals the single-process batch of the sa
 noise of ``independent_noise``, drawn per step and rank). Bit-exact CPU resume also needs the same number of
 intra-op threads as the interrupted run. Each rank keeps its own decoded-image cache.
 
-Training states are one safetensors file each, written atomically (:mod:`dreamsr.train.state`). Library code
+Training states are one safetensors file each, written atomically (:mod:`dreamsr.jobs.train.state`). Library code
 never prints: progress goes to ``callback(TrainEvent)``; a callback returning True asks the loop to stop after
 the current step (after the next one for a "val" event); a checkpoint and the export are written first.
 
-Modules: :mod:`~dreamsr.train.config` (TrainConfig), :mod:`~dreamsr.train.state` (state files, resume, export),
-:mod:`~dreamsr.train.distributed` (process group, DDP), :mod:`~dreamsr.train.validation`,
-:mod:`~dreamsr.train.loop` (:func:`train`).
+Modules: :mod:`~dreamsr.jobs.train.config` (TrainConfig), :mod:`~dreamsr.jobs.train.state` (state files, resume, export),
+:mod:`~dreamsr.jobs.train.distributed` (process group, DDP), :mod:`~dreamsr.jobs.train.validation`,
+:mod:`~dreamsr.jobs.train.loop` (:func:`train`).
 """
 
 from __future__ import annotations
 
-from dreamsr.train.config import PROCESS, RESUMABLE_FIELDS, TrainConfig
-from dreamsr.train.loop import Callback, TrainEvent, TrainResult, sample_noise, train
-from dreamsr.train.state import (STATE_FORMAT, STATE_FORMAT_VERSION, TrainState, export_from_state,
+from dreamsr.jobs.train.config import PROCESS, RESUMABLE_FIELDS, TrainConfig
+from dreamsr.jobs.train.loop import Callback, TrainEvent, TrainResult, sample_noise, train
+from dreamsr.jobs.train.state import (STATE_FORMAT, STATE_FORMAT_VERSION, TrainState, export_from_state,
                                  latest_checkpoint, read_state, read_state_config)
 
 __all__ = ["TrainConfig", "TrainEvent", "TrainResult", "Callback", "train", "latest_checkpoint", "read_state_config",

@@ -2,14 +2,14 @@
 
 Every timing runs the real code paths, never private copies:
 
-* sampling: :meth:`dreamsr.pipeline.Upscaler.upscale` on one image, for each precision asked and each tile
+* sampling: :meth:`dreamsr.jobs.pipeline.Upscaler.upscale` on one image, for each precision asked and each tile
   batch size (our default path: channels_last, step-blend tiling), and the *naive reference path* on the same
   image at the same steps (fp32, one tile per network call, tiles sampled independently and merged at the end,
   channels_last off), so the speed-up is a ratio of two medians measured in one run. Unless asked for by name, a
   precision is timed only where the hardware computes it natively (:func:`supported_precisions`); the others are
   listed as skipped, with the reason (:func:`skipped_precisions`: bf16 on a CPU without AVX-512 BF16 or AMX is
   emulated, several times slower than fp32);
-* training: :func:`dreamsr.train.train` itself, run for a few steps on a temporary folder of images with
+* training: :func:`dreamsr.jobs.train.train` itself, run for a few steps on a temporary folder of images with
   validation off, once with ``p = inf`` (standard SR3 training) and once with ``p = 1`` (DREAM), alternating
   over ``train_rounds`` rounds; the per-step times are the ones the loop reports in its "step" events
   (``step_time - data_time``: forward, backward, optimizer and EMA);
@@ -57,7 +57,7 @@ from dreamsr.diffusion import DiffusionConfig, Schedule
 from dreamsr.errors import ConfigError
 from dreamsr.options import SamplingOptions
 from dreamsr.runtime import CPU_BF16_FLAGS, cpu_flags, cpu_native_bf16, resolve_device, resolve_precision
-from dreamsr.unet import PRESETS, UNet, UNetConfig
+from dreamsr.families.sr3.unet import PRESETS, UNet, UNetConfig
 
 __all__ = ["BenchConfig", "SECTIONS", "SCHEMA", "machine_info", "summarize", "PeakMemory",
            "forward_flops", "train_step_flops", "device_peak_tflops", "supported_precisions",
@@ -65,7 +65,7 @@ __all__ = ["BenchConfig", "SECTIONS", "SCHEMA", "machine_info", "summarize", "Pe
            "match_preset", "bench_image", "bench_sampling", "bench_training", "bench_loader", "efficiency",
            "check_targets", "run_bench", "ProgressFn"]
 
-SCHEMA = "dreamsr.bench/1"
+SCHEMA = "dreamsr.jobs.bench/1"
 SECTIONS = ("sampling", "training", "efficiency")
 
 # Dense bf16 peaks *measured* with large matmuls on this workplace's machines (not the datasheet), in TFLOP/s,
@@ -382,7 +382,7 @@ def load_model(*, model: str | None = None, weights: str | None = None, preset: 
         raise ConfigError("give exactly one of --model, --weights or --preset"
                           + (f" (got {', '.join('--' + g for g in given)})" if given else ""))
     if preset is not None:
-        from dreamsr.unet import preset as get_preset
+        from dreamsr.families.sr3.unet import preset as get_preset
 
         cfg = get_preset(preset)
         if scale < 1:
@@ -395,7 +395,7 @@ def load_model(*, model: str | None = None, weights: str | None = None, preset: 
         source = f"preset:{preset} (random init, seed {seed})"
     else:
         from dreamsr.checkpoint import load_checkpoint
-        from dreamsr.weights import resolve_weights
+        from dreamsr.jobs.weights import resolve_weights
 
         path = resolve_weights(weights=weights, model=model)
         net, info = load_checkpoint(path)
@@ -429,7 +429,7 @@ def bench_sampling(model: UNet, info: CheckpointInfo, device: torch.device, conf
     """Time :meth:`Upscaler.upscale` of ``lr`` [3, h, w] in [0, 1] for every precision x batch of ``config``
     and, if ``config.naive``, the naive reference path. Each run gets its own copy of ``model`` (the Upscaler
     converts its model's memory format in place). Returns the "sampling" section."""
-    from dreamsr.pipeline import Upscaler
+    from dreamsr.jobs.pipeline import Upscaler
     from dreamsr.tiling import make_grid
 
     h, w = int(lr.shape[-2]), int(lr.shape[-1])
@@ -537,7 +537,7 @@ def _write_train_images(folder: Path, count: int, size: int, seed: int) -> None:
 
 def _train_config(info: CheckpointInfo, preset_name: str, device: torch.device, config: BenchConfig, p: float,
                   data_dir: Path, run_dir: Path):
-    from dreamsr.train import TrainConfig
+    from dreamsr.jobs.train import TrainConfig
 
     d = info.diffusion
     return TrainConfig(
@@ -567,11 +567,11 @@ def _check_training(info: CheckpointInfo, device: torch.device, config: BenchCon
 
 def bench_training(info: CheckpointInfo, device: torch.device, config: BenchConfig, *,
                    progress: ProgressFn | None = None) -> dict[str, Any]:
-    """Time training steps of :func:`dreamsr.train.train` with p = inf (standard) and p = 1 (DREAM).
+    """Time training steps of :func:`dreamsr.jobs.train.train` with p = inf (standard) and p = 1 (DREAM).
 
     A temporary folder of synthetic images is the data set; validation is off, the checkpoint and export that
     the loop writes after its last step fall outside the timed steps. Returns the "training" section."""
-    from dreamsr.train import train
+    from dreamsr.jobs.train import train
 
     preset_name = _check_training(info, device, config)
     patch = config.train_patch
@@ -633,7 +633,7 @@ def bench_training(info: CheckpointInfo, device: torch.device, config: BenchConf
     return {"batch": config.train_batch, "patch": patch, "preset": preset_name, "precision": resolved_precision,
             "precision_reason": why,
             "warmup_steps": config.train_warmup, "steps_per_run": config.train_steps, "rounds": config.train_rounds,
-            "timing": "step_time - data_time from dreamsr.train's step events (forward, backward, optimizer, EMA); "
+            "timing": "step_time - data_time from dreamsr.jobs.train's step events (forward, backward, optimizer, EMA); "
                       "cpu_step: this process's CPU time between consecutive step events (data included)",
             "runs": runs, "dream_over_standard": ratio, "dream_over_standard_cpu_time": ratio_cpu}
 

@@ -1,7 +1,7 @@
 """Evaluation sets: the named sets, where their files live, their protocol, and the listing of a set's items.
 
 Sets (under ``data_dir`` or ``$DREAMSR_DATA``; :data:`SETS` lists the accepted folder names) and the protocols
-are described in :mod:`dreamsr.evaluate`. File finding, the data root and the paired layout's folders are
+are described in :mod:`dreamsr.jobs.evaluate`. File finding, the data root and the paired layout's folders are
 :mod:`dreamsr.data`'s (the div2k and celebahq validation files are the ones its ``resolve_layout`` holds out of
 training).
 """

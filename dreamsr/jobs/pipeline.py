@@ -161,8 +161,8 @@ class Upscaler:
     @classmethod
     def from_pretrained(cls, name_or_path: str | os.PathLike, *, device: str | torch.device = "auto",
                         precision: str = "auto", channels_last: bool = True) -> "Upscaler":
-        """A checkpoint file, a registry name or an ``hf://`` URL (resolved by :mod:`dreamsr.weights`)."""
-        from dreamsr.weights import resolve_weights
+        """A checkpoint file, a registry name or an ``hf://`` URL (resolved by :mod:`dreamsr.jobs.weights`)."""
+        from dreamsr.jobs.weights import resolve_weights
 
         p = Path(name_or_path)
         path = resolve_weights(weights=str(p)) if p.suffix == ".safetensors" or p.is_file() \

@@ -1,7 +1,7 @@
 """Validation during training: the (EMA) model upscales held-out images through the real pipeline.
 
 Each held-out HR image (a centre crop, ``val_crop``) is downsampled by the training LR synthesis, rounded to
-8 bits, upscaled with :class:`dreamsr.pipeline.Upscaler` and measured (PSNR/SSIM on Y, crop = scale, and PSNR
+8 bits, upscaled with :class:`dreamsr.jobs.pipeline.Upscaler` and measured (PSNR/SSIM on Y, crop = scale, and PSNR
 on RGB) against the HR image and bicubic; a grid ``val/step_XXXXXXXX.png`` shows LR | bicubic | SR | HR.
 """
 
@@ -15,7 +15,7 @@ from torch import nn
 from dreamsr.data import find_images, load_val_images, resolve_layout
 from dreamsr.errors import ConfigError
 from dreamsr.images import downsample, save_image, upsample
-from dreamsr.train.config import VAL_STEPS, TrainConfig
+from dreamsr.jobs.train.config import VAL_STEPS, TrainConfig
 
 __all__ = ["val_files", "load_validation_images", "save_grid", "validate"]
 
@@ -40,9 +40,9 @@ def load_validation_images(cfg: TrainConfig, size_multiple: int) -> list[tuple[s
     images = load_val_images(val_files(cfg), cfg.val_count, cfg.val_crop, cfg.scale * size_multiple)
     if images:
         try:
-            from dreamsr.pipeline import Upscaler  # noqa: F401
+            from dreamsr.jobs.pipeline import Upscaler  # noqa: F401
         except ImportError as err:
-            raise ConfigError(f"validation needs dreamsr.pipeline ({err}); use --val-every 0") from None
+            raise ConfigError(f"validation needs dreamsr.jobs.pipeline ({err}); use --val-every 0") from None
     return images
 
 
@@ -69,7 +69,7 @@ def validate(model: nn.Module, cfg: TrainConfig, images: list[tuple[str, torch.T
     and the ``grid`` written. ``model`` is left in the train/eval mode it had.
     """
     from dreamsr.metrics import psnr, ssim
-    from dreamsr.pipeline import Upscaler
+    from dreamsr.jobs.pipeline import Upscaler
 
     info = cfg.model_info(step)
     was_training = model.training

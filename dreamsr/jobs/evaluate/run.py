@@ -1,6 +1,6 @@
 """The evaluation run: :class:`EvalConfig`, :func:`evaluate` (an upscaler over a set, per-image metrics,
 aggregates, the report files) and the reuse of a finished evaluation (:func:`finished_summary`,
-:func:`evaluate_cached`). Conventions and outputs: :mod:`dreamsr.evaluate`."""
+:func:`evaluate_cached`). Conventions and outputs: :mod:`dreamsr.jobs.evaluate`."""
 
 from __future__ import annotations
 
@@ -20,8 +20,8 @@ import torch.nn.functional as F
 from dreamsr import metrics as M
 from dreamsr.data import data_root
 from dreamsr.errors import ConfigError, DreamSRError, InputError
-from dreamsr.evaluate.reports import CONVENTION_TEXT, METRICS, write_csv, write_grid, write_png, write_summary
-from dreamsr.evaluate.sets import PROTOCOLS, SETS, EvalItem, Protocol, resolve_set
+from dreamsr.jobs.evaluate.reports import CONVENTION_TEXT, METRICS, write_csv, write_grid, write_png, write_summary
+from dreamsr.jobs.evaluate.sets import PROTOCOLS, SETS, EvalItem, Protocol, resolve_set
 from dreamsr.files import dumps_json, load_json, sha256_file
 from dreamsr.images import downsample, load_rgb, resize, upsample
 from dreamsr.options import SamplingOptions
@@ -90,7 +90,7 @@ class EvalConfig:
 
 
     def sampling_given(self) -> dict[str, Any]:
-        """The sampling fields as given (None: not given), for :meth:`dreamsr.pipeline.Upscaler.options`."""
+        """The sampling fields as given (None: not given), for :meth:`dreamsr.jobs.pipeline.Upscaler.options`."""
         return {name: getattr(self, name) for name in ("steps", "sampler", "eta", "seed", "tile", "overlap", "batch",
                                                        "merge", "start", "back_project", "ensemble")}
 
@@ -146,7 +146,7 @@ class _Reference:
 
 
 class _Diffusion:
-    """A dreamsr diffusion model through :class:`dreamsr.pipeline.Upscaler` (never a private sampler)."""
+    """A dreamsr diffusion model through :class:`dreamsr.jobs.pipeline.Upscaler` (never a private sampler)."""
 
     stochastic = True
 
@@ -177,8 +177,8 @@ def _make_upscaler(cfg: EvalConfig, protocol: Protocol, upscaler: Any | None) ->
     if upscaler is None and cfg.weights is None and cfg.model in REFERENCE_MODELS:
         return _Reference(cfg.model, cfg.scale or SETS[cfg.set].scale)
     if upscaler is None:
-        from dreamsr.pipeline import Upscaler
-        from dreamsr.weights import resolve_weights
+        from dreamsr.jobs.pipeline import Upscaler
+        from dreamsr.jobs.weights import resolve_weights
 
         path = resolve_weights(weights=cfg.weights, model=None if cfg.weights else cfg.model)
         upscaler = Upscaler.from_checkpoint(path, device=cfg.device, precision=cfg.precision)
@@ -252,7 +252,7 @@ def evaluate(config: EvalConfig, out_dir: str | os.PathLike, *, progress: Progre
              upscaler: Any | None = None) -> EvalReport:
     """Super-resolve every item of ``config.set`` and write the report into ``out_dir`` (created).
 
-    ``upscaler``: an already built :class:`dreamsr.pipeline.Upscaler` to use instead of ``config.model`` /
+    ``upscaler``: an already built :class:`dreamsr.jobs.pipeline.Upscaler` to use instead of ``config.model`` /
     ``config.weights`` (a training loop evaluating its own model). Per-file problems (unreadable files, missing
     pairs, size mismatches) are recorded as errors and counted in the summary; they never stop the run.
     Raises ConfigError for bad options and DatasetError when the set is not found.
