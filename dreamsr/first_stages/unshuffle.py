@@ -29,6 +29,7 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 
+from dreamsr.config import from_dict_strict
 from dreamsr.errors import ConfigError, InputError
 
 __all__ = ["UnshuffleConfig", "PixelUnshuffle"]
@@ -52,10 +53,7 @@ class UnshuffleConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> "UnshuffleConfig":
-        unknown = set(d) - {"factor", "image_channels"}
-        if unknown:
-            raise ConfigError(f"UnshuffleConfig: unknown keys {sorted(unknown)}")
-        return cls(**d)
+        return from_dict_strict(cls, d)
 
 
 class PixelUnshuffle:

@@ -28,11 +28,12 @@ DREAM (Algorithm 3) for this x0-predicting process is derived in ``docs/resshift
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from typing import Any, Literal, Protocol
 
 import torch
 
+from dreamsr.config import from_dict_strict
 from dreamsr.errors import ConfigError, InputError
 from dreamsr.processes.base import Generator, ModelFn, Net, StepCallback, X0Fn
 from dreamsr.samplers import randn_like
@@ -107,11 +108,7 @@ class ShiftConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> "ShiftConfig":
-        known = {f.name for f in fields(cls)}
-        unknown = set(d) - known
-        if unknown:
-            raise ConfigError(f"ShiftConfig: unknown keys {sorted(unknown)}")
-        return cls(**d)
+        return from_dict_strict(cls, d)
 
 
 def eta_schedule(config: ShiftConfig) -> torch.Tensor:

@@ -45,7 +45,7 @@ as the release casts), its ``upfirdn2d`` blur a depthwise 3x3 conv with zero pad
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from fractions import Fraction
 from typing import Sequence
 
@@ -53,6 +53,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from dreamsr.config import from_dict_strict
 from dreamsr.errors import ConfigError, InputError
 from dreamsr.families.sr3.unet import Block, NoiseLevelEmbedding
 
@@ -146,12 +147,7 @@ class IDMConfig:
     @classmethod
     def from_dict(cls, d: dict) -> "IDMConfig":
         """Inverse of :meth:`to_dict`; unknown keys are an error, not silently dropped."""
-        if not isinstance(d, dict):
-            raise ConfigError(f"IDMConfig: expected a mapping, got {type(d).__name__}")
-        unknown = set(d) - {f.name for f in fields(cls)}
-        if unknown:
-            raise ConfigError(f"IDMConfig: unknown keys {sorted(unknown)}")
-        return cls(**d)
+        return from_dict_strict(cls, d)
 
 
 # Named presets. "face" has exactly the released 16->128 face model's tensors (tests/test_idm_network.py compares
