@@ -415,7 +415,7 @@ def test_cli_convert_export_round_trips_exactly(tmp_path: Path, tiny_pth: Path,
     info = read_info(out)
     assert (info.family, info.process, info.scale) == ("sr3", "gaussian", 8)
     assert info.training["task"] == "face" and info.training["converted_from"] == "I1000_gen.pth"
-    assert info.sampling == {"steps": 2000} and "the paper's setting" in info.training["sampling_provenance"]
+    assert info.sampling == {"steps": 2000, "sampler": "ddpm", "tile": 0} and "the paper's setting" in info.training["sampling_provenance"]
     assert info.network.norm_groups == 4 and info.diffusion == DiffusionConfig()
     back = tmp_path / "I1000_back_gen.pth"
     exp = cli("export", "--to", "sr3", out, back)
@@ -505,10 +505,16 @@ def test_export_refuses_what_the_release_cannot_run(tmp_path: Path, tiny_checkpo
 
 
 # ---- the face path ----------------------------------------------------------------------------------------
-def test_face16_upscales_to_128_in_one_tile(tmp_path: Path) -> None:
-    """`dreamsr upscale face16.png --weights sr3-face.safetensors`: 16x16 -> 128x128; with the default 40 px tile a
-    16x16 image is one tile (padded by reflection to 40x40 LR, i.e. 320x320 at the network: see the docs)."""
+def test_face16_upscales_to_128_in_one_tile(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`dreamsr upscale face16.png --weights sr3-face.safetensors`: 16x16 -> 128x128, the whole face in one piece
+    as the release feeds it (the converted file recommends tile 0 and the ancestral sampler); with an explicit
+    --tile 40 it is still one tile, padded by reflection to 40x40 LR (320x320 at the network)."""
+    from dreamsr.families.sr3.unet import UNet
     from dreamsr.tiling import make_grid
+
+    seen: list[tuple[int, ...]] = []
+    forward = UNet.forward
+    monkeypatch.setattr(UNet, "forward", lambda self, y, x, g: seen.append(tuple(y.shape[-2:])) or forward(self, y, x, g))
 
     src = tmp_path / "face_gen.pth"  # tiny widths; attention at level 2 keeps the padded tile cheap
     torch.save(random_state(sr3_listing(inner=16, mults=(1, 2, 2), res_blocks=1, attn_res=(4,), image_size=16)), src)
@@ -516,11 +522,13 @@ def test_face16_upscales_to_128_in_one_tile(tmp_path: Path) -> None:
     face = tmp_path / "face16.png"
     Image.fromarray(np.random.default_rng(0).integers(0, 256, (16, 16, 3), dtype=np.uint8)).save(face)
     assert len(make_grid(16, 16, 40, 5)) == 1
-    for tile, name in (([], "sr.png"), (["--tile", "0"], "sr0.png")):
+    for tile, name, side in (([], "sr.png", 128), (["--tile", "40"], "sr40.png", 320)):
+        seen.clear()
         res = runner.invoke(app, ["upscale", str(face), "--weights", str(weights), "-o", str(tmp_path / name),
                                   "--steps", "3", "--precision", "fp32", *tile])
         assert res.exit_code == 0, res.output
         assert Image.open(tmp_path / name).size == (128, 128)
+        assert seen == [(side, side)] * 3 and "ddpm 3 steps" in res.output
     assert read_info(weights).sampling["steps"] == 2000  # what `upscale` uses without --steps
 
 

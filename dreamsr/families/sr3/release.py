@@ -52,10 +52,11 @@ SCHEDULE_BUFFERS: tuple[str, ...] = (
 
 # Nothing has been measured on the released weights here (they cannot be downloaded on the build machines): the
 # recommendation is the setting the release and the paper report their numbers with.
-RECOMMENDED_SAMPLING: dict[str, Any] = {"steps": 2000}
+RECOMMENDED_SAMPLING: dict[str, Any] = {"steps": 2000, "sampler": "ddpm", "tile": 0}
 TASKS = ("general", "face")  # as dreamsr.jobs.weights.TASKS
 SAMPLING_PROVENANCE = ("the paper's setting, not measured in dreamsr: SR3's release and the DREAM paper (Sec. 4.3, "
-                       "Fig. 8) sample the full 2000-step chain ancestrally (--sampler ddpm --steps 2000)")
+                       "Fig. 8) sample the full 2000-step chain ancestrally (--sampler ddpm --steps 2000), the "
+                       "whole face in one piece (--tile 0; the paper's 16->128 and 64->512 face protocol)")
 
 
 @dataclass(frozen=True)
