@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 
 from dreamsr.errors import DreamSRError, InputError
-from dreamsr.images import downsample, rgb_to_y
+from dreamsr.images import downsample, resize, rgb_to_y
 
 __all__ = [
     "psnr", "ssim", "consistency", "CONVENTIONS", "MetricUnavailableError", "LPIPS", "LPIPS_FILES",
@@ -151,17 +151,20 @@ def consistency(sr: torch.Tensor, lr: torch.Tensor) -> float:
 
     Args:
         sr: [3, s*h, s*w] super-resolved image in [0, 1].
-        lr: [3, h, w] low-resolution input in [0, 1]; the integer factor s is read from the shapes.
+        lr: [3, h, w] low-resolution input in [0, 1]; the factor is read from the shapes (integer, or any factor
+            of a continuous-scale model: the SR image is then resized straight to h x w).
 
     The SR image is downsampled with the same antialiased bicubic that synthesises LR images everywhere in
-    dreamsr (:func:`dreamsr.images.downsample`) and clamped to [0, 1]; no border is cropped, no colour conversion.
+    dreamsr (:func:`dreamsr.images.downsample`, :func:`dreamsr.images.resize`) and clamped to [0, 1]; no border
+    is cropped, no colour conversion.
     """
     if sr.dim() != 3 or lr.dim() != 3 or sr.shape[0] != lr.shape[0]:
         raise InputError(f"consistency takes [C,H,W] images, got {tuple(sr.shape)} and {tuple(lr.shape)}")
     (H, W), (h, w) = sr.shape[-2:], lr.shape[-2:]
-    if H % h or W % w or H // h != W // w:
-        raise InputError(f"SR {H}x{W} is not an integer multiple of LR {h}x{w}")
-    down = downsample(sr.detach().to("cpu", torch.float64), H // h).clamp(0, 1)
+    lo, hi = max((H - 0.5) / h, (W - 0.5) / w), min((H + 0.5) / h, (W + 0.5) / w)
+    if lo > hi or hi < 1:  # no scale s >= 1 with round(s h) = H and round(s w) = W
+        raise InputError(f"SR {H}x{W} is not LR {h}x{w} enlarged by one scale")
+    down = resize(sr.detach().to("cpu", torch.float64), (h, w)).clamp(0, 1)  # = downsample(sr, H // h) when integer
     return torch.mean((down - lr.detach().to("cpu", torch.float64)) ** 2).item() * 1e5
 
 

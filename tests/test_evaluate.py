@@ -384,3 +384,37 @@ def test_cli_eval_and_compare(tmp_path: Path) -> None:
     (data / "bad.png").write_bytes(b"garbage")
     res = runner.invoke(app, ["eval", "--set", "folder", "--data-dir", str(data), "--out", str(tmp_path / "o2")])
     assert res.exit_code == 1 and (tmp_path / "o2" / "summary.json").is_file() and "bad" in res.output
+
+
+# ---- a continuous-scale model -----------------------------------------------------------------------------
+def test_idm_model_is_evaluated_at_its_own_and_a_non_integer_scale(tmp_path: Path) -> None:
+    """x2.5: the HR is cropped to multiples of 5 (70x90 -> 70x90), the LR is 28x36, the model samples 70x90 itself;
+    the per-image PSNR is the pipeline's output at that scale against the HR; bicubic runs at the same scale."""
+    from dreamsr.checkpoint import CheckpointInfo, save_checkpoint
+    from dreamsr.diffusion import DiffusionConfig
+    from dreamsr.families.idm.network import IDMNet, preset
+    from dreamsr.images import load_rgb, resize
+    from dreamsr.jobs.pipeline import Upscaler
+
+    torch.manual_seed(0)
+    ckpt = save_checkpoint(tmp_path / "idm.safetensors", IDMNet(preset("tiny")),
+                           CheckpointInfo(network=preset("tiny"), diffusion=DiffusionConfig(), scale=4, family="idm"))
+    data = _photo_folder(tmp_path / "p", names=PHOTOS[:1], size=(70, 90))
+    common = dict(set="folder", data_dir=str(data), metrics=("psnr", "consistency"), convention="rgb", steps=2,
+                  tile=0, device="cpu", precision="fp32", grids=1)
+    for scale, hr_size, lr_size in ((2.5, (70, 90), (28, 36)), (None, (68, 88), (17, 22))):
+        rep = evaluate(EvalConfig(weights=str(ckpt), scale=scale, **common), tmp_path / f"o{scale}")
+        s = rep.summary
+        assert s["scale"] == (scale or 4) and s["model"]["family"] == "idm" and s["count"] == 1
+        hr = load_rgb(next(data.iterdir()))
+        hr = hr[:, :hr_size[0], :hr_size[1]]
+        lr = resize(hr, lr_size).clamp(0, 1).mul(255).round().div(255)
+        up = Upscaler.from_checkpoint(ckpt, device="cpu", precision="fp32")
+        sr = up.upscale(lr, scale=scale or 4, steps=2, tile=0).clamp(0, 1).mul(255).round().div(255)
+        assert tuple(sr.shape[-2:]) == tuple(hr.shape[-2:])
+        row = _read_csv(rep.out_dir / "metrics.csv")[0]
+        assert float(row["psnr_rgb"]) == pytest.approx(M.psnr(sr, hr), abs=1e-4)
+    bic = evaluate(EvalConfig(model="bicubic", scale=2.5, **{**common, "steps": None}), tmp_path / "bic")
+    assert bic.summary["scale"] == 2.5 and bic.summary["count"] == 1
+    with pytest.raises(ConfigError, match="x1 to x4"):
+        evaluate(EvalConfig(weights=str(ckpt), scale=6, **common), tmp_path / "o6")

@@ -11,7 +11,7 @@ import torch
 
 from dreamsr import metrics
 from dreamsr.errors import InputError
-from dreamsr.images import downsample, upsample
+from dreamsr.images import downsample, resize, upsample
 from tests._helpers import load_photo, save_random_weights
 
 skimage_metrics = pytest.importorskip("skimage.metrics")
@@ -160,8 +160,12 @@ def test_consistency_is_mse_times_1e5_against_the_bicubic_downsample() -> None:
     # bicubic upsampling is not a perfect inverse: a small, positive number
     c = metrics.consistency(upsample(lr, 4).clamp(0, 1), lr)
     assert 0 < c < 1e3
-    with pytest.raises(InputError, match="multiple"):
+    with pytest.raises(InputError, match="one scale"):
         metrics.consistency(torch.zeros(3, 30, 32), torch.zeros(3, 8, 8))
+    # a continuous-scale model's x2.5 output (23x37 -> 58x92) is measured against the LR resized straight to it
+    sr25, lr25 = torch.rand(3, 58, 92, dtype=torch.float64), torch.rand(3, 23, 37, dtype=torch.float64)
+    expect = torch.mean((resize(sr25, (23, 37)).clamp(0, 1) - lr25) ** 2).item() * 1e5
+    assert metrics.consistency(sr25, lr25) == pytest.approx(expect, rel=1e-9)
 
 
 # ---------------------------------------------------------------- LPIPS / FID weights (random stand-ins)

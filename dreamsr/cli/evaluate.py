@@ -143,7 +143,8 @@ def evaluate(
     model: str = typer.Option("bicubic", "--model", "-m", help="bicubic | nearest | a registry name | hf:// URL."),
     weights: Optional[Path] = typer.Option(None, "--weights", "-w", help="A dreamsr .safetensors checkpoint "
                                            "(overrides --model)."),
-    scale: Optional[int] = typer.Option(None, "--scale", "-s", min=1, help="Factor \\[default: the model's, or the "
+    scale: Optional[float] = typer.Option(None, "--scale", "-s", min=1.0, help="Factor: any scale in a continuous-scale "
+                                        "(IDM) model's range, else the model's own \\[default: the model's, or the "
                                         "set's (celebahq 8, others 4) for bicubic/nearest]."),
     metrics: str = typer.Option("psnr,ssim,consistency", "--metrics",
                                 help="Comma-separated: psnr, ssim, consistency, lpips, fid (or all)."),

@@ -10,6 +10,7 @@ import math
 import os
 import time
 from dataclasses import asdict, dataclass, field
+from fractions import Fraction
 from pathlib import Path
 from typing import Any, Callable, Literal, Sequence
 
@@ -24,6 +25,7 @@ from dreamsr.jobs.evaluate.reports import CONVENTION_TEXT, METRICS, write_csv, w
 from dreamsr.jobs.evaluate.sets import PROTOCOLS, SETS, EvalItem, Protocol, resolve_set
 from dreamsr.files import dumps_json, load_json, sha256_file
 from dreamsr.images import downsample, load_rgb, resize, upsample
+from dreamsr.jobs.pipeline import output_size
 from dreamsr.options import SamplingOptions
 
 __all__ = ["EvalConfig", "Progress", "ProgressFn", "EvalReport", "REFERENCE_MODELS", "evaluate", "evaluate_cached",
@@ -43,7 +45,8 @@ class EvalConfig:
     limit: int | None = None  # first N items of the set
     model: str = "bicubic"  # bicubic | nearest | a registry name or hf:// URL
     weights: str | None = None  # a dreamsr .safetensors checkpoint (overrides model)
-    scale: int | None = None  # default: the model's native scale (diffusion) or the set's (references)
+    scale: float | None = None  # default: the model's native scale (diffusion) or the set's (references); any scale
+    #                              in a continuous-scale model's range (IDM), an integer otherwise
     metrics: tuple[str, ...] = ("psnr", "ssim", "consistency")
     convention: Convention = "both"  # PSNR/SSIM conventions to report
     crop_border: int | None = None  # Y convention border; default = scale
@@ -78,7 +81,7 @@ class EvalConfig:
             raise ConfigError(f"unknown metric(s) {', '.join(bad) or '(none)'}; choose from {', '.join(METRICS)}")
         if self.convention not in ("rgb", "y", "both"):
             raise ConfigError(f"convention must be rgb, y or both, got {self.convention!r}")
-        for name, v, lo in (("limit", self.limit, 1), ("scale", self.scale, 1), ("crop_border", self.crop_border, 0),
+        for name, v, lo in (("limit", self.limit, 1), ("scale", self.scale, 1.0), ("crop_border", self.crop_border, 0),
                             ("samples", self.samples, 1), ("grids", self.grids, 0)):
             if v is not None and v < lo:
                 raise ConfigError(f"{name} must be >= {lo}, got {v}")
@@ -126,18 +129,25 @@ class EvalReport:
 
 
 # ---------------------------------------------------------------------------------------------- upscalers
+def _plain(scale: float) -> float:
+    """An integer-valued scale as an int (reports say x4, not x4.0)."""
+    return int(scale) if float(scale).is_integer() else float(scale)
+
+
 class _Reference:
-    """bicubic / nearest: deterministic reference upscalers at any integer scale."""
+    """bicubic / nearest: deterministic reference upscalers at any scale (output round(scale x side), the
+    pipeline's rule)."""
 
     stochastic = False
 
-    def __init__(self, name: str, scale: int) -> None:
-        self.name, self.scale = name, scale
+    def __init__(self, name: str, scale: float) -> None:
+        self.name, self.scale = name, _plain(scale)
 
     def upscale(self, lr: torch.Tensor, seed: int, callback: Callable[[int, int], None] | None) -> torch.Tensor:
+        size = output_size(int(lr.shape[-2]), int(lr.shape[-1]), self.scale)
         if self.name == "bicubic":
-            return upsample(lr, self.scale).clamp(0, 1)
-        return F.interpolate(lr.unsqueeze(0), scale_factor=self.scale, mode="nearest").squeeze(0)
+            return resize(lr, size).clamp(0, 1)  # = upsample(lr, scale) at an integer scale
+        return F.interpolate(lr.unsqueeze(0), size=size, mode="nearest").squeeze(0)
 
     def metadata(self) -> dict[str, Any]:
         return {"name": self.name, "kind": "reference", "scale": self.scale,
@@ -152,7 +162,10 @@ class _Diffusion:
 
     def __init__(self, upscaler: Any, cfg: EvalConfig, protocol: Protocol, source: dict[str, Any]) -> None:
         self.up, self.cfg, self.protocol, self.source = upscaler, cfg, protocol, source
-        self.scale = int(upscaler.scale)
+        lo, hi = upscaler.scales
+        # a continuous-scale model is evaluated at the asked scale (checked against its range), others at theirs
+        self.scale = _plain(cfg.scale if cfg.scale is not None and lo < hi else upscaler.scale)
+        upscaler.family.check_scale(upscaler.info.network, upscaler.scale, self.scale)
         given = cfg.sampling_given()
         for name in ("tile", "overlap", "merge"):  # the set's protocol unless given
             given[name] = getattr(protocol, name) if given[name] is None else given[name]
@@ -160,7 +173,7 @@ class _Diffusion:
         self.options: SamplingOptions = upscaler.options(**given)
 
     def upscale(self, lr: torch.Tensor, seed: int, callback: Callable[[int, int], None] | None) -> torch.Tensor:
-        return self.up.upscale(lr, self.options, seed=seed, callback=callback)
+        return self.up.upscale(lr, self.options, scale=self.scale, seed=seed, callback=callback)
 
     def metadata(self) -> dict[str, Any]:
         info = self.up.info
@@ -188,7 +201,8 @@ def _make_upscaler(cfg: EvalConfig, protocol: Protocol, upscaler: Any | None) ->
         source = {"name": cfg.model if cfg.model not in REFERENCE_MODELS else "custom", "weights": None}
     run = _Diffusion(upscaler, cfg, protocol, source)
     if cfg.scale is not None and cfg.scale != run.scale:
-        raise ConfigError(f"model {source['name']} serves x{run.scale} only; drop --scale or pass --scale {run.scale}")
+        raise ConfigError(f"model {source['name']} serves x{run.scale:g} only; drop --scale or pass "
+                          f"--scale {run.scale:g}")
     return run
 
 
@@ -198,14 +212,29 @@ def _quantize(x: torch.Tensor) -> torch.Tensor:
     return x.clamp(0, 1).mul(255).round().div(255)
 
 
-def _prepare_pair(item: EvalItem, scale: int, protocol: Protocol) -> tuple[torch.Tensor, torch.Tensor]:
-    """Load (LR, HR) of an item as 8-bit-valued float [3,h,w], [3,h*s,w*s] in [0, 1]; InputError per file."""
+def _prepare_pair(item: EvalItem, scale: float, protocol: Protocol) -> tuple[torch.Tensor, torch.Tensor]:
+    """Load (LR, HR) of an item as 8-bit-valued float [3,h,w], [3,h*s,w*s] in [0, 1]; InputError per file.
+
+    A non-integer scale a/b (a continuous-scale model) crops the HR bottom/right to multiples of a, so the LR
+    (h = H b / a, antialiased bicubic) enlarged by the scale is exactly the HR's size."""
     if item.error:
         raise InputError(item.error)
     assert item.hr is not None
     hr = load_rgb(item.hr)
     if protocol.hr_size is not None and tuple(hr.shape[-2:]) != (protocol.hr_size, protocol.hr_size):
         hr = _quantize(resize(hr, (protocol.hr_size, protocol.hr_size)))
+    if float(scale) != int(scale):
+        if item.lr is not None:
+            raise InputError(f"{item.lr}: paired LR files are evaluated at integer scales only (x{scale:g} asked)")
+        frac = Fraction(scale).limit_denominator(100)
+        a, b = frac.numerator, frac.denominator
+        H, W = hr.shape[-2:]
+        H, W = H - H % a, W - W % a
+        if min(H, W) * b // a < 4:
+            raise InputError(f"{item.hr}: {hr.shape[-1]}x{hr.shape[-2]} is too small for x{scale:g}")
+        hr = hr[:, :H, :W].contiguous()
+        return _quantize(resize(hr, (H * b // a, W * b // a))), hr
+    scale = int(scale)
     if item.lr is not None:
         lr = load_rgb(item.lr)
         (H, W), (h, w) = hr.shape[-2:], lr.shape[-2:]
@@ -269,7 +298,7 @@ def evaluate(config: EvalConfig, out_dir: str | os.PathLike, *, progress: Progre
         raise ConfigError(f"set {cfg.set} is {protocol.hr_size}x{protocol.hr_size} HR; x{scale} does not divide it")
     samples = cfg.samples if run.stochastic else 1
     first_seed = run.options.seed if isinstance(run, _Diffusion) else (cfg.seed or 0)
-    crop = scale if cfg.crop_border is None else cfg.crop_border
+    crop = math.ceil(scale) if cfg.crop_border is None else cfg.crop_border  # BasicSR's crop_border = scale
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     device = getattr(getattr(run, "up", None), "device", None)
@@ -321,7 +350,7 @@ def evaluate(config: EvalConfig, out_dir: str | os.PathLike, *, progress: Progre
             done += samples
             emit(label, "error")
             continue
-        bic = upsample(lr, scale).clamp(0, 1)
+        bic = resize(lr, tuple(hr.shape[-2:])).clamp(0, 1)  # the bicubic column of the grids
         image_rows: list[dict[str, Any]] = []
         image_feats: list[np.ndarray] = []  # SR features per seed, kept only if the whole image succeeds
         sr0: torch.Tensor | None = None
