@@ -329,6 +329,16 @@ class SRTrainDataset(torch.utils.data.Dataset):
         self._perm_epoch = -1
         self._perm: torch.Tensor | None = None
 
+    @property
+    def cached_indices(self) -> list[int]:
+        """Indices of the images held decoded in the cache (in the order they were cached)."""
+        return list(self._cache)
+
+    @property
+    def cached_bytes(self) -> int:
+        """Bytes of decoded image data held in the cache (uint8)."""
+        return self._cache_bytes
+
     def __len__(self) -> int:
         """Number of distinct HR images (an epoch); indices beyond it are valid and start new epochs."""
         return len(self.layout)

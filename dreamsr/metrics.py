@@ -36,7 +36,7 @@ from dreamsr.images import downsample, resize, rgb_to_y
 __all__ = [
     "psnr", "ssim", "consistency", "CONVENTIONS", "MetricUnavailableError", "LPIPS", "LPIPS_FILES",
     "InceptionFeatures", "FID_FILE", "FID_URL", "FID_MIN_IMAGES", "frechet_distance", "fid_from_features",
-    "fid_warning", "find_metric_weights",
+    "fid_warning", "find_metric_weights", "gaussian_window", "build_fid_inception",
 ]
 
 #: Human-readable statement of each PSNR/SSIM convention, printed in report headers.
@@ -95,7 +95,7 @@ def psnr(sr: torch.Tensor, hr: torch.Tensor, *, crop_border: int = 0, y_channel:
     return 10.0 * math.log10(1.0 / mse)
 
 
-def _gaussian_window(size: int = _SSIM_WIN, sigma: float = _SSIM_SIGMA) -> torch.Tensor:
+def gaussian_window(size: int = _SSIM_WIN, sigma: float = _SSIM_SIGMA) -> torch.Tensor:
     """Normalised 1-D Gaussian of ``size`` taps (cv2.getGaussianKernel / scipy truncate=3.5 at sigma 1.5)."""
     x = torch.arange(size, dtype=torch.float64) - (size - 1) / 2
     g = torch.exp(-(x**2) / (2 * sigma**2))
@@ -104,7 +104,7 @@ def _gaussian_window(size: int = _SSIM_WIN, sigma: float = _SSIM_SIGMA) -> torch
 
 def _ssim_map(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """Per-pixel SSIM of [C,H,W] float64 images (data range 1) over the valid region: [C,H-10,W-10]."""
-    g = _gaussian_window().tolist()
+    g = gaussian_window().tolist()
     n = len(g)
 
     def filt(x: torch.Tensor) -> torch.Tensor:
@@ -277,7 +277,7 @@ class LPIPS:
 
 
 # ---------------------------------------------------------------------------------------------- FID
-def _build_fid_inception() -> torch.nn.Module:
+def build_fid_inception() -> torch.nn.Module:
     """torchvision's Inception3 patched into the TensorFlow FID graph (pytorch-fid's layout and parameter names).
 
     Parameters are exactly those of ``Inception3(num_classes=1008, aux_logits=False)``, so the pytorch-fid file
@@ -336,13 +336,13 @@ class InceptionFeatures:
     def __init__(self, *, weights_dir: str | os.PathLike | None = None, device: str | torch.device = "cpu",
                  batch: int = 8) -> None:
         path = find_metric_weights(FID_FILE, FID_URL, weights_dir)
-        net = _build_fid_inception()
+        net = build_fid_inception()
         _load_strict(net, _load_state(path, "FID InceptionV3"), path, "FID InceptionV3 (pytorch-fid)")
         self.device = torch.device(device)
         self.net = net.eval().requires_grad_(False).to(self.device)
         self.batch = max(1, int(batch))
 
-    def _pool3(self, x: torch.Tensor) -> torch.Tensor:
+    def pool3(self, x: torch.Tensor) -> torch.Tensor:
         n = self.net
         x = n.Conv2d_2b_3x3(n.Conv2d_2a_3x3(n.Conv2d_1a_3x3(x)))
         x = F.max_pool2d(x, 3, stride=2)
@@ -362,7 +362,7 @@ class InceptionFeatures:
             chunk = [F.interpolate(im.to(self.device, torch.float32).unsqueeze(0), size=(299, 299),
                                    mode="bilinear", align_corners=False) for im in images[i:i + self.batch]]
             x = torch.cat(chunk) * 2 - 1
-            out.append(self._pool3(x).double().cpu().numpy())
+            out.append(self.pool3(x).double().cpu().numpy())
         return np.concatenate(out) if out else np.zeros((0, 2048))
 
 

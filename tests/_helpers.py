@@ -150,12 +150,12 @@ def save_random_weights(folder: Path, lpips_net: str = "squeeze", fid: bool = Tr
         torch.save(ctor(weights=None).state_dict(), folder / metrics.LPIPS_FILES[lpips_net][0])
     if fid:
         # pytorch-fid's layout; BatchNorm statistics calibrated on noise so that random features stay O(1)
-        net = metrics._build_fid_inception()
+        net = metrics.build_fid_inception()
         for m in net.modules():
             if isinstance(m, torch.nn.BatchNorm2d):
                 m.reset_running_stats()
                 m.momentum = None
         with torch.no_grad():
-            metrics.InceptionFeatures._pool3(SimpleNamespace(net=net.train()), torch.rand(2, 3, 160, 160) * 2 - 1)
+            metrics.InceptionFeatures.pool3(SimpleNamespace(net=net.train()), torch.rand(2, 3, 160, 160) * 2 - 1)
         torch.save(net.state_dict(), folder / metrics.FID_FILE)
 

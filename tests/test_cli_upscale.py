@@ -457,15 +457,17 @@ def test_plan_states_calls_and_a_timed_estimate(tmp_path: Path, ckpt: Path, monk
 
     timed: list[object] = []
     monkeypatch.setattr(Upscaler, "time_call", lambda self, plan, repeats=1: timed.append(plan) or per_call)
+    from dreamsr.families.sr3.unet import UNet
+
     calls = 0
-    predict = Upscaler._predict
+    forward = UNet.forward
 
     def counting(self, *a, **k):  # type: ignore[no-untyped-def]
         nonlocal calls
         calls += 1
-        return predict(self, *a, **k)
+        return forward(self, *a, **k)
 
-    monkeypatch.setattr(Upscaler, "_predict", counting)
+    monkeypatch.setattr(UNet, "forward", counting)
     src = tmp_path / "in.png"
     Image.fromarray(photo(30, 44)).save(src)
     steps = 40 if long else 12

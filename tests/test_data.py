@@ -183,17 +183,17 @@ def test_cache_preload_and_budget(photos: Path) -> None:
     ds = SRTrainDataset(cfg)
     # uint8 RGB of astronaut 512x512, coffee 400x600, chelsea 300x451, rocket 427x640
     assert ds.decoded_bytes() == 3 * (512 * 512 + 400 * 600 + 300 * 451 + 427 * 640) and ds.preload()
-    assert len(ds._cache) == 4
+    assert len(ds.cached_indices) == 4
     small = SRTrainDataset(DataConfig(dataset="folder", data_dir=str(photos), patch=32, cache_mb=1))
     assert not small.preload()  # 4 photos take 2.8 MB decoded: astronaut (786 kB) fits, chelsea does not
-    assert list(small._cache) == [0] and small._cache_bytes == 3 * 512 * 512
+    assert small.cached_indices == [0] and small.cached_bytes == 3 * 512 * 512
     for g in range(8):
         small[g]
-    assert list(small._cache) == [0]  # the rest is decoded on demand, never cached past the budget
+    assert small.cached_indices == [0]  # the rest is decoded on demand, never cached past the budget
     lazy = SRTrainDataset(DataConfig(dataset="folder", data_dir=str(photos), patch=32, cache_mb=1), workers=1)
     for g in range(8):
         lazy[g]
-    assert lazy._cache_bytes <= 1 << 20 and len(lazy._cache) >= 1
+    assert lazy.cached_bytes <= 1 << 20 and len(lazy.cached_indices) >= 1
 
 
 def test_hr_downscale_and_too_small_images(tmp_path: Path, photos: Path) -> None:

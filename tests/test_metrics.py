@@ -75,7 +75,7 @@ def test_one_pixel_roll_of_a_stripe_pattern_gives_closed_form_ssim() -> None:
     # covariance ~ -0.25 (the Gaussian window has an odd number of taps, so the local mean is not exactly 0.5).
     x = (torch.arange(32) % 2).float().expand(3, 32, 32).contiguous()
     y = torch.roll(x, 1, dims=-1)
-    g = metrics._gaussian_window().numpy()
+    g = metrics.gaussian_window().numpy()
     m = float(g[0::2].sum())  # local mean where the centre pixel is 1 (weights on even offsets)
     # at every valid pixel one of x,y has local mean m and the other 1-m; variances m(1-m), covariance -m(1-m)
     c1, c2 = 0.01**2, 0.03**2
@@ -225,7 +225,7 @@ def test_a_wrong_weights_file_is_unavailable_not_a_partial_load(tmp_path, empty_
 def test_fid_network_has_pytorch_fid_parameter_layout() -> None:
     import torchvision
 
-    ours = metrics._build_fid_inception().state_dict()
+    ours = metrics.build_fid_inception().state_dict()
     ref = torchvision.models.inception_v3(weights=None, aux_logits=False, init_weights=False,
                                           num_classes=1008).state_dict()
     assert list(ours) == list(ref)
@@ -237,7 +237,7 @@ def test_fid_blocks_use_tensorflow_pooling() -> None:
     import torchvision.models.inception as tvi
 
     torch.manual_seed(0)
-    net = metrics._build_fid_inception().eval()
+    net = metrics.build_fid_inception().eval()
     ref = tvi.InceptionA(192, pool_features=32).eval()
     ref.load_state_dict(net.Mixed_5b.state_dict())
     x = torch.rand(1, 192, 9, 9)

@@ -173,7 +173,7 @@ def test_back_projection_pulls_the_downsample_towards_the_lr_input(target: str) 
     lr = load_image(photo_path("coffee.png")).rgb[None, :, 150:170, 300:324] * 2 - 1
     x0 = upsample(lr, 4)
     img = (x0 + 0.3 * torch.randn(x0.shape, generator=gen)).clamp(-1, 1)  # a wrong HR estimate
-    fix = up._back_projection(x0, lr)
+    fix = up.back_projection(x0, lr)
     y0 = info.diffusion.to_target(img, x0)
     corrected = info.diffusion.from_target(fix(y0), x0)
     before = float((downsample(img, 4) - lr).abs().mean())
@@ -183,7 +183,7 @@ def test_back_projection_pulls_the_downsample_towards_the_lr_input(target: str) 
     other = "image" if target == "residual" else "residual"
     info2 = tiny_info(scale=4, target=other)
     up2 = Upscaler(IdentityOnCondition(other), info2)
-    corrected2 = info2.diffusion.from_target(up2._back_projection(x0, lr)(info2.diffusion.to_target(img, x0)), x0)
+    corrected2 = info2.diffusion.from_target(up2.back_projection(x0, lr)(info2.diffusion.to_target(img, x0)), x0)
     assert torch.allclose(corrected, corrected2, atol=1e-5)
 
 

@@ -15,7 +15,7 @@ import typer
 from rich.table import Table
 from rich.text import Text
 
-from dreamsr.cli.common import EXIT_FAILED, EXIT_USAGE, console, exit_code_for, out
+from dreamsr.cli.common import EXIT_FAILED, EXIT_USAGE, console, error_line, exit_code_for, out
 from dreamsr.errors import ConfigError, DreamSRError
 
 app = typer.Typer(help="List, fetch, inspect, verify, publish and convert model weights.", no_args_is_help=True)
@@ -23,10 +23,7 @@ app = typer.Typer(help="List, fetch, inspect, verify, publish and convert model 
 F = TypeVar("F", bound=Callable[..., Any])
 
 
-def _error_line(message: str) -> None:
-    """One red ``error:`` line on stderr; the message is printed literally (paths and ``[models.x]`` keep their
-    brackets, which rich markup would swallow)."""
-    console.print(Text.assemble(("error:", "red"), " ", message), soft_wrap=True)
+_error_line = error_line  # paths and ``[models.x]`` keep their brackets (printed literally)
 
 
 def _fail(message: str, code: int) -> NoReturn:

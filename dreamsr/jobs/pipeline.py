@@ -200,7 +200,7 @@ class Upscaler:
             out = self.model(y_t, cond, level)
         return out.float()[..., :th, :tw].contiguous()
 
-    def _back_projection(self, up: torch.Tensor, lr: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:
+    def back_projection(self, up: torch.Tensor, lr: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:
         """x0_fn for the process: correct y0_hat [B, C, H, W] (signal space) so that the bicubic downsample of
         the HR *image* matches ``lr`` [B, 3, h, w] ([-1, 1], H = h * scale); ``up`` [B, 3, H, W] is bicubic(lr)."""
         proc = self.process
@@ -364,7 +364,7 @@ class Upscaler:
                 tick()
             return out.unsqueeze(0)
 
-        x0_fn = self._back_projection(up_b, lr_b) if opts.back_project else None
+        x0_fn = self.back_projection(up_b, lr_b) if opts.back_project else None
         y0 = proc.sample(model_fn, noise, anchor, steps=opts.steps, sampler=opts.sampler, generator=gen,
                          start=opts.start, x0_fn=x0_fn, **opts.sampler_kwargs)
         return proc.from_signal(y0, up_b)[0]
@@ -389,7 +389,7 @@ class Upscaler:
                 tick()
                 return e
 
-            x0_fn = self._back_projection(up_t, lr_t) if opts.back_project else None
+            x0_fn = self.back_projection(up_t, lr_t) if opts.back_project else None
             y0 = proc.sample(model_fn, noise, anchor, steps=opts.steps, sampler=opts.sampler,
                              generator=gens, start=opts.start, x0_fn=x0_fn, **opts.sampler_kwargs)
             accumulate(out, proc.from_signal(y0, up_t), hgrid, idx, weights)
