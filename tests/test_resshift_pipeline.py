@@ -143,3 +143,23 @@ def test_the_papers_gaussian_variant_runs_in_the_same_space() -> None:
     assert tuple(out.shape) == (3, 48, 48) and bool(torch.isfinite(out).all())
     with pytest.raises(ConfigError, match="image target"):
         Upscaler(Spatial(PRESETS["tiny"]), _info(process="gaussian", diffusion=DiffusionConfig(target="residual")))
+
+
+def test_cli_steps_beyond_a_short_chain_sample_the_whole_chain_and_say_so(tmp_path: Path) -> None:
+    """The headline `--steps 100` on a 15-step shift model: all 15 steps, one note, no error."""
+    from PIL import Image
+    from typer.testing import CliRunner
+
+    from dreamsr.cli import app
+
+    torch.manual_seed(0)
+    ckpt = save_checkpoint(tmp_path / "rs.safetensors", ResShiftNet(PRESETS["tiny"]), _info())
+    src = tmp_path / "in.png"
+    Image.fromarray((torch.rand(12, 16, 3) * 255).byte().numpy()).save(src)
+    r = CliRunner().invoke(app, ["upscale", str(src), "-w", str(ckpt), "--steps", "100", "--precision", "fp32",
+                                 "-o", str(tmp_path / "o.png"), "--json"])
+    assert r.exit_code == 0, r.output
+    assert "chain has 15 trained steps; --steps 100 samples all 15" in r.stderr
+    import json
+
+    assert json.loads(r.stdout)["settings"]["steps"] == 15 and Image.open(tmp_path / "o.png").size == (64, 48)

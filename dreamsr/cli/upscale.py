@@ -254,6 +254,15 @@ def upscale(
 
         try:
             up = Upscaler.from_checkpoint(path, device=device, precision=precision)
+            chain = up.process.chain
+            if steps is not None and steps > chain and not start:
+                # a short-chain process (ResShift: 15 or 4 trained steps) cannot take more steps than it has:
+                # sample the whole chain and say so, rather than fail or silently change the meaning
+                given["steps"] = chain
+                if not quiet:
+                    console.print(Text.assemble(("note:", "yellow"), f" this model's {up.info.process} chain has "
+                                                f"{chain} trained steps; --steps {steps} samples all {chain}"),
+                                  soft_wrap=True)
             opts = up.options(**given)  # under the model's measured recommendation (docs/models.md)
             lo, hi = up.scales
             if scale is not None and lo < hi:  # a continuous-scale model samples at --scale itself
