@@ -6,12 +6,12 @@ missing keys take the dataclass's defaults.
 
 from __future__ import annotations
 
-from dataclasses import fields, is_dataclass
+from dataclasses import asdict, fields, is_dataclass
 from typing import Any, Mapping, TypeVar
 
 from dreamsr.errors import ConfigError
 
-__all__ = ["from_dict_strict"]
+__all__ = ["from_dict_strict", "to_plain_dict"]
 
 T = TypeVar("T")
 
@@ -27,3 +27,9 @@ def from_dict_strict(cls: type[T], d: Mapping[str, Any]) -> T:
     if unknown:
         raise ConfigError(f"{cls.__name__}: unknown keys {sorted(unknown)}")
     return cls(**d)
+
+
+def to_plain_dict(obj: Any) -> dict[str, Any]:
+    """A dataclass as a JSON-friendly dict: ``asdict`` with every tuple field as a list (so a dict read back
+    from JSON compares equal)."""
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(obj).items()}

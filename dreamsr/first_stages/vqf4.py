@@ -24,13 +24,13 @@ not exactly the same as the whole image (blend tiles with feathered weights).
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from dreamsr.config import from_dict_strict
+from dreamsr.config import from_dict_strict, to_plain_dict
 from dreamsr.errors import ConfigError, InputError
 
 __all__ = ["VQF4Config", "VQF4", "VQF4_PRESETS", "vqf4_preset"]
@@ -75,9 +75,7 @@ class VQF4Config:
         return self.embed_dim
 
     def to_dict(self) -> dict:
-        d = asdict(self)
-        d["ch_mult"] = list(self.ch_mult)
-        return d
+        return to_plain_dict(self)
 
     @classmethod
     def from_dict(cls, d: dict) -> "VQF4Config":

@@ -45,7 +45,7 @@ as the release casts), its ``upfirdn2d`` blur a depthwise 3x3 conv with zero pad
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from fractions import Fraction
 from typing import Sequence
 
@@ -53,7 +53,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from dreamsr.config import from_dict_strict
+from dreamsr.config import from_dict_strict, to_plain_dict
 from dreamsr.errors import ConfigError, InputError
 from dreamsr.families.sr3.unet import Block, NoiseLevelEmbedding
 
@@ -139,10 +139,7 @@ class IDMConfig:
 
     def to_dict(self) -> dict:
         """JSON-friendly dict (tuples become lists)."""
-        d = asdict(self)
-        d["channel_mults"] = list(self.channel_mults)
-        d["attention_levels"] = list(self.attention_levels)
-        return d
+        return to_plain_dict(self)
 
     @classmethod
     def from_dict(cls, d: dict) -> "IDMConfig":

@@ -36,13 +36,13 @@ depends on the statistics of the whole input, so a tile's prediction is not exac
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass, replace
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from dreamsr.config import from_dict_strict
+from dreamsr.config import from_dict_strict, to_plain_dict
 from dreamsr.errors import ConfigError, InputError
 
 __all__ = ["ResShiftUNetConfig", "ResShiftUNet", "PRESETS", "preset", "timestep_embedding", "window_geometry",
@@ -144,10 +144,7 @@ class ResShiftUNetConfig:
 
     def to_dict(self) -> dict:
         """JSON-friendly dict (tuples become lists)."""
-        d = asdict(self)
-        d["channel_mult"] = list(self.channel_mult)
-        d["swin_levels"] = list(self.swin_levels)
-        return d
+        return to_plain_dict(self)
 
     @classmethod
     def from_dict(cls, d: dict) -> "ResShiftUNetConfig":

@@ -10,13 +10,13 @@ without affine), so any sampling schedule can be used at test time.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from dreamsr.config import from_dict_strict
+from dreamsr.config import from_dict_strict, to_plain_dict
 from dreamsr.errors import ConfigError
 
 __all__ = ["UNetConfig", "UNet", "PRESETS", "preset"]
@@ -73,10 +73,7 @@ class UNetConfig:
 
     def to_dict(self) -> dict:
         """JSON-friendly dict (tuples become lists)."""
-        d = asdict(self)
-        d["channel_mults"] = list(self.channel_mults)
-        d["attention_levels"] = list(self.attention_levels)
-        return d
+        return to_plain_dict(self)
 
     @classmethod
     def from_dict(cls, d: dict) -> "UNetConfig":
