@@ -143,7 +143,7 @@ def info(target: str = typer.Argument(..., metavar="FILE_OR_NAME",
     for key in ("file", "sha256", "bytes", "tensors", "params", "dtypes", "family", "process", "scale", "color",
                 "dreamsr_version"):
         out.print(f"{key}: {ck[key]}", soft_wrap=True, markup=False)
-    for key in ("network", "diffusion", "training"):
+    for key in ("network", "diffusion", "training", "sampling"):  # sampling: the recommended sampling
         out.print(f"{key}: {json.dumps(ck[key], sort_keys=True)}", soft_wrap=True, markup=False)
 
 
