@@ -418,3 +418,24 @@ def test_idm_model_is_evaluated_at_its_own_and_a_non_integer_scale(tmp_path: Pat
     assert bic.summary["scale"] == 2.5 and bic.summary["count"] == 1
     with pytest.raises(ConfigError, match="x1 to x4"):
         evaluate(EvalConfig(weights=str(ckpt), scale=6, **common), tmp_path / "o6")
+
+
+def test_cli_eval_header_states_the_recommended_sampling_it_uses(tmp_path: Path) -> None:
+    """`dreamsr eval --weights M` samples with M's recommendation and says so before the work; --steps overrides."""
+    from typer.testing import CliRunner
+
+    from dreamsr.cli import app
+
+    ckpt = write_tiny_checkpoint(tmp_path / "rec.safetensors", scale=4, sampling={"steps": 3, "back_project": True})
+    data = _photo_folder(tmp_path / "p", names=PHOTOS[:1], size=(32, 32))
+    runner = CliRunner()
+    for extra, steps in (([], 3), (["--steps", "2"], 2)):
+        res = runner.invoke(app, ["eval", "--set", "folder", "--data-dir", str(data), "--weights", str(ckpt),
+                                  "--metrics", "psnr", "--precision", "fp32", "-o", str(tmp_path / f"o{steps}"),
+                                  *extra])
+        assert res.exit_code == 0, res.output
+        header = res.stderr.splitlines()[0]
+        assert header.startswith(f"sampling: ddim {steps} steps") and "back-projection" in header
+        assert "the model recommends back_project True, steps 3" in res.stderr.replace("\n", " ")
+        s = json.loads((tmp_path / f"o{steps}" / "summary.json").read_text())
+        assert s["model"]["sampling"]["steps"] == steps and s["model"]["sampling"]["back_project"] is True

@@ -123,6 +123,10 @@ class _Bar:
             self.progress.__exit__(*exc)
 
     def __call__(self, ev: Any) -> None:
+        if ev.stage == "start":  # the run header
+            (self.progress.console if self.progress is not None else console).print(ev.item, markup=False,
+                                                                                    highlight=False)
+            return
         if self.progress is not None:
             info = ev.item if not ev.calls_total else f"{ev.item} ({ev.calls}/{ev.calls_total} calls)"
             if ev.stage == "fid":
@@ -221,12 +225,6 @@ def evaluate(
         _error(str(err), exit_code_for(err))
         return
     s = report.summary
-    smp = s["model"].get("sampling")
-    if smp:  # what actually ran: the model's recommendation under the options given
-        rec = s["model"].get("recommended_sampling") or {}
-        console.print(Text(f"sampling: {S.from_dict(smp).describe()}"
-                           + (f" (the model recommends {', '.join(f'{k} {v}' for k, v in sorted(rec.items()))}; "
-                              "options given override it)" if rec else "")), soft_wrap=True)
     out.print(_summary_table(s))
     out.print(f"RGB: {s['conventions']['rgb']}", markup=False, highlight=False, soft_wrap=True)
     out.print(f"Y:   {s['conventions']['y']}", markup=False, highlight=False, soft_wrap=True)

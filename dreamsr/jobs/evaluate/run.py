@@ -106,7 +106,7 @@ class Progress:
     done: int
     total: int
     item: str
-    stage: str  # "upscale" | "metrics" | "fid" | "done"
+    stage: str  # "start" (item: the resolved sampling, once) | "upscale" | "metrics" | "fid" | "done" | "error"
     calls: int = 0
     calls_total: int = 0
 
@@ -336,6 +336,11 @@ def evaluate(config: EvalConfig, out_dir: str | os.PathLike, *, progress: Progre
         if progress is not None:
             progress(Progress(done, total, item, stage, calls, calls_total))
 
+    if isinstance(run, _Diffusion):  # the run header: what will sample, before any work
+        rec = run.up.info.sampling
+        emit(f"sampling: {run.options.describe()}"
+             + (f" (the model recommends {', '.join(f'{k} {v}' for k, v in sorted(rec.items()))}; options given "
+                "override it)" if rec else ""), "start")
     for item in items:
         label = item.name
         try:
