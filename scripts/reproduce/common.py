@@ -5,13 +5,14 @@ folders written as ``~``. JSON is read with :func:`dreamsr.files.load_json`."""
 from __future__ import annotations
 
 import datetime as _dt
+import json
 import math
 import os
 import platform
 import re
 import statistics
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import torch
 
@@ -25,6 +26,14 @@ Timed = Callable[[str, Callable[[], Any]], Any]
 
 METRIC_COLUMNS = ("psnr_rgb", "psnr_y", "ssim_rgb", "ssim_y", "consistency", "lpips", "fid")
 DIGITS = {"psnr": 2, "ssim": 4, "consistency": 3, "lpips": 4, "fid": 2}
+
+
+def jsonl_records(path: str | os.PathLike) -> Iterator[dict[str, Any]]:
+    """The records of a run's metrics.jsonl, in order (blank lines skipped)."""
+    with open(path, encoding="utf-8") as fh:
+        for line in fh:
+            if line.strip():
+                yield json.loads(line)
 
 
 def digits(column: str) -> int:

@@ -4,12 +4,11 @@ metrics.jsonl (the validations ``dreamsr.jobs.train.train`` logged)."""
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 from typing import Any, Sequence
 
-from .common import check, fmt
+from .common import check, fmt, jsonl_records
 from .profiles import P1, PAPER, PINF, R1, RINF, Profile, RunSpec
 
 __all__ = ["read_val_curve", "convergence_speedup", "up_to_best", "experiment_e2"]
@@ -21,15 +20,8 @@ def read_val_curve(metrics_jsonl: str | os.PathLike, key: str = "psnr") -> list[
     A step validated twice (a run resumed from a checkpoint older than its last validation repeats it, exactly)
     keeps its last record. ``key``: "psnr" (Y, crop = scale), "psnr_rgb", "ssim" (Y).
     """
-    by_step: dict[int, float] = {}
-    with open(metrics_jsonl, encoding="utf-8") as fh:
-        for line in fh:
-            line = line.strip()
-            if not line:
-                continue
-            rec = json.loads(line)
-            if rec.get("event") == "val" and key in rec:
-                by_step[int(rec["step"])] = float(rec[key])
+    by_step = {int(rec["step"]): float(rec[key]) for rec in jsonl_records(metrics_jsonl)
+               if rec.get("event") == "val" and key in rec}  # a later record of a step replaces an earlier one
     return sorted(by_step.items())
 
 

@@ -4,12 +4,12 @@ equivalent ``dreamsr train`` command line, and what a run's metrics.jsonl says a
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import time
 from pathlib import Path
 from typing import Any, Callable
 
+from .common import jsonl_records
 from .profiles import Profile, RunSpec
 
 __all__ = ["train_config", "cli_command", "run_finished", "train_run", "train_seconds", "last_step"]
@@ -93,24 +93,14 @@ def train_run(spec: RunSpec, prof: Profile, out: Path, data: Path, device: str, 
 def train_seconds(metrics_jsonl: str | os.PathLike) -> float:
     """Training wall time of a run, summed over its sessions (each "resume" event starts a new ``elapsed``)."""
     total, last = 0.0, 0.0
-    with open(metrics_jsonl, encoding="utf-8") as fh:
-        for line in fh:
-            line = line.strip()
-            if not line:
-                continue
-            rec = json.loads(line)
-            if rec.get("event") == "resume":
-                total, last = total + last, 0.0
-            elif "elapsed" in rec:
-                last = float(rec["elapsed"])
+    for rec in jsonl_records(metrics_jsonl):
+        if rec.get("event") == "resume":
+            total, last = total + last, 0.0
+        elif "elapsed" in rec:
+            last = float(rec["elapsed"])
     return total + last
 
 
 def last_step(metrics_jsonl: Path) -> int:
     """The last optimizer step a run logged (its progress when it was stopped)."""
-    last = 0
-    with open(metrics_jsonl, encoding="utf-8") as fh:
-        for line in fh:
-            if line.strip():
-                last = max(last, int(json.loads(line).get("step", 0)))
-    return last
+    return max((int(rec.get("step", 0)) for rec in jsonl_records(metrics_jsonl)), default=0)
