@@ -3,7 +3,7 @@
 #
 #   bash scripts/candidates.sh CORPUS WORK [BUDGET_MIN]
 #
-# CORPUS is scripts/build_corpus.py's output (train/, val/; val_crops/ is made here). Every candidate gets the same
+# CORPUS is scripts/build_corpus.py's output (train/ and val_crops/ are used here; test/ never). Every candidate gets the same
 # budget of single-thread CPU minutes (default 15): its uncontended step time is measured first (40 steps alone on
 # one thread, the first 10 dropped), and it then trains budget / step time steps, so runs may share the machine
 # without the comparison depending on the load. Then scripts/compare_candidates.py measures every one on the
@@ -11,15 +11,6 @@
 set -euo pipefail
 corpus=${1:?corpus folder}; work=${2:?work folder}; budget=${3:-15}
 mkdir -p "$work"
-python - "$corpus" <<'PY'
-import sys
-from pathlib import Path
-from PIL import Image
-root = Path(sys.argv[1]); out = root / "val_crops"; out.mkdir(exist_ok=True)
-for f in sorted((root / "val").glob("*.png")):
-    im = Image.open(f).convert("RGB"); w, h = im.size; s = 256
-    im.crop(((w - s) // 2, (h - s) // 2, (w - s) // 2 + s, (h - s) // 2 + s)).save(out / f.name)
-PY
 common=(--dataset folder --data-dir "$corpus/train" --patch 64 --batch-size 8 --lr 1e-4 --val-every 0 --workers 0
         --cache-mb 2048 --threads 1 --precision fp32 --seed 0 --save-every 1000 --keep 1)
 declare -A recipe=(
