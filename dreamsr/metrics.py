@@ -1,4 +1,4 @@
-"""Image-quality metrics for super-resolution: PSNR, SSIM, consistency, LPIPS and FID.
+"""Image-quality metrics for super-resolution: PSNR, SSIM, VIF, consistency, LPIPS and FID.
 
 Conventions (stated in every report header, see :data:`CONVENTIONS`):
 
@@ -13,6 +13,9 @@ SSIM is the standard Gaussian-window SSIM of Wang et al. (2004): 11x11 window, s
 K2 = 0.03, data range 1, population (not sample) covariances, averaged over the "valid" region where the
 window fits -- the same numbers as MATLAB ``ssim_index``, BasicSR ``calculate_ssim`` and scikit-image's
 ``structural_similarity(..., gaussian_weights=True, sigma=1.5, use_sample_covariance=False, data_range=1)``.
+
+VIF is pixel-domain Visual Information Fidelity (VIF-p, Sheikh & Bovik 2006), weight-free, computed by torchmetrics
+(an optional dependency: ``pip install "dreamsr[perceptual]"``) in the same two conventions as PSNR/SSIM.
 
 LPIPS and FID need pretrained backbones that are not shipped; they are looked up in the torch hub cache
 (``$TORCH_HOME/hub/checkpoints``) or a user-given folder and, when absent, raise
@@ -34,9 +37,9 @@ from dreamsr.errors import DreamSRError, InputError
 from dreamsr.images import downsample, resize, rgb_to_y
 
 __all__ = [
-    "psnr", "ssim", "consistency", "CONVENTIONS", "MetricUnavailableError", "LPIPS", "LPIPS_FILES",
-    "InceptionFeatures", "FID_FILE", "FID_URL", "FID_MIN_IMAGES", "frechet_distance", "fid_from_features",
-    "fid_warning", "find_metric_weights", "gaussian_window", "build_fid_inception",
+    "psnr", "ssim", "vif", "vif_backend", "consistency", "CONVENTIONS", "VIF_MIN_SIZE", "MetricUnavailableError",
+    "LPIPS", "LPIPS_FILES", "InceptionFeatures", "FID_FILE", "FID_URL", "FID_MIN_IMAGES", "frechet_distance",
+    "fid_from_features", "fid_warning", "find_metric_weights", "gaussian_window", "build_fid_inception",
 ]
 
 #: Human-readable statement of each PSNR/SSIM convention, printed in report headers.
@@ -47,9 +50,13 @@ CONVENTIONS: dict[str, str] = {
 
 _SSIM_K1, _SSIM_K2, _SSIM_SIGMA, _SSIM_WIN = 0.01, 0.03, 1.5, 11
 
+#: torchmetrics' VIF needs images of at least this side (its coarsest scale's 'valid' 17x17 window).
+VIF_MIN_SIZE = 41
+
 
 class MetricUnavailableError(DreamSRError):
-    """A metric cannot be computed here (its pretrained weights are missing); the message names the file."""
+    """A metric cannot be computed here (its pretrained weights or its package are missing); the message names
+    the file or the package to install."""
 
 
 def _prepare(sr: torch.Tensor, hr: torch.Tensor, crop_border: int, y_channel: bool) -> tuple[torch.Tensor, torch.Tensor]:
@@ -143,6 +150,47 @@ def ssim(sr: torch.Tensor, hr: torch.Tensor, *, crop_border: int = 0, y_channel:
         raise InputError(f"SSIM needs images of at least {_SSIM_WIN}x{_SSIM_WIN} (after cropping), "
                          f"got {a.shape[-2]}x{a.shape[-1]}")
     return _ssim_map(a, b).mean().item()
+
+
+def vif_backend():
+    """torchmetrics' ``visual_information_fidelity``; MetricUnavailableError when torchmetrics is not installed."""
+    try:
+        from torchmetrics.functional.image import visual_information_fidelity
+    except ImportError as err:
+        raise MetricUnavailableError(f"VIF needs the 'torchmetrics' package ({err}); "
+                                     'pip install "dreamsr[perceptual]" (or pip install torchmetrics)') from None
+    return visual_information_fidelity
+
+
+def vif(sr: torch.Tensor, hr: torch.Tensor, *, crop_border: int = 0, y_channel: bool = False) -> float:
+    """Visual information fidelity in the pixel domain (VIF-p, Sheikh & Bovik 2006) of ``sr`` against ``hr``.
+
+    Computed by torchmetrics' ``visual_information_fidelity`` (4 scales, Gaussian windows 17/9/5/3, visual noise
+    variance sigma_n^2 = 2) in float64 on the images scaled to [0, 255] (x 255: the 8-bit range sigma_n^2 = 2 was
+    set for; VIF is not scale-invariant, so the range matters). Pass the same 8-bit-quantised images PSNR gets.
+
+    Args:
+        sr, hr: [C,H,W] float tensors in [0, 1] of the same shape, at least 41x41 after cropping.
+        crop_border: pixels removed from each edge before the metric (and before the Y conversion).
+        y_channel: compute on BT.601 Y (MATLAB ``rgb2ycbcr``, so values in [16, 235] after x 255) instead of RGB.
+
+    Returns:
+        VIF (higher is better): 1 for identical images, below 1 for blur and noise (above 1 only for contrast
+        enhancement); the mean of the per-channel VIFs in RGB. nan when ``hr`` is flat (VIF is 0 / 0 then).
+
+    Raises:
+        MetricUnavailableError: torchmetrics is not installed.
+    """
+    a, b = _prepare(sr, hr, crop_border, y_channel)
+    if min(a.shape[-2:]) < VIF_MIN_SIZE:
+        raise InputError(f"VIF needs images of at least {VIF_MIN_SIZE}x{VIF_MIN_SIZE} (after cropping), "
+                         f"got {a.shape[-2]}x{a.shape[-1]}")
+    fn = vif_backend()
+    try:
+        value = fn((a * 255).unsqueeze(0), (b * 255).unsqueeze(0))  # preds = SR, target = HR (the reference)
+    except ValueError as err:  # the library's own input checks
+        raise InputError(f"VIF: {err}") from None
+    return float(value.item())
 
 
 # ---------------------------------------------------------------------------------------------- consistency

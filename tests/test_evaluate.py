@@ -235,6 +235,58 @@ def test_absent_metric_weights_are_unavailable_and_the_rest_still_runs(tmp_path:
     assert "| LPIPS | unavailable |" in (tmp_path / "o" / "summary.md").read_text()
 
 
+# ---------------------------------------------------------------------------------------------- VIF
+def test_vif_in_both_conventions_for_a_model_and_the_bicubic_reference(tmp_path: Path,
+                                                                        tiny_checkpoint: Path) -> None:
+    """--metrics psnr,ssim,vif: vif_rgb and vif_y columns like ssim's, in the CSV, summary.json and summary.md, for
+    a diffusion model and for bicubic; each value is metrics.vif recomputed on the written SR PNG against the HR."""
+    pytest.importorskip("torchmetrics")
+    data = _photo_folder(tmp_path / "p", names=("chelsea.png",), size=(64, 64))
+    hr = load_rgb(data / "chelsea.png")  # 64x64: no GTmod crop at x4; 56x56 left for Y after crop 4 (>= 41)
+    common = dict(set="folder", data_dir=str(data), metrics=("psnr", "ssim", "vif"), grids=0, save_images=True,
+                  device="cpu", precision="fp32")
+    runs = {"model": EvalConfig(weights=str(tiny_checkpoint), steps=1, **common),
+            "bicubic": EvalConfig(model="bicubic", scale=4, **common)}
+    for name, cfg in runs.items():
+        out = tmp_path / name
+        rep = evaluate(cfg, out)
+        s = json.loads((out / "summary.json").read_text())
+        assert [e["column"] for e in s["metrics"]] == ["psnr_rgb", "psnr_y", "ssim_rgb", "ssim_y", "vif_rgb",
+                                                      "vif_y"]
+        sr = load_rgb(out / "sr" / "chelsea.png")
+        row = _read_csv(out / "metrics.csv")[0]
+        for conv, border in (("rgb", 0), ("y", 4)):
+            expected = M.vif(sr, hr, crop_border=border, y_channel=conv == "y")
+            e = _entry(s, "vif", conv)
+            assert e["mean"] == pytest.approx(expected, abs=1e-12) and e["count"] == 1, (name, conv)
+            assert float(row[f"vif_{conv}"]) == pytest.approx(expected, abs=1e-12)
+            assert e["crop_border"] == border and "torchmetrics" in e["convention_text"]
+            assert 0 < expected < 1
+        assert rep.summary["n_errors"] == 0
+        md = (out / "summary.md").read_text()
+        assert f"| VIF (Y) | {_entry(s, 'vif', 'y')['mean']:.4f} |" in md and "| VIF (RGB) |" in md
+
+
+def test_vif_unavailable_without_torchmetrics_and_too_small_images_are_file_errors(tmp_path: Path,
+                                                                                    monkeypatch) -> None:
+    import sys
+
+    data = _photo_folder(tmp_path / "p", names=PHOTOS[:2], size=(48, 48))  # 48 - 2 x 4 = 40 < 41 for VIF on Y
+    with monkeypatch.context() as m:
+        for name in ("torchmetrics", "torchmetrics.functional", "torchmetrics.functional.image"):
+            m.setitem(sys.modules, name, None)  # a None entry makes the import raise ImportError
+        rep = evaluate(EvalConfig(set="folder", data_dir=str(data), metrics=("psnr", "vif"), grids=0),
+                       tmp_path / "o")
+    v = next(e for e in rep.summary["metrics"] if e["metric"] == "vif")
+    assert v["available"] is False and 'pip install "dreamsr[perceptual]"' in v["reason"]
+    assert _entry(rep.summary, "psnr", "y")["count"] == 2 and rep.summary["n_errors"] == 0
+    assert not any(c.startswith("vif") for c in _read_csv(tmp_path / "o" / "metrics.csv")[0])
+    assert any(w.startswith("vif unavailable") for w in rep.summary["warnings"])
+    pytest.importorskip("torchmetrics")
+    rep = evaluate(EvalConfig(set="folder", data_dir=str(data), metrics=("psnr", "vif"), grids=0), tmp_path / "o2")
+    assert rep.summary["n_errors"] == 2 and "for VIF after cropping 4 px" in rep.errors[0]["error"]
+
+
 # ---------------------------------------------------------------------------------------------- diffusion models
 def test_diffusion_model_goes_through_the_pipeline_with_k_seeds(tmp_path: Path, tiny_checkpoint: Path) -> None:
     from dreamsr.jobs.pipeline import Upscaler

@@ -148,6 +148,91 @@ def test_bad_inputs_raise_input_error() -> None:
         metrics.psnr(torch.zeros(1, 8, 8), torch.zeros(1, 8, 8), y_channel=True)
 
 
+# ---------------------------------------------------------------- VIF (torchmetrics VIF-p)
+def _tm_vif():
+    """torchmetrics' VIF-p, imported here independently of dreamsr (the test skips without torchmetrics)."""
+    return pytest.importorskip("torchmetrics.functional.image").visual_information_fidelity
+
+
+def _q8(x: torch.Tensor) -> torch.Tensor:
+    return x.clamp(0, 1).mul(255).round().div(255)
+
+
+def _blur(x: torch.Tensor) -> torch.Tensor:
+    """3x3 box blur with replicated edges."""
+    return torch.nn.functional.avg_pool2d(torch.nn.functional.pad(x[None], (1, 1, 1, 1), mode="replicate"),
+                                          3, stride=1)[0]
+
+
+def test_vif_of_an_image_with_itself_is_one() -> None:
+    _tm_vif()
+    x = torch.rand(3, 64, 64, generator=torch.Generator().manual_seed(0))  # textured everywhere
+    assert metrics.vif(x, x) == pytest.approx(1.0, abs=1e-6)
+    assert metrics.vif(x, x.clone(), crop_border=4, y_channel=True) == pytest.approx(1.0, abs=1e-6)
+    hr = _q8(_photo(size=64))
+    assert metrics.vif(hr, hr) == pytest.approx(1.0, abs=1e-6)
+
+
+def test_vif_falls_with_more_blur_and_with_noise() -> None:
+    _tm_vif()
+    hr = _q8(_photo(size=96))
+    once, twice = _blur(hr), _blur(_blur(hr))
+    for y in (False, True):
+        v1, v2 = metrics.vif(_q8(once), hr, y_channel=y), metrics.vif(_q8(twice), hr, y_channel=y)
+        assert 1.0 > v1 > v2 > 0.0
+    g = torch.Generator().manual_seed(1)
+    noise = torch.randn(hr.shape, generator=g)
+    v_small, v_big = (metrics.vif(_q8(hr + s * noise), hr, crop_border=4, y_channel=True) for s in (0.01, 0.05))
+    assert 1.0 > v_small > v_big > 0.0
+    # a bicubic x4 of the photo loses much of the information: well inside (0, 1)
+    sr = _q8(upsample(_q8(downsample(hr, 4)), 4))
+    assert 0.05 < metrics.vif(sr, hr, crop_border=4, y_channel=True) < 0.9
+
+
+@pytest.mark.parametrize("crop", [0, 4])
+def test_vif_conventions_equal_torchmetrics_on_hand_made_y_and_crops(crop: int) -> None:
+    tm_vif = _tm_vif()
+    sr, hr = (_q8(x) for x in _pair(size=64))
+    c = slice(crop, -crop) if crop else slice(None)
+    # Y: BT.601 written out (_y_np) on the cropped images, scaled to [0, 255], float64, SR as preds, HR as target
+    ya, yb = (torch.from_numpy(_y_np(x[:, c, c].contiguous()) * 255)[None, None] for x in (sr, hr))
+    expected_y = float(tm_vif(ya, yb))
+    assert metrics.vif(sr, hr, crop_border=crop, y_channel=True) == pytest.approx(expected_y, abs=1e-12)
+    # RGB: the cropped channels x 255 (torchmetrics averages the per-channel VIFs)
+    a, b = (x[:, c, c].double()[None] * 255 for x in (sr, hr))
+    assert metrics.vif(sr, hr, crop_border=crop) == pytest.approx(float(tm_vif(a, b)), abs=1e-12)
+    assert expected_y != pytest.approx(float(tm_vif(a, b)), abs=1e-4)  # the two conventions do differ
+    # the cropped border is ignored: garbage there changes nothing
+    if crop:
+        noisy = sr.clone()
+        noisy[:, :crop, :] = torch.rand(3, crop, 64)
+        noisy[:, :, -crop:] = 0.0
+        for y in (False, True):
+            assert metrics.vif(noisy, hr, crop_border=crop, y_channel=y) == metrics.vif(sr, hr, crop_border=crop,
+                                                                                         y_channel=y)
+
+
+def test_vif_too_small_images_and_bad_inputs_raise_input_error() -> None:
+    _tm_vif()
+    with pytest.raises(InputError, match="at least 41x41"):
+        metrics.vif(torch.rand(3, 40, 64), torch.rand(3, 40, 64))
+    with pytest.raises(InputError, match=r"at least 41x41 \(after cropping\), got 40x40"):
+        metrics.vif(torch.rand(3, 48, 48), torch.rand(3, 48, 48), crop_border=4, y_channel=True)
+    with pytest.raises(InputError, match="sizes differ"):
+        metrics.vif(torch.rand(3, 48, 48), torch.rand(3, 48, 49))
+
+
+def test_vif_without_torchmetrics_says_what_to_install(monkeypatch) -> None:
+    import sys
+
+    for name in ("torchmetrics", "torchmetrics.functional", "torchmetrics.functional.image"):
+        monkeypatch.setitem(sys.modules, name, None)  # a None entry makes the import raise ImportError
+    x = torch.rand(3, 48, 48)
+    with pytest.raises(metrics.MetricUnavailableError, match=r'pip install "dreamsr\[perceptual\]"') as err:
+        metrics.vif(x, x)
+    assert "torchmetrics" in str(err.value) and "\n" not in str(err.value)
+
+
 # ---------------------------------------------------------------- consistency
 def test_consistency_is_mse_times_1e5_against_the_bicubic_downsample() -> None:
     hr = _photo(size=64)

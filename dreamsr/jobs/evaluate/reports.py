@@ -25,9 +25,11 @@ from dreamsr.files import atomic_write, atomic_write_json, atomic_write_text, lo
 __all__ = ["METRICS", "CONVENTION_TEXT", "format_metric", "metric_label", "markdown", "write_csv", "write_summary",
            "write_png", "write_grid", "load_summary", "compare", "compare_markdown"]
 
-METRICS = ("psnr", "ssim", "consistency", "lpips", "fid")
+METRICS = ("psnr", "ssim", "vif", "consistency", "lpips", "fid")
 
 CONVENTION_TEXT = {
+    "vif": "VIF-p (Sheikh & Bovik 2006, torchmetrics, sigma_n^2 = 2) on the 8-bit values in [0, 255]; RGB: mean "
+           "of per-channel VIFs",
     "consistency": "MSE x 1e5 between LR and the bicubic-downsampled SR, RGB in [0, 1] (DREAM Table 2)",
     "lpips": "LPIPS v0.1 ({net}), inputs in [-1, 1], whole image",
     "fid": "FID, pytorch-fid InceptionV3 pool3 (2048-d), SR set vs HR set, resized to 299x299",
@@ -44,14 +46,14 @@ def format_metric(v: Any, metric: str) -> str:
         return "inf" if v > 0 else "-inf"
     if isinstance(v, float) and math.isnan(v):
         return "-"
-    digits = {"psnr": 2, "ssim": 4, "lpips": 4, "fid": 2, "consistency": 3}.get(metric, 4)
+    digits = {"psnr": 2, "ssim": 4, "vif": 4, "lpips": 4, "fid": 2, "consistency": 3}.get(metric, 4)
     return f"{v:.{digits}f}"
 
 
 def metric_label(entry: dict[str, Any]) -> str:
     """The row label of a summary's metric entry, e.g. "PSNR (Y)"."""
     m, c = entry["metric"], entry.get("convention", "rgb")
-    if m in ("psnr", "ssim"):
+    if m in ("psnr", "ssim", "vif"):
         return f"{m.upper()} ({'Y' if c == 'y' else 'RGB'})"
     return {"consistency": "Consistency", "lpips": "LPIPS", "fid": "FID"}[m]
 

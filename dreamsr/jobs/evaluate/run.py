@@ -48,7 +48,7 @@ class EvalConfig:
     scale: float | None = None  # default: the model's native scale (diffusion) or the set's (references); any scale
     #                              in a continuous-scale model's range (IDM), an integer otherwise
     metrics: tuple[str, ...] = ("psnr", "ssim", "consistency")
-    convention: Convention = "both"  # PSNR/SSIM conventions to report
+    convention: Convention = "both"  # PSNR/SSIM/VIF conventions to report
     crop_border: int | None = None  # Y convention border; default = scale
     # sampling (dreamsr.options.SamplingOptions fields): None = not given, i.e. the model's recommendation, else
     # SamplingOptions' default (tile/overlap/merge: the set's protocol)
@@ -266,7 +266,7 @@ def _columns(metrics: Sequence[str], convention: str) -> list[tuple[str, str, st
     """(csv column, metric, convention) for the per-image metrics, in report order."""
     convs = ["rgb", "y"] if convention == "both" else [convention]
     cols = []
-    for m in ("psnr", "ssim"):
+    for m in ("psnr", "ssim", "vif"):
         if m in metrics:
             cols += [(f"{m}_{c}", m, c) for c in convs]
     if "consistency" in metrics:
@@ -310,6 +310,11 @@ def evaluate(config: EvalConfig, out_dir: str | os.PathLike, *, progress: Progre
     # metric networks, built once; absent weights -> unavailable, the rest still runs
     unavailable: dict[str, str] = {}
     lpips_fn = feats = None
+    if "vif" in cfg.metrics:
+        try:
+            M.vif_backend()
+        except M.MetricUnavailableError as err:
+            unavailable["vif"] = str(err)
     if "lpips" in cfg.metrics:
         try:
             lpips_fn = M.LPIPS(cfg.lpips_net, weights_dir=cfg.metric_weights, device=device)
@@ -349,6 +354,9 @@ def evaluate(config: EvalConfig, out_dir: str | os.PathLike, *, progress: Progre
             if min(hr.shape[-2:]) - 2 * border < 11 and any(c[1] == "ssim" for c in cols):
                 raise InputError(f"{item.hr or item.lr}: {hr.shape[-1]}x{hr.shape[-2]} leaves under 11x11 px for "
                                  f"SSIM after cropping {border} px")
+            if min(hr.shape[-2:]) - 2 * border < M.VIF_MIN_SIZE and any(c[1] == "vif" for c in cols):
+                raise InputError(f"{item.hr or item.lr}: {hr.shape[-1]}x{hr.shape[-2]} leaves under "
+                                 f"{M.VIF_MIN_SIZE}x{M.VIF_MIN_SIZE} px for VIF after cropping {border} px")
         except DreamSRError as err:
             errors.append({"image": label, "error": str(err)})
             rows.append({"image": label, "sample": "", "seed": "", "error": str(err)})
@@ -380,6 +388,8 @@ def evaluate(config: EvalConfig, out_dir: str | os.PathLike, *, progress: Progre
                         row[col] = M.psnr(sr, hr, crop_border=border, y_channel=conv == "y")
                     elif metric == "ssim":
                         row[col] = M.ssim(sr, hr, crop_border=border, y_channel=conv == "y")
+                    elif metric == "vif":
+                        row[col] = M.vif(sr, hr, crop_border=border, y_channel=conv == "y")
                     elif metric == "consistency":
                         row[col] = M.consistency(sr, lr)
                     elif metric == "lpips":
@@ -431,9 +441,13 @@ def evaluate(config: EvalConfig, out_dir: str | os.PathLike, *, progress: Progre
         mean, std_images = _mean_std(all_vals)
         entry: dict[str, Any] = {"metric": metric, "column": col, "convention": conv, "mean": mean,
                                  "count": len(per_seed[0]) if per_seed else 0, "samples": samples}
-        if metric in ("psnr", "ssim"):
+        if metric in ("psnr", "ssim", "vif"):
             entry["crop_border"] = crop if conv == "y" else 0
             entry["convention_text"] = M.CONVENTIONS[conv].replace("= scale", f"= {crop}")
+            if metric == "vif":  # the PSNR/SSIM conventions' pixels, the VIF range (not "data range 1")
+                entry["convention_text"] = ("RGB, whole image (crop_border=0)" if conv == "rgb" else
+                                            f"BT.601 Y (MATLAB rgb2ycbcr), crop_border = {crop} before conversion"
+                                            ) + f"; {CONVENTION_TEXT['vif']}"
             entry["convention_short"] = "RGB, whole image" if conv == "rgb" else f"Y BT.601, crop {crop}"
         else:
             entry["convention_text"] = CONVENTION_TEXT[metric].format(net=cfg.lpips_net)
