@@ -1,10 +1,10 @@
 #!/usr/bin/env python3
 """Side-by-side crops of candidates from their evaluation grids (each grid: LR | bicubic | model | HR, as
-``dreamsr eval`` writes them): bicubic, each candidate's SR, HR.
+``dreamsr eval`` writes them): [LR,] bicubic, each candidate's SR, HR.
 
 Usage::
 
-    python scripts/candidates_figure.py OUT.jpg IMAGE[,IMAGE...] "LABEL=EVAL_DIR" ...
+    python scripts/candidates_figure.py OUT.jpg IMAGE[,IMAGE...] "LABEL=EVAL_DIR" ... [--lr]
 """
 
 from __future__ import annotations
@@ -16,8 +16,10 @@ from PIL import Image, ImageDraw
 
 
 def main(argv: list[str]) -> int:
+    with_lr = "--lr" in argv
+    argv = [a for a in argv if a != "--lr"]
     out, names, specs = Path(argv[0]), argv[1].split(","), [a.partition("=") for a in argv[2:]]
-    cols = [("bicubic", Path(specs[0][2]), 1)] + [(lab, Path(d), 2) for lab, _, d in specs] + \
+    cols = [("LR (nearest)", Path(specs[0][2]), 0)] * with_lr + [("bicubic", Path(specs[0][2]), 1)] + [(lab, Path(d), 2) for lab, _, d in specs] + \
         [("HR", Path(specs[0][2]), 3)]
     rows = []
     for name in names:

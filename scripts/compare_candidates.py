@@ -2,14 +2,15 @@
 """Compare x4 candidate models on held-out photos: quality, speed and FLOPs at each one's sampling.
 
 Every number comes from the code users run: ``dreamsr.jobs.evaluate.evaluate`` (the same as ``dreamsr eval``) for
-PSNR/SSIM in both conventions and consistency, ``Upscaler.upscale`` for the seconds per output megapixel (fp32, on
+PSNR/SSIM in both conventions, consistency and (with ``--vif``) the weight-free perceptual VIF-p (Y, torchmetrics),
+``Upscaler.upscale`` for the seconds per output megapixel (fp32, on
 this machine, after a warm-up call) and ``torch.utils.flop_counter`` around the same call for the FLOPs per output
 pixel (convolutions, linear layers and attention matmuls; 2 FLOPs per multiply-add).
 
 Usage::
 
     python scripts/compare_candidates.py VAL_DIR OUT NAME=WEIGHTS[@key=value,...] ... [--threads 2] [--seed 0]
-        [--time-size 128] [--flop-size 64] [--scale 2.5]
+        [--time-size 128] [--flop-size 64] [--scale 2.5] [--vif] [--no-speed]
 
 ``@key=value`` pairs are sampling options (steps, sampler, start, back_project, tile, ...) over the model's own
 recommendation; without them a model samples as it recommends. ``--scale`` also evaluates the continuous-scale
@@ -31,7 +32,7 @@ from dreamsr.jobs.pipeline import Upscaler
 from dreamsr.options import SamplingOptions
 
 COLUMNS = {"psnr_y": "PSNR-Y", "ssim_y": "SSIM-Y", "psnr_rgb": "PSNR RGB", "ssim_rgb": "SSIM RGB",
-           "consistency": "consistency ×1e5"}
+           "consistency": "consistency ×1e5", "vif_y": "VIF-Y"}
 
 
 def _parse_candidate(text: str) -> tuple[str, Path, dict[str, Any]]:
@@ -82,11 +83,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--time-size", type=int, default=128, help="LR side of the timed upscale")
     ap.add_argument("--flop-size", type=int, default=64, help="LR side of the FLOP-counted upscale")
     ap.add_argument("--scale", type=float, default=None, help="also a non-integer scale (continuous models)")
+    ap.add_argument("--vif", action="store_true", help="also VIF-p (needs torchmetrics: pip install 'dreamsr[perceptual]')")
+    ap.add_argument("--no-speed", action="store_true", help="skip the timing (e.g. while other work shares the CPU)")
     args = ap.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     args.out.mkdir(parents=True, exist_ok=True)
-    base = dict(set="folder", data_dir=str(args.val_dir), metrics=("psnr", "ssim", "consistency"), convention="both",
+    base = dict(set="folder", data_dir=str(args.val_dir), metrics=("psnr", "ssim", "consistency") + (("vif",) if args.vif else ()), convention="both",
                 seed=args.seed, device="cpu", precision="fp32", grids=3)
     scales: list[float | None] = [None] + ([args.scale] if args.scale else [])
     rows: list[dict[str, Any]] = []
@@ -107,20 +110,23 @@ def main(argv: list[str] | None = None) -> int:
                                    "images": summary["count"]}
             if weights is not None:
                 row["sampling"] = SamplingOptions.from_dict(summary["model"]["sampling"]).describe()
-                row["s_per_out_mp"], _ = _speed(weights, given, args.time_size, scale, args.seed)
+                if not args.no_speed:
+                    row["s_per_out_mp"], _ = _speed(weights, given, args.time_size, scale, args.seed)
                 row["flops_per_out_px"] = _flops(weights, given, args.flop_size, scale)
                 row["family"], row["training"] = summary["model"]["family"], summary["model"]["training"]
             rows.append(row)
             print(json.dumps(row), flush=True)
-    lines = ["| candidate | scale | " + " | ".join(COLUMNS.values()) + " | ΔPSNR-Y | s / out MP | MFLOP / out px |"
-             " sampling |", "|---|---:|" + "---:|" * (len(COLUMNS) + 3) + "---|"]
+    shown = [c for c in COLUMNS.values() if c in rows[0]["metrics"]]
+    lines = ["| candidate | scale | " + " | ".join(shown) + " | ΔPSNR-Y | s / out MP | MFLOP / out px |"
+             " sampling |", "|---|---:|" + "---:|" * (len(shown) + 3) + "---|"]
     for r in rows:
         bic = next(b for b in rows if b["label"].startswith("bicubic") and b["scale"] == r["scale"])
         m = r["metrics"]
         delta = m["PSNR-Y"] - bic["metrics"]["PSNR-Y"]
-        cells = [f"{m[c]:.2f}" if c.startswith(("PSNR", "consistency")) else f"{m[c]:.4f}" for c in COLUMNS.values()]
+        cells = [f"{m[c]:.2f}" if c.startswith(("PSNR", "consistency")) else f"{m[c]:.4f}" for c in shown]
+        speed = f"{r['s_per_out_mp']:.1f}" if "s_per_out_mp" in r else "-"
         lines.append(f"| {r['label']} | x{r['scale']:g} | " + " | ".join(cells) + f" | {delta:+.2f} | "
-                     + (f"{r['s_per_out_mp']:.1f} | {r['flops_per_out_px'] / 1e6:.2f} | {r['sampling']} |"
+                     + (f"{speed} | {r['flops_per_out_px'] / 1e6:.2f} | {r['sampling']} |"
                         if "sampling" in r else "- | - | - |"))
     cpu = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
     flags = sorted({f for f in ("avx2", "avx512f", "avx512_bf16", "amx_bf16") if f" {f}" in cpu})

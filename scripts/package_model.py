@@ -1,19 +1,23 @@
 #!/usr/bin/env python3
-"""Package an exported checkpoint as the shipped default: fp16, recommended sampling in the metadata, and the
-weights.toml entry printed (sha256, bytes, params).
+"""Package an exported checkpoint as a shipped model: fp16 tensors, the recommended sampling in the metadata
+(everything else the checkpoint says about itself kept: family, process, network, training), and the
+weights.toml entry's numbers printed (sha256, bytes, params).
 
 Usage::
 
     python scripts/package_model.py RUN/model.safetensors dreamsr/assets/dreamsr-x4-small.safetensors \\
         --steps 10 --start 500 --back-project
+    python scripts/package_model.py RUN/model.safetensors dreamsr/assets/dreamsr-x4-resshift.safetensors \\
+        --steps 1 --back-project --ensemble 4
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 from pathlib import Path
 
-from dreamsr.checkpoint import CheckpointInfo, load_checkpoint, save_checkpoint
+from dreamsr.checkpoint import load_checkpoint, save_checkpoint
 from dreamsr.jobs.weights import sha256_file
 
 
@@ -24,17 +28,18 @@ def main() -> int:
     ap.add_argument("--steps", type=int, required=True)
     ap.add_argument("--start", type=int, default=None, help="recommended truncated start (trained step t0)")
     ap.add_argument("--back-project", action="store_true")
+    ap.add_argument("--ensemble", type=int, default=1, help="recommended geometric self-ensemble size (1, 2, 4, 8)")
     args = ap.parse_args()
     model, info = load_checkpoint(args.src)
-    info = CheckpointInfo(network=info.network, diffusion=info.diffusion, scale=info.scale, color=info.color,
-                          training=info.training, dreamsr_version=info.dreamsr_version,
-                          sampling={"steps": args.steps, "back_project": bool(args.back_project),
-                                    **({"start": args.start} if args.start else {})})
+    sampling = {"steps": args.steps, "back_project": bool(args.back_project),
+                **({"start": args.start} if args.start else {}),
+                **({"ensemble": args.ensemble} if args.ensemble > 1 else {})}
+    info = dataclasses.replace(info, sampling=sampling)
     args.dst.parent.mkdir(parents=True, exist_ok=True)
     save_checkpoint(args.dst, model, info, dtype="fp16")
     print(f'sha256      = "{sha256_file(args.dst)}"')
     print(f"bytes       = {args.dst.stat().st_size}")
-    print(f"params      = {model.num_parameters()}")
+    print(f"params      = {sum(p.numel() for p in model.parameters())}")
     return 0
 
 
