@@ -444,7 +444,29 @@ def test_shipped_default_model_is_used_for_other_scales(tmp_path: Path) -> None:
     r = run(src, "-o", tmp_path / "out.png", "--scale", "2", "--steps", "1", "--tile", "0")
     assert r.exit_code == 0, r.output
     assert Image.open(tmp_path / "out.png").size == (16, 16)
-    assert "dreamsr-x4-small" in r.stderr and "resized to x2" in r.stderr
+    assert "dreamsr-x4-resshift" in r.stderr and "resized to x2" in r.stderr
+
+
+def test_shipped_default_takes_the_readme_steps_100(tmp_path: Path) -> None:
+    """The headline `dreamsr upscale photo.png --scale 4 --steps 100` with the shipped default, a ResShift model
+    whose shift chain has 15 trained steps: it samples all 15 (with its recommended back-projection), says so in
+    one note, and writes what an explicit --steps 15 writes."""
+    from dreamsr.checkpoint import read_info
+    from dreamsr.jobs.weights import default_model, get_entry, local_path
+
+    info = read_info(local_path(get_entry(default_model(4))))
+    assert info.family == "resshift" and info.process == "shift"
+    src = tmp_path / "a.png"
+    Image.fromarray(photo(12, 16)).save(src)
+    r = run(src, "-o", tmp_path / "a100.png", "--scale", "4", "--steps", "100")
+    assert r.exit_code == 0, r.output
+    assert r.stderr.count("note:") == 1 and "--steps 100 samples all 15" in r.stderr
+    r15 = run(src, "-o", tmp_path / "a15.png", "--scale", "4", "--steps", "15")
+    assert r15.exit_code == 0 and "note:" not in r15.stderr
+    a100, a15 = (np.asarray(Image.open(tmp_path / f)) for f in ("a100.png", "a15.png"))
+    assert a100.shape == (48, 64, 3) and np.array_equal(a100, a15)
+    rec = run(src, "-o", tmp_path / "rec.png", "--scale", "4")  # its recommendation: fewer steps, another image
+    assert rec.exit_code == 0 and not np.array_equal(np.asarray(Image.open(tmp_path / "rec.png")), a15)
 
 
 # ---- the plan before long work ------------------------------------------------------------------------------

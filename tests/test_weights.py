@@ -200,7 +200,7 @@ def test_path_entry_with_wrong_sha256_fails_and_keeps_the_file(tiny_checkpoint: 
 def test_resolution_errors() -> None:
     with pytest.raises(ModelNotFoundError, match="weights file not found"):
         W.resolve_weights(weights="/nonexistent/x.safetensors")
-    with pytest.raises(ModelNotFoundError, match=r"unknown model 'nope' \(known models: dreamsr-x4-small\)"):
+    with pytest.raises(ModelNotFoundError, match=r"unknown model 'nope' \(known models: dreamsr-x4-resshift, dreamsr-x4-small\)"):
         W.resolve_weights(model="nope")
     with pytest.raises(ModelNotFoundError, match="no model given"):
         W.resolve_weights()
@@ -270,7 +270,8 @@ def test_tampered_download_fails_sha256_and_deletes_nothing(served, tiny_checkpo
 def test_cache_tampered_after_download_is_caught_by_verify_and_load(served, tiny_checkpoint: Path) -> None:
     hub, _ = served
     path = W.fetch(W.get_entry("tiny-x4"), endpoint=hub.url)
-    assert [(r.name, r.status) for r in W.verify()] == [("dreamsr-x4-small", "ok"), ("tiny-x4", "ok")]
+    assert [(r.name, r.status) for r in W.verify()] == [("dreamsr-x4-resshift", "ok"), ("dreamsr-x4-small", "ok"),
+                                                        ("tiny-x4", "ok")]
     real = Path(os.path.realpath(path))
     real.chmod(0o644)
     real.write_bytes(real.read_bytes()[:-1] + b"!")
@@ -282,7 +283,7 @@ def test_cache_tampered_after_download_is_caught_by_verify_and_load(served, tiny
     # the fix the message names: --force downloads the blob again
     assert W.fetch(W.get_entry("tiny-x4"), endpoint=hub.url, force=True) == path
     assert sha256(path) == sha256(tiny_checkpoint) and gets(hub) == 2
-    assert [r.status for r in W.verify() if r.name != SHIPPED] == ["ok"]
+    assert [r.status for r in W.verify() if r.name not in SHIPPED] == ["ok"]
 
 
 @pytest.mark.parametrize("repo, filename, revision, message", [
@@ -505,7 +506,7 @@ def test_convert_never_unpickles(tmp_path: Path) -> None:
 # `dreamsr weights` CLI
 # ------------------------------------------------------------------------------------------------
 
-SHIPPED = "dreamsr-x4-small"  # the default model shipped inside the package
+SHIPPED = ("dreamsr-x4-resshift", "dreamsr-x4-small")  # the models shipped inside the package (the default first)
 
 
 def cli(*args: str):
@@ -520,7 +521,9 @@ def one_error_line(result, code: int, text: str) -> None:
 
 def test_cli_list(tiny_checkpoint: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     shipped = cli("list")  # only the shipped default
-    assert shipped.exit_code == 0 and "dreamsr-x4-small" in shipped.stdout and "shipped" in shipped.stdout
+    assert shipped.exit_code == 0 and all(n in shipped.stdout for n in SHIPPED) and "shipped" in shipped.stdout
+    default_rows = [line.split()[0] for line in shipped.stdout.splitlines()[1:] if line.split()[-1] == "yes"]
+    assert default_rows == [SHIPPED[0]]
     user_registry(tmp_path, monkeypatch, path_entry("local", str(tiny_checkpoint), sha256(tiny_checkpoint)),
                   hub_entry("remote", "ab" * 32, "cd" * 20, default=False, scale=2, bytes=2_500_000))
     table = cli("list")
@@ -529,7 +532,7 @@ def test_cli_list(tiny_checkpoint: Path, tmp_path: Path, monkeypatch: pytest.Mon
     assert rows["local"][1:4] == ["x4", "general", "10.0k"] and rows["local"][-2:] == ["shipped", "yes"]
     assert rows["remote"][1:] == ["x2", "general", "10.0k", "2.5", "MB", "no"]
     data = json.loads(cli("list", "--json").stdout)
-    assert [(d["name"], d["local"]) for d in data if d["name"] != SHIPPED] == [("local", str(tiny_checkpoint)),
+    assert [(d["name"], d["local"]) for d in data if d["name"] not in SHIPPED] == [("local", str(tiny_checkpoint)),
                                                                               ("remote", None)]
     bad = tmp_path / "user-weights.toml"
     bad.write_text("[models.x]\nscale = 4\n")
@@ -542,7 +545,7 @@ def test_cli_pull(served, tiny_checkpoint: Path) -> None:
     assert ok.exit_code == 0 and f"{commit}/{FILE} (sha256 ok)" in ok.stdout and gets(hub) == 1
     again = cli("pull", "tiny-x4", f"hf://{REPO}/{FILE}@{commit}")
     assert again.exit_code == 0 and gets(hub) == 1
-    one_error_line(cli("pull", "nope"), 1, "unknown model 'nope' (known models: dreamsr-x4-small, tiny-x4)")
+    one_error_line(cli("pull", "nope"), 1, "unknown model 'nope' (known models: dreamsr-x4-resshift, dreamsr-x4-small, tiny-x4)")
     one_error_line(cli("pull", "hf://org"), 1, "expected hf://org/repo/file.safetensors")
     assert cli("pull").exit_code == 2
 
