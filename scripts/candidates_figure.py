@@ -19,8 +19,9 @@ def main(argv: list[str]) -> int:
     with_lr = "--lr" in argv
     argv = [a for a in argv if a != "--lr"]
     out, names, specs = Path(argv[0]), argv[1].split(","), [a.partition("=") for a in argv[2:]]
-    cols = [("LR (nearest)", Path(specs[0][2]), 0)] * with_lr + [("bicubic", Path(specs[0][2]), 1)] + [(lab, Path(d), 2) for lab, _, d in specs] + \
-        [("HR", Path(specs[0][2]), 3)]
+    first = Path(specs[0][2])  # LR, bicubic and HR come from the first evaluation's grids
+    cols = [("LR (nearest)", first, 0)] * with_lr + [("bicubic", first, 1)] + \
+        [(lab, Path(d), 2) for lab, _, d in specs] + [("HR", first, 3)]
     rows = []
     for name in names:
         panels = []

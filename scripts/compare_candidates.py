@@ -83,14 +83,16 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--time-size", type=int, default=128, help="LR side of the timed upscale")
     ap.add_argument("--flop-size", type=int, default=64, help="LR side of the FLOP-counted upscale")
     ap.add_argument("--scale", type=float, default=None, help="also a non-integer scale (continuous models)")
-    ap.add_argument("--vif", action="store_true", help="also VIF-p (needs torchmetrics: pip install 'dreamsr[perceptual]')")
+    ap.add_argument("--vif", action="store_true",
+                    help="also VIF-p (needs torchmetrics: pip install 'dreamsr[perceptual]')")
     ap.add_argument("--no-speed", action="store_true", help="skip the timing (e.g. while other work shares the CPU)")
     args = ap.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     args.out.mkdir(parents=True, exist_ok=True)
-    base = dict(set="folder", data_dir=str(args.val_dir), metrics=("psnr", "ssim", "consistency") + (("vif",) if args.vif else ()), convention="both",
-                seed=args.seed, device="cpu", precision="fp32", grids=3)
+    metrics = ("psnr", "ssim", "consistency") + (("vif",) if args.vif else ())
+    base = dict(set="folder", data_dir=str(args.val_dir), metrics=metrics, convention="both", seed=args.seed,
+                device="cpu", precision="fp32", grids=3)
     scales: list[float | None] = [None] + ([args.scale] if args.scale else [])
     rows: list[dict[str, Any]] = []
     for scale in scales:

@@ -23,7 +23,8 @@ def main(argv: list[str]) -> int:
     head = "| image | size (HR) | " + " | ".join(f"{label} PSNR-Y / SSIM-Y" for label, _ in tables) + " |"
     lines = [head, "|---|---|" + "---:|" * len(tables)]
     for name in images:
-        cells = [f"{float(t[name]['psnr_y']):.2f} / {float(t[name]['ssim_y']):.4f}" if name in t else "-" for _, t in tables]
+        cells = [f"{float(t[name]['psnr_y']):.2f} / {float(t[name]['ssim_y']):.4f}" if name in t else "-"
+                 for _, t in tables]
         lines.append(f"| {name} | {tables[0][1][name]['hr_size']} | " + " | ".join(cells) + " |")
     out.write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
