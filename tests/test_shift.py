@@ -325,3 +325,50 @@ def test_shift_process_in_unshuffle_space_oracle():
     assert y0.shape == y.shape == (1, 48, 2, 2)
     out = proc.sample(lambda x, t: y0, torch.randn(y.shape), y, generator=torch.Generator().manual_seed(0))
     assert torch.equal(proc.from_signal(out, up), hr)
+
+
+def test_dream_lambda_vp_rule_is_the_variance_preserving_rewrite():
+    """The "vp" rule equals sqrt(1 - ᾱ'_t)^p of z_t = (x_t - η_t y) / c_t, measured by Monte Carlo on the kernel."""
+    proc = ShiftProcess(ShiftConfig.v1())
+    g = torch.Generator().manual_seed(3)
+    n = 200_000
+    y0 = torch.randn(n, dtype=torch.float64, generator=g)  # a unit-variance signal
+    y = torch.randn(n, dtype=torch.float64, generator=g) * 0.3 + y0  # any anchor: z_t removes it
+    eps = torch.randn(n, dtype=torch.float64, generator=g)
+    k = proc.kappa
+    for t in (0, 7, 14):
+        eta = float(proc.etas[t])
+        x_t = y0 + eta * (y - y0) + k * math.sqrt(eta) * eps
+        c = math.sqrt((1 - eta) ** 2 + k * k * eta)
+        z = (x_t - eta * y) / c
+        assert abs(float(z.var()) - 1) < 0.02  # variance-preserving for a unit-variance y0
+        noise_std = float((z - (1 - eta) / c * y0).std())  # the part of z that is not signal
+        for p in (1.0, 2.0):
+            assert abs(float(proc.lambda_t(t, p, "vp")[0]) - noise_std ** p) < 0.01
+    lam_in, lam_vp = proc.lambda_t(torch.arange(15), 1.0, "input"), proc.lambda_t(torch.arange(15), 1.0, "vp")
+    assert (lam_vp.diff() > 0).all() and (lam_vp < 1).all()
+    rel = lam_vp / lam_in - 1  # vp rectifies more: by 0.04 % at t = 1, 15 % at t = 11, 12 % at t = T
+    assert (rel >= 0).all() and 0.15 < float(rel.max()) < 0.16 and 0.11 < float(rel[-1]) < 0.13
+    with pytest.raises(ConfigError):
+        proc.lambda_t(3, 1.0, "sqrt")
+
+
+def test_dream_lambda_rule_reaches_the_rectified_input():
+    """loss(dream_lambda="vp") equals the hand-written Alg. 3 update with the vp λ_t."""
+    proc = ShiftProcess(ShiftConfig.v1())
+    y0, y = _pair()
+    t = torch.tensor([14.0, 3.0])
+    eps = torch.randn(y0.shape, generator=torch.Generator().manual_seed(5))
+    net = StandIn().eval()
+    with torch.no_grad():
+        i = t.long()
+        x_t = proc.q_sample(y0, y, i, eps)
+        div = (proc.kappa ** 2 * proc.etas[i] + 1).sqrt().float().view(-1, 1, 1, 1)
+        est = net(x_t / div, y, t)
+        lam = proc.lambda_t(i, 1.0, "vp").float().view(-1, 1, 1, 1)
+        x_hat = x_t + (1 - proc.etas[i]).float().view(-1, 1, 1, 1) * lam * (est - y0)
+        want = ((net(x_hat / div, y, t) - y0) ** 2).flatten(1).mean(1)
+        got = proc.loss(net, y0, y, y, 1.0, level=t, eps=eps, dream_lambda="vp")
+        other = proc.loss(net, y0, y, y, 1.0, level=t, eps=eps, dream_lambda="input")
+    torch.testing.assert_close(got, want)
+    assert not torch.allclose(got, other)

@@ -160,6 +160,10 @@ def train(
                                                    "(default: 1.5)", rich_help_panel="Model"),
     p: Optional[str] = typer.Option(None, "--p", help="DREAM exponent: 0 (DRM), 1 (DREAM), 2, ..., inf (standard "
                                     "training). (default: 1)", rich_help_panel="Objective"),
+    dream_lambda: Optional[str] = typer.Option(None, "--dream-lambda", help="lambda_t rule of the shift process: "
+                                               "input (noise std of the scaled network input) or vp (the kernel "
+                                               "rewritten as a variance-preserving process). (default: input)",
+                                               rich_help_panel="Objective"),
     independent_noise: Optional[bool] = typer.Option(None, "--independent-noise/--same-noise", help="Fresh noise "
                                                      "for the rectified input (Eq. 13). (default: same-noise)",
                                                      rich_help_panel="Objective"),
@@ -248,7 +252,7 @@ def train(
         "workers": workers, "cache_mb": cache_mb, "family": family, "preset": preset, "process": process,
         "shift": shift, "max_scale": max_scale, "dropout": dropout, "embed_scale": embed_scale,
         "target": target, "residual_scale": residual_scale, "p": _parse_p(p) if p is not None else None,
-        "independent_noise": independent_noise, "loss": loss, "steps": steps, "batch_size": batch_size, "lr": lr,
+        "dream_lambda": dream_lambda, "independent_noise": independent_noise, "loss": loss, "steps": steps, "batch_size": batch_size, "lr": lr,
         "lr_warmup": lr_warmup, "lr_schedule": lr_schedule, "grad_clip": grad_clip, "ema_decay": ema_decay,
         "seed": seed, "device": device, "precision": precision, "channels_last": channels_last,
         "run_dir": str(run_dir) if run_dir else None, "save_every": save_every, "keep": keep, "log_every": log_every,

@@ -76,6 +76,10 @@ class GaussianProcess:
     def loss(self, net: Net, y0: torch.Tensor, cond: torch.Tensor, anchor: torch.Tensor, p: float, *,
              level: torch.Tensor | None = None, eps: torch.Tensor | None = None,
              generator: torch.Generator | None = None, **options: Any) -> torch.Tensor:
-        """Alg. 3 (:func:`dreamsr.losses.dream_loss`); ``options``: ``independent_noise``, ``loss`` ("l1"|"l2")."""
+        """Alg. 3 (:func:`dreamsr.losses.dream_loss`); ``options``: ``independent_noise``, ``loss`` ("l1"|"l2"),
+        ``dream_lambda`` ("input" or "vp": this process is variance-preserving, so both are sqrt(1 - ᾱ_t)^p)."""
+        rule = options.pop("dream_lambda", "input")
+        if rule not in ("input", "vp"):
+            raise ConfigError(f"the DREAM lambda rule must be input or vp, got {rule!r}")
         options["loss"] = options.get("loss") or self.default_loss
         return dream_loss(net, y0, cond, self.schedule, p, generator=generator, gamma=level, eps=eps, **options)

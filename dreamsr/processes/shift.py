@@ -38,9 +38,12 @@ from dreamsr.errors import ConfigError, InputError
 from dreamsr.processes.base import Generator, ModelFn, Net, StepCallback, X0Fn
 from dreamsr.samplers import randn_like
 
-__all__ = ["ShiftConfig", "ShiftProcess", "ShiftChain", "Space", "eta_schedule"]
+__all__ = ["ShiftConfig", "ShiftProcess", "ShiftChain", "Space", "eta_schedule", "LAMBDA_RULES", "LambdaRule"]
 
 InputScaling = Literal["std", "max", "none"]
+# DREAM's λ_t for the shift kernel (ShiftProcess.lambda_t): the std-scaled input's noise, or the exact VP rewrite
+LambdaRule = Literal["input", "vp"]
+LAMBDA_RULES: tuple[str, ...] = ("input", "vp")
 
 
 @dataclass(frozen=True)
@@ -272,19 +275,27 @@ class ShiftProcess:
             return 3 * k * eta.sqrt() + 1
         return torch.ones_like(eta)
 
-    def lambda_t(self, t: torch.Tensor | int, p: float) -> torch.Tensor:
-        """DREAM's λ_t for this kernel, [B] float64: (κ sqrt(η_t) / sqrt(κ² η_t + 1))^p.
+    def lambda_t(self, t: torch.Tensor | int, p: float, rule: LambdaRule = "input") -> torch.Tensor:
+        """DREAM's λ_t for this kernel, [B] float64 (Sec. 3.3, "Choice of λ_t"; docs/resshift-dream.md, Step 3).
 
-        The noise std of the network's (std-scaled) input for a unit-variance signal, as sqrt(1 - ᾱ_t) is for
-        SR3's (Sec. 3.3, "Choice of λ_t"); increasing in t, in (0, 1). p = 0: 1 (DRM); p = inf: 0 (standard).
+        - ``"input"``: (κ sqrt(η_t) / sqrt(κ² η_t + 1))^p, the noise std of the network's (std-scaled) input for a
+          unit-variance signal, as sqrt(1 - ᾱ_t) is for SR3's.
+        - ``"vp"``: (κ sqrt(η_t) / c_t)^p with c_t = sqrt((1 - η_t)² + κ² η_t): the kernel rewritten as a
+          variance-preserving process in y0, z_t = (x_t - η_t y) / c_t = sqrt(ᾱ'_t) y0 + sqrt(1 - ᾱ'_t) ε, so
+          this is exactly sqrt(1 - ᾱ'_t)^p.
+
+        Both increase in t and lie in (0, 1); p = 0 gives 1 (DRM), p = inf gives 0 (standard training).
         """
+        if rule not in LAMBDA_RULES:
+            raise ConfigError(f"the DREAM lambda rule must be one of {', '.join(LAMBDA_RULES)}, got {rule!r}")
         t_ = torch.as_tensor(t).reshape(-1)
         i = self._index(t_, t_.numel())
         if math.isinf(p):
             return torch.zeros(i.shape, dtype=torch.float64)
-        k = self.kappa
-        s = k * self.sqrt_etas[i] / (k * k * self.etas[i] + 1).sqrt()
-        return s ** p
+        k, eta = self.kappa, self.etas[i]
+        noise = k * self.sqrt_etas[i]
+        scale = (k * k * eta + 1).sqrt() if rule == "input" else ((1 - eta) ** 2 + k * k * eta).sqrt()
+        return (noise / scale) ** p
 
     # --- sampling ---------------------------------------------------------------------------------------------
     def respace(self, steps: int | None = None, start: int | None = None) -> ShiftChain:
@@ -367,7 +378,7 @@ class ShiftProcess:
     def loss(self, net: Net, y0: torch.Tensor, cond: torch.Tensor, anchor: torch.Tensor, p: float, *,
              level: torch.Tensor | None = None, eps: torch.Tensor | None = None,
              generator: torch.Generator | None = None, independent_noise: bool = False,
-             loss: Literal["l2", "l1"] | None = None) -> torch.Tensor:
+             loss: Literal["l2", "l1"] | None = None, dream_lambda: LambdaRule = "input") -> torch.Tensor:
         """Per-sample DREAM loss [B] for the x0-predicting shift process (Alg. 3, derived in
         docs/resshift-dream.md); p = inf is the release's training (one forward pass, MSE to y0).
 
@@ -380,6 +391,7 @@ class ShiftProcess:
             eps: ε [B, C, H, W]; drawn when None. generator: source of those draws.
             independent_noise: rectified input from a fresh ε' (Eq. 13) instead of ε' = ε (Eq. 15).
             loss: "l2" (the release's MSE, mean over C, H, W) or "l1".
+            dream_lambda: the λ_t rule of :meth:`lambda_t` ("input" or "vp").
         Returns:
             [B] float32, differentiable through the second pass only.
         """
@@ -415,7 +427,7 @@ class ShiftProcess:
             finally:
                 if module is not None:
                     module.train(was_training)
-            lam = _col(self.lambda_t(i, p), y0)
+            lam = _col(self.lambda_t(i, p, dream_lambda), y0)
             if independent_noise:  # Eq. 12-13: x̂_t ~ q(x_t | ŷ0, y) with a fresh ε'
                 y0_mix = y0 + lam * (y0_est - y0)  # Eq. 12
                 x_hat = self.q_sample(y0_mix, y, i, randn_like(y0, generator))

@@ -53,6 +53,7 @@ class TrainConfig:
     beta_start: float = 1e-6  # linear beta schedule start
     beta_end: float = 1e-2  # linear beta schedule end
     p: float = 1.0  # DREAM exponent of lambda_t = sqrt(1 - alpha_bar)^p; 0 = DRM, inf = standard training
+    dream_lambda: Literal["input", "vp"] = "input"  # shift process: lambda_t rule (ShiftProcess.lambda_t); Gaussian: same
     independent_noise: bool = False  # fresh eps' for the rectified input (Eq. 13; drawn per step and rank)
     loss: Literal["l1", "l2"] | None = None  # per-pixel loss (None: the process's: l1 gaussian (paper), l2 shift)
     # --- optimisation ---
@@ -109,6 +110,7 @@ class TrainConfig:
             (math.isinf(self.p) or self.p >= 0, f"p must be >= 0 or inf, got {self.p}"),
             (self.target in ("image", "residual"), f"target must be image or residual, got {self.target!r}"),
             (self.loss in (None, "l1", "l2"), f"loss must be l1 or l2, got {self.loss!r}"),
+            (self.dream_lambda in ("input", "vp"), f"dream_lambda must be input or vp, got {self.dream_lambda!r}"),
             (self.patch >= 0, "patch must be >= 0"),
             (self.workers >= 0, "workers must be >= 0"),
             (self.save_every >= 0 and self.val_every >= 0, "save_every and val_every must be >= 0"),
@@ -176,7 +178,7 @@ class TrainConfig:
         from dreamsr import __version__
 
         training = {
-            "p": "inf" if math.isinf(self.p) else self.p, "steps": step, "dataset": self.dataset,
+            "p": "inf" if math.isinf(self.p) else self.p, "dream_lambda": self.dream_lambda, "steps": step, "dataset": self.dataset,
             "patch": self.hr_patch, "batch_size": self.batch_size, "lr": self.lr, "preset": self.preset,
             "ema_decay": self.ema_decay, "ema": self.export_ema, "seed": self.seed,
             "loss": self.loss or get_process(self.process_name()).build(self.diffusion_config(), None).default_loss,

@@ -326,7 +326,7 @@ class _Run:
 
         with autocast(dev, self.precision):
             per = self.process.loss(self.net, y0, cond, anchor, cfg.p, level=level, eps=eps, generator=indep_gen,
-                                    independent_noise=cfg.independent_noise,
+                                    independent_noise=cfg.independent_noise, dream_lambda=cfg.dream_lambda,
                                     **({} if cfg.loss is None else {"loss": cfg.loss}))
         loss = per.mean()
         loss_f = float(self.dist.mean(loss.detach().float()))
