@@ -25,10 +25,10 @@ from dreamsr.cli import app
 from dreamsr.diffusion import DiffusionConfig
 from dreamsr.families.idm.network import PRESETS as IDM_PRESETS
 from dreamsr.families.idm.network import IDMConfig, IDMNet
-from dreamsr.families.idm.release import SCHEDULE_BUFFERS, release_layout
+from dreamsr.converters.idm import SCHEDULE_BUFFERS, release_layout
 from dreamsr.families.resshift.network import PRESETS as UNET_PRESETS
 from dreamsr.families.resshift.network import ResShiftUNet, ResShiftUNetConfig
-from dreamsr.families.resshift.release import autoencoder_key_map, release_schedule, unet_key_map
+from dreamsr.converters.resshift import autoencoder_key_map, release_schedule, unet_key_map
 from dreamsr.first_stages.vqf4 import VQF4, VQF4Config
 from dreamsr.options import SamplingOptions
 from dreamsr.processes.shift import ShiftConfig, eta_schedule
@@ -303,7 +303,7 @@ def test_the_schedule_rule(name: str, steps: int | None, T: int, kappa: float, s
 def test_the_recommended_tiles_are_the_training_size_on_whole_windows() -> None:
     """The release trains on 64 x 64 latents (256 px crops at x4 with the f4 autoencoder: 64 LR px); the v1 UNet's
     coarsest Swin layer (1/8 resolution, 8 px windows) needs sides that are multiples of 8 * 8 = 64 latent px."""
-    from dreamsr.families.resshift.release import recommended_sampling
+    from dreamsr.converters.resshift import recommended_sampling
 
     v1 = UNET_PRESETS["v1"]
     assert recommended_sampling(v1, 4, 15) == {"steps": 15, "sampler": "ddpm", "tile": 64, "overlap": 16}

@@ -21,7 +21,7 @@ from dreamsr.families.idm.network import (PRESETS, Blur, EqualConv2d, EqualLinea
                                           ImplicitUpsampler, align_tiling, aligned_lr_length, derived_scale,
                                           nearest_indices, output_size, query_indices, scale_fraction,
                                           scaled_leaky_relu, tile_unit)
-from dreamsr.families.idm.release import SCHEDULE_BUFFERS, convert_release, read_release, release_layout
+from dreamsr.converters.idm import SCHEDULE_BUFFERS, convert_release, read_release, release_layout
 
 LISTING = Path(__file__).resolve().parents[2] / "shared" / "reference" / "idm_face_state_dict.txt"
 RELEASED_USED_PARAMS = 99_801_670  # the listing minus dropped modules and buffers (idm.md: "~99.80M receive grads")

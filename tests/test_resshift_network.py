@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from dreamsr.errors import CheckpointError, ConfigError, InputError
 from dreamsr.families.resshift.network import (PRESETS, ResShiftUNet, ResShiftUNetConfig, SwinBlock, preset,
                                                timestep_embedding)
-from dreamsr.families.resshift.release import (check_latent_channels, convert_autoencoder_state, convert_release,
+from dreamsr.converters.resshift import (check_latent_channels, convert_autoencoder_state, convert_release,
                                                convert_unet_state, unet_config_from_state, unwrap_state,
                                                vqf4_config_from_state)
 from dreamsr.first_stages.vqf4 import VQF4, VQF4_PRESETS, VQF4Config

@@ -1,4 +1,4 @@
-"""Released SR3 / DREAM checkpoints <-> dreamsr (dreamsr/families/sr3/release.py).
+"""Released SR3 / DREAM checkpoints <-> dreamsr (dreamsr/converters/sr3.py).
 
 Released-layout state dicts are built from the listing of the real 16->128 file (tests/data, copied from
 shared/reference/sr3_16_128_state_dict.txt) with random values. Other configurations (64->512, tiny widths)
@@ -26,7 +26,7 @@ from dreamsr.checkpoint import CheckpointInfo, load_checkpoint, read_info, save_
 from dreamsr.cli import app
 from dreamsr.diffusion import DiffusionConfig
 from dreamsr.errors import CheckpointError
-from dreamsr.families.sr3 import release as R
+from dreamsr.converters import sr3 as R
 from dreamsr.families.sr3.unet import UNet, UNetConfig
 
 DATA = Path(__file__).parent / "data"

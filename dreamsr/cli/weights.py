@@ -253,7 +253,7 @@ def convert(src: Path = typer.Argument(..., metavar="IN.pth", help="A PyTorch st
             _fail(f"{option} does not apply to --from {layout}{why}", EXIT_USAGE)
 
     if layout == "sr3":
-        from dreamsr.families.sr3.release import convert_released
+        from dreamsr.converters.sr3 import convert_released
 
         path = convert_released(src, dst, norm_groups=norm_groups, scale=scale, task=task, dtype=dtype)
         out.print(f"wrote {path}", soft_wrap=True, markup=False)
@@ -280,7 +280,7 @@ def convert(src: Path = typer.Argument(..., metavar="IN.pth", help="A PyTorch st
 def _convert_idm(src: Path, dst: Path, preset: str | None, config: Path | None, scale: int | None,
                  task: str | None, dtype: str) -> None:
     from dreamsr.families.idm.network import IDMConfig, preset as idm_preset
-    from dreamsr.families.idm.release import write_release
+    from dreamsr.converters.idm import write_release
 
     if preset is not None and config is not None:
         _fail("give at most one of --preset NAME or --config FILE.json", EXIT_USAGE)
@@ -300,7 +300,7 @@ def _convert_idm(src: Path, dst: Path, preset: str | None, config: Path | None, 
 
 def _convert_resshift(src: Path, dst: Path, autoencoder: Path | None, steps: int | None, task: str | None,
                       dtype: str) -> None:
-    from dreamsr.families.resshift.release import write_release
+    from dreamsr.converters.resshift import write_release
 
     done = write_release(src, dst, autoencoder_path=autoencoder, steps=steps, task=task, dtype=dtype)
     out.print(f"wrote {done.path}: resshift, x4 in the VQ-f4 latent, UNet {_human_params(done.unet_parameters)} + "
@@ -329,7 +329,7 @@ def export(src: Path = typer.Argument(..., metavar="IN.safetensors", help="A dre
     """
     if layout != "sr3":
         _fail(f"--to must be sr3, got {layout!r}", EXIT_USAGE)
-    from dreamsr.families.sr3.release import export_released
+    from dreamsr.converters.sr3 import export_released
 
     path, options = export_released(src, dst)
     console.print(f"wrote {path}; SR3 config \"model\" section:", soft_wrap=True, markup=False)

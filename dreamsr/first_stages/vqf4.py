@@ -6,7 +6,7 @@ swish, conv_out to ``z_channels``), ``quant_conv`` (1x1), a vector quantiser wit
 codebook, ``post_quant_conv`` (1x1) and the mirrored decoder (``num_res_blocks`` + 1 ResnetBlocks per level,
 nearest x2 + conv upsampling). GroupNorm has 32 groups and eps 1e-6 throughout; the single-head attention blocks
 exist only in the middles (``attn_resolutions`` empty). Names are the release's, so ``autoencoder_vq_f4.pth``
-maps by identity (see :mod:`dreamsr.families.resshift.release`).
+maps by identity (see :mod:`dreamsr.converters.resshift`).
 
 What the release does with it, and so what this module does:
 

@@ -1,6 +1,6 @@
 """The IDM family (Gao et al., CVPR 2023; the DREAM paper's second backbone): an LR encoder predicts a coarse HR
 image at the output size, and an SR3 trunk with implicit upsamplers refines it, at any scale in the trained
-range. Network: :mod:`dreamsr.families.idm.network`; released weights: :mod:`dreamsr.families.idm.release`."""
+range. Network: :mod:`dreamsr.families.idm.network`; released weights: :mod:`dreamsr.converters.idm`."""
 
 from __future__ import annotations
 

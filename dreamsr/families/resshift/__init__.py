@@ -9,7 +9,7 @@ Three signal spaces, named in the checkpoint (``ResShiftConfig.first_stage``):
   ``first_stage.*`` and are frozen.
 
 The network is :class:`ResShiftNet`; its ``unet.*`` tensors are the release's UNet
-(:mod:`dreamsr.families.resshift.network`), converted by :mod:`dreamsr.families.resshift.release`.
+(:mod:`dreamsr.families.resshift.network`), converted by :mod:`dreamsr.converters.resshift`.
 """
 
 from __future__ import annotations

@@ -16,7 +16,7 @@ GroupNorm norms, windows of ``window_size`` with alternating shifts 0 and window
 a strided-conv downsample between levels; middle ResBlock–Swin–ResBlock; the mirrored decoder (``num_res_blocks``
 + 1 ResBlocks per level on the concatenated skips, a Swin layer after the first one of each level in
 ``swin_levels``, nearest×2 + conv upsampling); GroupNorm, SiLU, 3x3 conv out. Module and parameter names are the
-release's, so a released state dict loads with the identity key mapping (see :mod:`.release`).
+release's, so a released state dict loads with the identity key mapping (see :mod:`dreamsr.converters.resshift`).
 
 Window geometry, as the release fixes it at build time from ``image_size`` (the training latent size): a Swin
 layer at level l has resolution r = image_size / 2^l; if r <= window_size its window is r and neither block

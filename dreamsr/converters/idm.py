@@ -31,8 +31,14 @@ from typing import Mapping
 
 import torch
 
+from dreamsr import __version__
+from dreamsr.checkpoint import CheckpointInfo, save_checkpoint
+from dreamsr.converters.sr3 import read_pth
+from dreamsr.diffusion import DiffusionConfig
 from dreamsr.errors import CheckpointError, ConfigError
+from dreamsr.families import get_family
 from dreamsr.families.idm.network import PRESETS, IDMConfig, IDMNet
+from dreamsr.families.released import check_output, require_layout
 
 __all__ = ["ReleaseLayout", "ReleaseConversion", "SCHEDULE_BUFFERS", "release_layout", "convert_release",
            "read_release", "write_release", "WrittenRelease", "RELEASE_SCALE", "RELEASE_NAME",
@@ -311,13 +317,6 @@ def write_release(src: str | os.PathLike, dst: str | os.PathLike, *, config: IDM
     :data:`RECOMMENDED_SAMPLING` with ``training['sampling_provenance']``, and ``training['dropped']`` naming
     every released module left out and why.
     """
-    from dreamsr import __version__
-    from dreamsr.checkpoint import CheckpointInfo, save_checkpoint
-    from dreamsr.diffusion import DiffusionConfig
-    from dreamsr.families import get_family
-    from dreamsr.families.released import check_output, require_layout
-    from dreamsr.families.sr3.release import read_pth
-
     src, dst = Path(src), Path(dst)
     c = config or PRESETS["face"]
     family = get_family("idm")

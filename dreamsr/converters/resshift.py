@@ -34,7 +34,12 @@ from typing import Any, Mapping
 
 import torch
 
+from dreamsr import __version__
+from dreamsr.checkpoint import CheckpointInfo, save_checkpoint
+from dreamsr.converters.sr3 import read_pth
 from dreamsr.errors import CheckpointError, ConfigError
+from dreamsr.families.released import check_output, require_layout
+from dreamsr.families.resshift import ResShiftConfig, ResShiftNet
 from dreamsr.families.resshift.network import (ResShiftUNet, ResShiftUNetConfig, SwinBlock,
                                                relative_position_index, shifted_window_mask)
 from dreamsr.first_stages.vqf4 import VQF4, VQF4Config
@@ -477,12 +482,6 @@ def write_release(unet_path: str | os.PathLike, dst: str | os.PathLike, *,
     whose latent channels differ from the UNet's: CheckpointError. A file of another family: CheckpointError
     naming the command that converts it.
     """
-    from dreamsr import __version__
-    from dreamsr.checkpoint import CheckpointInfo, save_checkpoint
-    from dreamsr.families.released import check_output, require_layout
-    from dreamsr.families.resshift import ResShiftConfig, ResShiftNet
-    from dreamsr.families.sr3.release import read_pth
-
     unet_path, dst = Path(unet_path), Path(dst)
     if autoencoder_path is None:
         raise ConfigError("a released ResShift UNet runs in the latent space of the VQ-f4 autoencoder; pass "

@@ -34,6 +34,8 @@ from typing import Any, Mapping
 import numpy as np
 import torch
 
+from dreamsr import __version__
+from dreamsr.checkpoint import CheckpointInfo, load_checkpoint, load_state_strict, save_checkpoint
 from dreamsr.diffusion import DiffusionConfig
 from dreamsr.errors import CheckpointError, ConfigError
 from dreamsr.families.sr3.unet import Block, UNet, UNetConfig
@@ -353,8 +355,6 @@ def from_released(sd: Mapping[str, torch.Tensor], *, source: str, norm_groups: i
         if not t.is_floating_point():
             raise CheckpointError(f"{source}: tensor {theirs!r} is {t.dtype}, not floating point")
         tensors[mine] = _head_from_released(t, network.out_channels) if mine == "head.weight" else t
-    from dreamsr.checkpoint import load_state_strict
-
     load_state_strict(model, tensors, source)
     return Converted(model=model.eval(), network=network, diffusion=diffusion,
                      scale=int(scale if scale is not None else release.scale),  # type: ignore[union-attr]
@@ -523,9 +523,6 @@ def convert_released(src: str | os.PathLike, dst: str | os.PathLike, *, norm_gro
     matching release (or the arguments); ``training['converted_from']`` the source file name;
     ``sampling`` = :data:`RECOMMENDED_SAMPLING` with ``training['sampling_provenance']`` saying where it is from.
     """
-    from dreamsr import __version__
-    from dreamsr.checkpoint import CheckpointInfo, save_checkpoint
-
     src, dst = Path(src), Path(dst)
     _check_paths(src, dst, (".safetensors",))
     if scale is not None and scale < 1:
@@ -558,8 +555,6 @@ def export_released(src: str | os.PathLike, dst: str | os.PathLike) -> tuple[Pat
     (:func:`released_model_options`; ``image_size`` = the matching release's HR size, else 128). Nothing is
     written unless the checkpoint can be expressed (family sr3, process gaussian, image target, embed_scale 1).
     """
-    from dreamsr.checkpoint import load_checkpoint
-
     src, dst = Path(src), Path(dst)
     _check_paths(src, dst, (".pth", ".pt"))
     model, info = load_checkpoint(src)
