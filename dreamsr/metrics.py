@@ -1,4 +1,5 @@
-"""Image-quality metrics for super-resolution: PSNR, SSIM, VIF, consistency, LPIPS and FID.
+"""Image-quality metrics for super-resolution: PSNR, SSIM, VIF, HaarPSI, GMSD, MDSI, the HF ratio, consistency,
+LPIPS and FID.
 
 Conventions (stated in every report header, see :data:`CONVENTIONS`):
 
@@ -17,6 +18,13 @@ window fits -- the same numbers as MATLAB ``ssim_index``, BasicSR ``calculate_ss
 VIF is pixel-domain Visual Information Fidelity (VIF-p, Sheikh & Bovik 2006), weight-free, computed by torchmetrics
 (an optional dependency: ``pip install "dreamsr[perceptual]"``) in the same two conventions as PSNR/SSIM.
 
+HaarPSI (Reisenhofer et al. 2018; higher is better, 1 for a copy), GMSD (Xue et al. 2014; lower is better, 0 for a
+copy) and MDSI (Nafchi et al. 2016; lower is better, 0 for a copy) are weight-free full-reference perceptual
+measures computed by ``piq`` (the same optional extra) with piq's defaults, on the RGB image in [0, 1], whole image
+(piq converts to its own YIQ luma/chroma inside). No network, no download; piq's implementations are tested against
+the authors' reference code. The HF ratio (:func:`hf_ratio`) is not a quality score but a texture gauge: the
+high-frequency energy of SR over that of HR on the "y" convention's luma (1 = as much as the original).
+
 LPIPS and FID need pretrained backbones that are not shipped; they are looked up in the torch hub cache
 (``$TORCH_HOME/hub/checkpoints``) or a user-given folder and, when absent, raise
 :class:`MetricUnavailableError` naming the file to fetch. Heavy imports happen inside the functions.
@@ -28,6 +36,7 @@ import math
 import os
 import warnings
 from pathlib import Path
+from typing import Callable, Sequence
 
 import numpy as np
 import torch
@@ -38,6 +47,8 @@ from dreamsr.images import downsample, resize, rgb_to_y
 
 __all__ = [
     "psnr", "ssim", "vif", "vif_backend", "consistency", "CONVENTIONS", "VIF_MIN_SIZE", "MetricUnavailableError",
+    "haarpsi", "gmsd", "mdsi", "hf_ratio", "perceptual_scores", "piq_backend", "PIQ_MEASURES", "HAARPSI_MIN_SIZE",
+    "HF_SIGMA", "HF_WINDOW",
     "LPIPS", "LPIPS_FILES", "InceptionFeatures", "FID_FILE", "FID_URL", "FID_MIN_IMAGES", "frechet_distance",
     "fid_from_features", "fid_warning", "find_metric_weights", "gaussian_window", "build_fid_inception",
 ]
@@ -52,6 +63,14 @@ _SSIM_K1, _SSIM_K2, _SSIM_SIGMA, _SSIM_WIN = 0.01, 0.03, 1.5, 11
 
 #: torchmetrics' VIF needs images of at least this side (its coarsest scale's 'valid' 17x17 window).
 VIF_MIN_SIZE = 41
+
+#: The perceptual measures computed by piq (weight-free, full reference), each with its name in piq.
+PIQ_MEASURES: dict[str, str] = {"haarpsi": "HaarPSI", "gmsd": "GMSD", "mdsi": "MDSI"}
+#: piq's HaarPSI (3 scales) needs images of at least this side: its coarsest Haar filter is 2^(3+1) = 16 px.
+HAARPSI_MIN_SIZE = 16
+#: The HF ratio's low-pass: a Gaussian of sigma 1.5 px, HF_WINDOW taps (SSIM's window), applied where it fits.
+HF_SIGMA, HF_WINDOW = 1.5, 11
+_HF_FLAT = 1e-20  # HR high-pass energy at or below this (RMS 1e-10, float64 rounding of a flat image) counts as none
 
 
 class MetricUnavailableError(DreamSRError):
@@ -109,21 +128,26 @@ def gaussian_window(size: int = _SSIM_WIN, sigma: float = _SSIM_SIGMA) -> torch.
     return g / g.sum()
 
 
+def _filter_valid(x: torch.Tensor, g: list[float]) -> torch.Tensor:
+    """Separable filter of [..., H, W] by the 1-D taps ``g`` (n of them) along both axes, 'valid' (no padding):
+    [..., H-n+1, W-n+1]. Written as shifted multiply-adds: float64 conv2d is slow on the CPU."""
+    n = len(g)
+    h, w = x.shape[-2:]
+    rows = x[..., 0:h - n + 1, :] * g[0]
+    for k in range(1, n):
+        rows.add_(x[..., k:h - n + 1 + k, :], alpha=g[k])
+    out = rows[..., 0:w - n + 1] * g[0]
+    for k in range(1, n):
+        out.add_(rows[..., k:w - n + 1 + k], alpha=g[k])
+    return out
+
+
 def _ssim_map(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """Per-pixel SSIM of [C,H,W] float64 images (data range 1) over the valid region: [C,H-10,W-10]."""
     g = gaussian_window().tolist()
-    n = len(g)
 
     def filt(x: torch.Tensor) -> torch.Tensor:
-        # separable Gaussian, 'valid' (no padding), as shifted multiply-adds: float64 conv2d is slow on the CPU
-        h, w = x.shape[-2:]
-        rows = x[..., 0:h - n + 1, :] * g[0]
-        for k in range(1, n):
-            rows.add_(x[..., k:h - n + 1 + k, :], alpha=g[k])
-        out = rows[..., 0:w - n + 1] * g[0]
-        for k in range(1, n):
-            out.add_(rows[..., k:w - n + 1 + k], alpha=g[k])
-        return out
+        return _filter_valid(x, g)
 
     c1, c2 = _SSIM_K1**2, _SSIM_K2**2
     mu_a, mu_b = filt(a), filt(b)
@@ -191,6 +215,175 @@ def vif(sr: torch.Tensor, hr: torch.Tensor, *, crop_border: int = 0, y_channel: 
     except ValueError as err:  # the library's own input checks
         raise InputError(f"VIF: {err}") from None
     return float(value.item())
+
+# ---------------------------------------------------------------------------------------------- piq measures, HF
+def piq_backend(measure: str) -> Callable[..., torch.Tensor]:
+    """piq's function for ``measure`` (a key of :data:`PIQ_MEASURES`); MetricUnavailableError when piq is not
+    installed."""
+    if measure not in PIQ_MEASURES:
+        raise InputError(f"unknown piq measure {measure!r}; choose one of {', '.join(PIQ_MEASURES)}")
+    try:
+        import piq
+    except ImportError as err:
+        raise MetricUnavailableError(f"{PIQ_MEASURES[measure]} needs the 'piq' package ({err}); "
+                                     'pip install "dreamsr[perceptual]" (or pip install piq)') from None
+    return getattr(piq, measure)
+
+
+def _batch_pair(sr: torch.Tensor, hr: torch.Tensor, what: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """Validate SR/HR as [3,H,W] or [B,3,H,W] RGB in [0, 1] of one shape; float64 [B,3,H,W] on the CPU out."""
+    if not isinstance(sr, torch.Tensor) or not isinstance(hr, torch.Tensor):
+        raise InputError(f"{what} takes torch tensors [3,H,W] or [B,3,H,W] in [0, 1]")
+    if sr.shape != hr.shape:
+        raise InputError(f"image sizes differ: SR {tuple(sr.shape)} vs HR {tuple(hr.shape)}")
+    if sr.dim() not in (3, 4) or sr.shape[-3] != 3:
+        raise InputError(f"{what} takes RGB images [3,H,W] or [B,3,H,W], got shape {tuple(sr.shape)}")
+    a = sr.detach().to("cpu", torch.float64)
+    b = hr.detach().to("cpu", torch.float64)
+    if a.dim() == 3:
+        a, b = a.unsqueeze(0), b.unsqueeze(0)
+    if a.numel() == 0:
+        raise InputError(f"{what}: empty images {tuple(sr.shape)}")
+    for name, x in (("SR", a), ("HR", b)):
+        lo, hi = float(x.min()), float(x.max())
+        if not (0.0 <= lo and hi <= 1.0):  # also catches nan
+            raise InputError(f"{what} takes images in [0, 1]; {name} spans [{lo:.6g}, {hi:.6g}] (clamp it first)")
+    return a, b
+
+
+def _piq_scores(measure: str, sr: torch.Tensor, hr: torch.Tensor) -> torch.Tensor:
+    """Per-image [B] float64 values of a piq measure (x = SR, the distorted image; y = HR, the reference)."""
+    name = PIQ_MEASURES.get(measure, measure)
+    a, b = _batch_pair(sr, hr, name)
+    if measure == "haarpsi" and min(a.shape[-2:]) < HAARPSI_MIN_SIZE:
+        raise InputError(f"HaarPSI needs images of at least {HAARPSI_MIN_SIZE}x{HAARPSI_MIN_SIZE} (piq's coarsest "
+                         f"Haar filter), got {a.shape[-2]}x{a.shape[-1]}")
+    fn = piq_backend(measure)
+    try:
+        return fn(a, b, reduction="none").reshape(-1)  # piq's defaults otherwise (data_range 1)
+    except (ValueError, AssertionError) as err:  # the library's own input checks
+        raise InputError(f"{name}: {err}") from None
+
+
+def haarpsi(sr: torch.Tensor, hr: torch.Tensor) -> float:
+    """Haar wavelet-based perceptual similarity index (HaarPSI, Reisenhofer et al. 2018) of ``sr`` against ``hr``.
+
+    Computed by piq's ``haarpsi`` with its defaults (3 scales, subsampling, C = 30, alpha = 4.2, data range 1) in
+    float64 on the RGB image (piq converts to YIQ: Haar responses on Y, chroma from I and Q), whole image.
+
+    Args:
+        sr, hr: [3,H,W] or [B,3,H,W] float tensors in [0, 1] of one shape, at least 16x16.
+
+    Returns:
+        HaarPSI in [0, 1], higher is better, 1 for a copy; for a batch, the mean of the per-image values.
+
+    Raises:
+        InputError: shapes, range or size (under :data:`HAARPSI_MIN_SIZE`) not accepted.
+        MetricUnavailableError: piq is not installed.
+    """
+    return float(_piq_scores("haarpsi", sr, hr).mean())
+
+
+def gmsd(sr: torch.Tensor, hr: torch.Tensor) -> float:
+    """Gradient magnitude similarity deviation (GMSD, Xue et al. 2014) of ``sr`` against ``hr``.
+
+    Computed by piq's ``gmsd`` with its defaults (t = 170 / 255^2, data range 1) in float64 on the RGB image (piq
+    takes the YIQ luma, averages 2x2 and compares Prewitt gradient magnitudes), whole image.
+
+    Args:
+        sr, hr: [3,H,W] or [B,3,H,W] float tensors in [0, 1] of one shape.
+
+    Returns:
+        GMSD >= 0, lower is better, 0 for a copy; for a batch, the mean of the per-image values.
+
+    Raises:
+        InputError: shapes or range not accepted. MetricUnavailableError: piq is not installed.
+    """
+    return float(_piq_scores("gmsd", sr, hr).mean())
+
+
+def mdsi(sr: torch.Tensor, hr: torch.Tensor) -> float:
+    """Mean deviation similarity index (MDSI, Nafchi et al. 2016) of ``sr`` against ``hr``.
+
+    Computed by piq's ``mdsi`` with its defaults (C1 140, C2 55, C3 550, 'sum' combination, alpha 0.6, data range
+    1) in float64 on the RGB image (gradient similarity on luma, chromaticity similarity), whole image.
+
+    Args:
+        sr, hr: [3,H,W] or [B,3,H,W] float tensors in [0, 1] of one shape.
+
+    Returns:
+        MDSI >= 0, lower is better, 0 for a copy; for a batch, the mean of the per-image values.
+
+    Raises:
+        InputError: shapes or range not accepted. MetricUnavailableError: piq is not installed.
+    """
+    return float(_piq_scores("mdsi", sr, hr).mean())
+
+
+def _hf_energy(y: torch.Tensor) -> float:
+    """E[(Y - G * Y)^2] of a [1,H,W] float64 luma over the region where the Gaussian window fits."""
+    g = gaussian_window(HF_WINDOW, HF_SIGMA).tolist()
+    c = HF_WINDOW // 2
+    high = y[..., c:y.shape[-2] - c, c:y.shape[-1] - c] - _filter_valid(y, g)
+    return torch.mean(high * high).item()
+
+
+def _hf_ratios(sr: torch.Tensor, hr: torch.Tensor, crop_border: int) -> list[float]:
+    a, b = _batch_pair(sr, hr, "HF ratio")
+    out: list[float] = []
+    for x, ref in zip(a, b):
+        ys, yh = _prepare(x, ref, crop_border, True)  # the "y" convention: crop, then BT.601 Y
+        if min(ys.shape[-2:]) < HF_WINDOW:
+            raise InputError(f"the HF ratio needs images of at least {HF_WINDOW}x{HF_WINDOW} (after cropping), "
+                             f"got {ys.shape[-2]}x{ys.shape[-1]}")
+        den = _hf_energy(yh)
+        out.append(_hf_energy(ys) / den if den > _HF_FLAT else math.nan)
+    return out
+
+
+def hf_ratio(sr: torch.Tensor, hr: torch.Tensor, *, crop_border: int = 0) -> float:
+    """High-frequency energy ratio: E[(Y - G * Y)^2] of ``sr`` divided by the same of ``hr``. A texture gauge,
+    not a quality score (noise raises it).
+
+    Y is the evaluator's "y" convention: ``crop_border`` pixels cropped from every edge, then BT.601 luma (MATLAB
+    ``rgb2ycbcr``, [16/255, 235/255]; the ratio is the same for any affine luma scale, e.g. full-range Y in [0, 1]).
+    G is the normalised Gaussian of sigma :data:`HF_SIGMA` = 1.5 px over :data:`HF_WINDOW` = 11 taps
+    (:func:`gaussian_window`, SSIM's), applied separably where it fits (no padding: the mean is over the
+    [H-10, W-10] interior of the cropped image, so no border rule enters).
+
+    Args:
+        sr, hr: [3,H,W] or [B,3,H,W] float tensors in [0, 1] of one shape, at least 11x11 after cropping.
+        crop_border: pixels removed from each edge before the conversion (the eval uses the PSNR-Y border).
+
+    Returns:
+        1 for as much high-frequency energy as the original, < 1 blur, > 1 added noise or ringing; nan when
+        ``hr`` has none (flat: high-pass RMS under 1e-10); for a batch, the mean of the per-image ratios.
+
+    Raises:
+        InputError: shapes, range or size not accepted.
+    """
+    return float(np.mean(_hf_ratios(sr, hr, crop_border)))
+
+
+def perceptual_scores(sr: torch.Tensor, hr: torch.Tensor, *, crop_border: int = 0,
+                      measures: Sequence[str] = ("haarpsi", "gmsd", "mdsi", "hf")) -> dict[str, list[float]]:
+    """Per-image values of the perceptual measures: ``{measure: [value per image]}``.
+
+    Args:
+        sr, hr: [3,H,W] (one image) or [B,3,H,W] float tensors in [0, 1] of one shape.
+        crop_border: the HF ratio's border (the piq measures always take the whole image).
+        measures: any of "haarpsi", "gmsd", "mdsi" (piq, see :func:`haarpsi`) and "hf" (:func:`hf_ratio`).
+
+    Raises:
+        InputError: an unknown measure, or images not accepted. MetricUnavailableError: piq is needed and absent.
+    """
+    bad = [m for m in measures if m not in PIQ_MEASURES and m != "hf"]
+    if bad:
+        raise InputError(f"unknown measure(s) {', '.join(bad)}; choose from {', '.join([*PIQ_MEASURES, 'hf'])}")
+    out: dict[str, list[float]] = {}
+    for m in measures:
+        out[m] = _hf_ratios(sr, hr, crop_border) if m == "hf" else _piq_scores(m, sr, hr).tolist()
+    return out
 
 
 # ---------------------------------------------------------------------------------------------- consistency

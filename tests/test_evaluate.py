@@ -287,6 +287,105 @@ def test_vif_unavailable_without_torchmetrics_and_too_small_images_are_file_erro
     assert rep.summary["n_errors"] == 2 and "for VIF after cropping 4 px" in rep.errors[0]["error"]
 
 
+# ---------------------------------------------------------------------------------------------- HaarPSI/GMSD/MDSI, HF
+def test_perceptual_measures_through_eval_equal_piq_and_the_hf_ratio_on_the_written_images(tmp_path: Path) -> None:
+    """--metrics psnr,haarpsi,gmsd,mdsi,hf: one column each in the CSV, summary.json, summary.md and --compare; each
+    per-image value is piq's own function (called directly) or metrics.hf_ratio on the written SR PNG vs the HR;
+    the set value is the mean of the per-image values; bicubic ranks as blur on every one of them."""
+    piq = pytest.importorskip("piq")
+    data = _photo_folder(tmp_path / "p", names=PHOTOS[:2], size=(64, 64))  # no GTmod crop at x4
+    cfg = EvalConfig(set="folder", data_dir=str(data), model="bicubic", scale=4, grids=0, save_images=True,
+                     metrics=("psnr", "haarpsi", "gmsd", "mdsi", "hf"), convention="y")
+    out = tmp_path / "o"
+    rep = evaluate(cfg, out)
+    s = json.loads((out / "summary.json").read_text())
+    assert rep.summary["n_errors"] == 0
+    assert [e["column"] for e in s["metrics"]] == ["psnr_y", "haarpsi", "gmsd", "mdsi", "hf"]
+    rows = _read_csv(out / "metrics.csv")
+    per: dict[str, list[float]] = {m: [] for m in ("haarpsi", "gmsd", "mdsi", "hf")}
+    for row in rows:
+        sr, hr = load_rgb(out / "sr" / f"{row['image']}.png"), load_rgb(data / f"{row['image']}.png")
+        for m in ("haarpsi", "gmsd", "mdsi"):
+            expected = float(getattr(piq, m)(sr.double()[None], hr.double()[None]))
+            assert float(row[m]) == pytest.approx(expected, abs=1e-12), (row["image"], m)
+            per[m].append(expected)
+        expected_hf = M.hf_ratio(sr, hr, crop_border=4)
+        assert float(row["hf"]) == pytest.approx(expected_hf, abs=1e-12)
+        per["hf"].append(expected_hf)
+    for m, vals in per.items():
+        e = _entry(s, m, "y" if m == "hf" else "rgb")
+        assert e["mean"] == pytest.approx(np.mean(vals), abs=1e-12) and e["count"] == 2, m
+    assert 0 < _entry(s, "haarpsi")["mean"] < 1 and _entry(s, "gmsd")["mean"] > 0 and _entry(s, "mdsi")["mean"] > 0
+    assert 0 < _entry(s, "hf", "y")["mean"] < 1  # bicubic x4 has less texture than the original
+    assert [_entry(s, m)["direction"] for m in ("haarpsi", "gmsd", "mdsi")] == ["higher", "lower", "lower"]
+    assert _entry(s, "hf", "y")["crop_border"] == 4 and "crop_border = 4" in _entry(s, "hf", "y")["convention_text"]
+    assert "piq" in _entry(s, "haarpsi")["convention_text"]
+    assert "lower is better" in _entry(s, "gmsd")["convention_text"]
+    md = (out / "summary.md").read_text()
+    for m, label in (("haarpsi", "HaarPSI ↑"), ("gmsd", "GMSD ↓"), ("mdsi", "MDSI ↓")):
+        assert f"| {label} | {_entry(s, m)['mean']:.4f} |" in md
+    assert f"| HF ratio (Y) | {_entry(s, 'hf', 'y')['mean']:.3f} |" in md
+    # --compare lines them up; the finished evaluation is reused, another metric list is not
+    table = compare([out, out])
+    row = next(r for r in table["rows"] if r["metric"] == "gmsd")
+    assert row["label"] == "GMSD ↓" and row["values"][0][0] == pytest.approx(_entry(s, "gmsd")["mean"])
+    assert "| HaarPSI ↑ |" in compare_markdown(table)
+    assert finished_summary(cfg, out) is not None
+    assert finished_summary(EvalConfig(**{**cfg.__dict__, "metrics": ("psnr", "hf")}), out) is None
+
+
+def test_perceptual_measures_unavailable_without_piq_hf_still_runs_and_small_images_are_file_errors(
+        tmp_path: Path, monkeypatch) -> None:
+    import sys
+
+    data = _photo_folder(tmp_path / "p", names=PHOTOS[:2], size=(40, 40))
+    with monkeypatch.context() as m:
+        m.setitem(sys.modules, "piq", None)  # a None entry makes the import raise ImportError
+        rep = evaluate(EvalConfig(set="folder", data_dir=str(data), model="bicubic", scale=4, grids=0,
+                                  metrics=("psnr", "haarpsi", "gmsd", "hf")), tmp_path / "o")
+    for name in ("haarpsi", "gmsd"):
+        e = next(e for e in rep.summary["metrics"] if e["metric"] == name)
+        assert e["available"] is False and 'pip install "dreamsr[perceptual]"' in e["reason"]
+        assert any(w.startswith(f"{name} unavailable") for w in rep.summary["warnings"])
+    assert _entry(rep.summary, "hf", "y")["count"] == 2 and rep.summary["n_errors"] == 0
+    header = _read_csv(tmp_path / "o" / "metrics.csv")[0]
+    assert "hf" in header and "haarpsi" not in header and "gmsd" not in header
+    # 16x16 HR: HaarPSI's minimum is met, but the HF ratio has 8x8 px left after cropping 4: a file error
+    small = _photo_folder(tmp_path / "s", names=PHOTOS[:1], size=(16, 16))
+    rep = evaluate(EvalConfig(set="folder", data_dir=str(small), model="bicubic", scale=4, grids=0,
+                              metrics=("haarpsi", "hf")), tmp_path / "o2")
+    assert rep.summary["n_errors"] == 1 and "11x11 px for the HF ratio after cropping 4 px" in rep.errors[0]["error"]
+    pytest.importorskip("piq")
+    rep = evaluate(EvalConfig(set="folder", data_dir=str(small), model="bicubic", scale=4, grids=0,
+                              metrics=("haarpsi",)), tmp_path / "o3")
+    assert rep.summary["n_errors"] == 0 and 0 < _entry(rep.summary, "haarpsi")["mean"] < 1
+
+
+def test_cli_eval_with_haarpsi_and_hf_prints_and_writes_them(tmp_path: Path) -> None:
+    pytest.importorskip("piq")
+    from typer.testing import CliRunner
+
+    from dreamsr.cli import app
+
+    data = _photo_folder(tmp_path / "p", names=PHOTOS[:2], size=(48, 48))
+    runner = CliRunner()
+    res = runner.invoke(app, ["eval", "--set", "folder", "--data-dir", str(data), "--model", "bicubic", "--scale",
+                              "4", "--metrics", "psnr,ssim,haarpsi,hf", "--out", str(tmp_path / "o")])
+    assert res.exit_code == 0, res.output
+    s = json.loads((tmp_path / "o" / "summary.json").read_text())
+    assert [e["column"] for e in s["metrics"]] == ["psnr_rgb", "psnr_y", "ssim_rgb", "ssim_y", "haarpsi", "hf"]
+    h, hf = _entry(s, "haarpsi")["mean"], _entry(s, "hf", "y")["mean"]
+    assert 0 < h < 1 and 0 < hf < 1
+    assert "HaarPSI ↑" in res.output and f"{h:.4f}" in res.output
+    assert "HF ratio (Y)" in res.output and f"{hf:.3f}" in res.output
+    md = (tmp_path / "o" / "summary.md").read_text()
+    assert f"| HaarPSI ↑ | {h:.4f} |" in md and f"| HF ratio (Y) | {hf:.3f} |" in md
+    rows = _read_csv(tmp_path / "o" / "metrics.csv")
+    assert np.mean([float(r["haarpsi"]) for r in rows]) == pytest.approx(h, abs=1e-12)
+    res = runner.invoke(app, ["eval", "--compare", str(tmp_path / "o")])
+    assert res.exit_code == 0 and "HaarPSI ↑" in res.output and f"{h:.4f}" in res.output
+
+
 # ---------------------------------------------------------------------------------------------- diffusion models
 def test_diffusion_model_goes_through_the_pipeline_with_k_seeds(tmp_path: Path, tiny_checkpoint: Path) -> None:
     from dreamsr.jobs.pipeline import Upscaler

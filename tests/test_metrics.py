@@ -233,6 +233,140 @@ def test_vif_without_torchmetrics_says_what_to_install(monkeypatch) -> None:
     assert "torchmetrics" in str(err.value) and "\n" not in str(err.value)
 
 
+# ---------------------------------------------------------------- HaarPSI / GMSD / MDSI (piq), HF ratio
+def _piq():
+    """piq, imported here independently of dreamsr (the test skips without piq)."""
+    return pytest.importorskip("piq")
+
+
+def _gauss_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
+    """Gaussian blur of [3,H,W] (kernel written here, radius 3 sigma, replicated edges), float64."""
+    r = max(1, math.ceil(3 * sigma))
+    t = torch.arange(-r, r + 1, dtype=torch.float64)
+    g = torch.exp(-t**2 / (2 * sigma**2))
+    k = torch.outer(g, g) / g.sum() ** 2
+    xp = torch.nn.functional.pad(x.double()[:, None], (r, r, r, r), mode="replicate")
+    return torch.nn.functional.conv2d(xp, k[None, None])[:, 0]
+
+
+def _hf_ratio_np(sr: torch.Tensor, hr: torch.Tensor, crop: int) -> float:
+    """The HF ratio written out: BT.601 Y of the cropped images, a direct 2-D 11x11 Gaussian (sigma 1.5)
+    correlation over the valid region (every tap a shifted slice), mean squared residual of SR over HR."""
+    t = np.arange(11) - 5.0
+    g = np.exp(-t**2 / (2 * 1.5**2))
+    k = np.outer(g, g) / g.sum() ** 2
+
+    def energy(x: torch.Tensor) -> float:
+        y = _y_np(x[:, crop:x.shape[1] - crop, crop:x.shape[2] - crop])
+        h, w = y.shape
+        low = np.zeros((h - 10, w - 10))
+        for i in range(11):
+            for j in range(11):
+                low += k[i, j] * y[i:i + h - 10, j:j + w - 10]
+        return float(np.mean((y[5:h - 5, 5:w - 5] - low) ** 2))
+
+    return energy(sr) / energy(hr)
+
+
+def test_piq_measures_of_an_image_with_itself_are_one_zero_zero() -> None:
+    _piq()
+    for x in (_q8(_photo(size=64)), torch.rand(3, 48, 40, generator=torch.Generator().manual_seed(0))):
+        assert metrics.haarpsi(x, x.clone()) == pytest.approx(1.0, abs=1e-9)
+        assert metrics.gmsd(x, x.clone()) == pytest.approx(0.0, abs=1e-12)
+        assert metrics.mdsi(x, x.clone()) == pytest.approx(0.0, abs=1e-12)
+
+
+def test_piq_measures_equal_piq_called_directly_single_and_batched() -> None:
+    piq = _piq()
+    sr, hr = (_q8(x) for x in _pair(size=64))
+    sr2 = _q8(_blur(hr))
+    a, b = sr.double()[None], hr.double()[None]
+    for name in ("haarpsi", "gmsd", "mdsi"):
+        fn = getattr(piq, name)
+        expected = float(fn(a, b))  # piq's defaults, SR as x, HR as the reference y
+        assert getattr(metrics, name)(sr, hr) == pytest.approx(expected, abs=1e-12), name
+        assert getattr(metrics, name)(sr.float(), hr.float()) == pytest.approx(expected, abs=1e-6), name
+        # a batch: the mean of the per-image values, and perceptual_scores gives each of them
+        batch_sr, batch_hr = torch.stack([sr, sr2]), torch.stack([hr, hr])
+        per_image = fn(batch_sr.double(), batch_hr.double(), reduction="none").tolist()
+        assert per_image[0] != pytest.approx(per_image[1], abs=1e-4)
+        assert getattr(metrics, name)(batch_sr, batch_hr) == pytest.approx(np.mean(per_image), abs=1e-12)
+        assert metrics.perceptual_scores(batch_sr, batch_hr, measures=(name,))[name] == pytest.approx(
+            per_image, abs=1e-12)
+
+
+def test_piq_measures_rank_a_gaussian_blur_below_the_original() -> None:
+    _piq()
+    hr = _q8(_photo(size=96))
+    mild, strong = _q8(_gauss_blur(hr, 1.0)), _q8(_gauss_blur(hr, 2.5))
+    h = [metrics.haarpsi(x, hr) for x in (hr, mild, strong)]
+    g = [metrics.gmsd(x, hr) for x in (hr, mild, strong)]
+    m = [metrics.mdsi(x, hr) for x in (hr, mild, strong)]
+    assert h[0] == pytest.approx(1.0) and 1.0 > h[1] > h[2] > 0.0  # higher is better
+    assert g[0] == pytest.approx(0.0) and 0.0 < g[1] < g[2]  # lower is better
+    assert m[0] == pytest.approx(0.0) and 0.0 < m[1] < m[2]  # lower is better
+
+
+def test_hf_ratio_equals_a_direct_convolution_and_is_one_for_a_copy() -> None:
+    sr, hr = (_q8(x) for x in _pair(size=64))
+    for crop in (0, 4):
+        assert metrics.hf_ratio(sr, hr, crop_border=crop) == pytest.approx(_hf_ratio_np(sr, hr, crop), rel=1e-10)
+        assert metrics.hf_ratio(hr, hr.clone(), crop_border=crop) == 1.0
+    # [B,3,H,W]: the mean of the per-image ratios; perceptual_scores gives each one
+    other = _q8(_photo("coffee.png", size=64))
+    both = metrics.perceptual_scores(torch.stack([sr, hr]), torch.stack([hr, other]), crop_border=4,
+                                     measures=("hf",))["hf"]
+    expected = [_hf_ratio_np(sr, hr, 4), _hf_ratio_np(hr, other, 4)]
+    assert both == pytest.approx(expected, rel=1e-10)
+    assert metrics.hf_ratio(torch.stack([sr, hr]), torch.stack([hr, other]), crop_border=4) == pytest.approx(
+        np.mean(expected), rel=1e-10)
+    # the cropped border is ignored
+    noisy = sr.clone()
+    noisy[:, :4, :] = torch.rand(3, 4, 64)
+    assert metrics.hf_ratio(noisy, hr, crop_border=4) == metrics.hf_ratio(sr, hr, crop_border=4)
+
+
+def test_hf_ratio_is_below_one_for_blur_and_above_one_for_noise() -> None:
+    hr = _q8(_photo(size=96))
+    mild, strong = (metrics.hf_ratio(_q8(_gauss_blur(hr, s)), hr, crop_border=4) for s in (1.0, 2.5))
+    assert 1.0 > mild > strong > 0.0
+    assert 0.0 < metrics.hf_ratio(_q8(upsample(_q8(downsample(hr, 4)), 4)), hr, crop_border=4) < 0.8  # bicubic x4
+    noise = torch.randn(hr.shape, generator=torch.Generator().manual_seed(2))
+    small, big = (metrics.hf_ratio(_q8(hr + s * noise), hr, crop_border=4) for s in (0.02, 0.08))
+    assert 1.0 < small < big
+    flat = torch.full((3, 32, 32), 0.5)
+    assert math.isnan(metrics.hf_ratio(hr[:, :32, :32], flat))  # no HF energy in HR: undefined
+
+
+def test_perceptual_measures_reject_bad_inputs_with_input_error() -> None:
+    _piq()
+    with pytest.raises(InputError, match=r"HaarPSI needs images of at least 16x16 .*got 15x40"):
+        metrics.haarpsi(torch.rand(3, 15, 40), torch.rand(3, 15, 40))
+    assert metrics.gmsd(torch.rand(3, 15, 40), torch.rand(3, 15, 40)) > 0  # no size limit of its own
+    with pytest.raises(InputError, match=r"in \[0, 1\]; SR spans"):
+        metrics.gmsd(torch.rand(3, 32, 32) * 1.1, torch.rand(3, 32, 32))
+    with pytest.raises(InputError, match="sizes differ"):
+        metrics.mdsi(torch.rand(3, 32, 32), torch.rand(3, 32, 33))
+    with pytest.raises(InputError, match="RGB images"):
+        metrics.haarpsi(torch.rand(1, 32, 32), torch.rand(1, 32, 32))
+    with pytest.raises(InputError, match=r"HF ratio needs images of at least 11x11 \(after cropping\), got 10x10"):
+        metrics.hf_ratio(torch.rand(3, 18, 18), torch.rand(3, 18, 18), crop_border=4)
+    with pytest.raises(InputError, match="unknown measure"):
+        metrics.perceptual_scores(torch.rand(3, 32, 32), torch.rand(3, 32, 32), measures=("niqe",))
+
+
+def test_piq_measures_without_piq_say_what_to_install_and_hf_needs_nothing(monkeypatch) -> None:
+    import sys
+
+    monkeypatch.setitem(sys.modules, "piq", None)  # a None entry makes the import raise ImportError
+    x = torch.rand(3, 32, 32)
+    for fn in (metrics.haarpsi, metrics.gmsd, metrics.mdsi):
+        with pytest.raises(metrics.MetricUnavailableError, match=r'pip install "dreamsr\[perceptual\]"') as err:
+            fn(x, x)
+        assert "'piq'" in str(err.value) and "\n" not in str(err.value)
+    assert metrics.hf_ratio(x, x) == 1.0
+
+
 # ---------------------------------------------------------------- consistency
 def test_consistency_is_mse_times_1e5_against_the_bicubic_downsample() -> None:
     hr = _photo(size=64)

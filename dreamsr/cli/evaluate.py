@@ -151,8 +151,11 @@ def evaluate(
                                         "(IDM) model's range, else the model's own \\[default: the model's, or the "
                                         "set's (celebahq 8, others 4) for bicubic/nearest]."),
     metrics: str = typer.Option("psnr,ssim,consistency", "--metrics",
-                                help="Comma-separated: psnr, ssim, vif, consistency, lpips, fid (or all); "
-                                "vif needs torchmetrics (pip install \"dreamsr\\[perceptual]\")."),
+                                help="Comma-separated: psnr, ssim, vif, haarpsi, gmsd, mdsi, hf, consistency, lpips, "
+                                "fid (or all). haarpsi (higher is better), gmsd and mdsi (lower is better): piq's "
+                                "weight-free perceptual measures on RGB; hf: high-frequency energy of SR over HR on Y "
+                                "(1 = HR, < 1 blur, > 1 noise). vif needs torchmetrics, haarpsi/gmsd/mdsi piq "
+                                "(pip install \"dreamsr\\[perceptual]\")."),
     convention: str = typer.Option("both", "--convention", help="PSNR/SSIM/VIF on rgb (whole image, SR3/DREAM code), "
                                    "y (BT.601 Y, border cropped, BasicSR) or both."),
     crop_border: Optional[int] = typer.Option(None, "--crop-border", min=0, help="Border cropped for the Y "
@@ -188,8 +191,9 @@ def evaluate(
     precision: str = typer.Option("auto", "--precision", help="auto | fp32 | bf16 | fp16."),
     compare_runs: bool = typer.Option(False, "--compare", help="Print the given summary.json files side by side."),
 ) -> None:
-    """Measure PSNR/SSIM/VIF (RGB and Y conventions), consistency, LPIPS and FID of an upscaler on a set, and write
-    metrics.csv, summary.json, summary.md and comparison grids (LR | bicubic | SR | HR).
+    """Measure PSNR/SSIM/VIF (RGB and Y conventions), HaarPSI/GMSD/MDSI, the HF ratio, consistency, LPIPS and FID
+    of an upscaler on a set, and write metrics.csv, summary.json, summary.md and comparison grids
+    (LR | bicubic | SR | HR).
 
     \b
     Examples:

@@ -28,7 +28,9 @@ whole image in one piece. Reference upscalers (``bicubic``, ``nearest``) ignore 
 
 Metrics: SR outputs are rounded to 8 bits before any metric (as the SR3/DREAM and BasicSR code measure saved
 images). Conventions: ``rgb`` = RGB on the whole image; ``y`` = BT.601 Y with ``crop_border`` (default = scale)
-cropped first (:mod:`dreamsr.metrics`). With ``samples`` K > 1 every image is super-resolved with seeds
+cropped first (:mod:`dreamsr.metrics`). VIF follows both conventions; HaarPSI, GMSD and MDSI (piq) always take the
+RGB image whole; the HF ratio always takes the ``y`` convention's luma and border. Every summary entry states its
+``direction`` (higher / lower is better; the HF ratio: 1 = as much texture as HR). With ``samples`` K > 1 every image is super-resolved with seeds
 ``seed .. seed+K-1``; the summary ``mean`` is over all images and seeds and ``std`` is the standard deviation of
 the K per-seed set means (with K = 1, ``std`` is over images).
 

@@ -22,14 +22,26 @@ import torch.nn.functional as F
 from dreamsr.errors import ConfigError, InputError
 from dreamsr.files import atomic_write, atomic_write_json, atomic_write_text, load_json, unfinite
 
-__all__ = ["METRICS", "CONVENTION_TEXT", "format_metric", "metric_label", "markdown", "write_csv", "write_summary",
-           "write_png", "write_grid", "load_summary", "compare", "compare_markdown"]
+__all__ = ["METRICS", "CONVENTION_TEXT", "DIRECTIONS", "format_metric", "metric_label", "markdown", "write_csv",
+           "write_summary", "write_png", "write_grid", "load_summary", "compare", "compare_markdown"]
 
-METRICS = ("psnr", "ssim", "vif", "consistency", "lpips", "fid")
+METRICS = ("psnr", "ssim", "vif", "haarpsi", "gmsd", "mdsi", "hf", "consistency", "lpips", "fid")
+
+#: Which way each metric is better (summary.json's ``direction`` of every entry).
+DIRECTIONS = {"psnr": "higher", "ssim": "higher", "vif": "higher", "haarpsi": "higher", "gmsd": "lower",
+              "mdsi": "lower", "hf": "1 = HR (< 1 blur, > 1 noise; not a quality score)", "consistency": "lower",
+              "lpips": "lower", "fid": "lower"}
 
 CONVENTION_TEXT = {
     "vif": "VIF-p (Sheikh & Bovik 2006, torchmetrics, sigma_n^2 = 2) on the 8-bit values in [0, 255]; RGB: mean "
            "of per-channel VIFs",
+    "haarpsi": "HaarPSI (Reisenhofer et al. 2018, piq defaults), RGB in [0, 1], whole image; higher is better, "
+               "1 = copy",
+    "gmsd": "GMSD (Xue et al. 2014, piq defaults), RGB in [0, 1], whole image; lower is better, 0 = copy",
+    "mdsi": "MDSI (Nafchi et al. 2016, piq defaults), RGB in [0, 1], whole image; lower is better, 0 = copy",
+    "hf": "HF ratio E[(Y - G*Y)^2] SR / HR, G Gaussian sigma 1.5 px (11 taps, valid region), BT.601 Y, "
+          "crop_border = {crop}; mean of per-image ratios; 1 = as much high-frequency energy as HR, < 1 blur, "
+          "> 1 noise (not a quality score)",
     "consistency": "MSE x 1e5 between LR and the bicubic-downsampled SR, RGB in [0, 1] (DREAM Table 2)",
     "lpips": "LPIPS v0.1 ({net}), inputs in [-1, 1], whole image",
     "fid": "FID, pytorch-fid InceptionV3 pool3 (2048-d), SR set vs HR set, resized to 299x299",
@@ -46,16 +58,19 @@ def format_metric(v: Any, metric: str) -> str:
         return "inf" if v > 0 else "-inf"
     if isinstance(v, float) and math.isnan(v):
         return "-"
-    digits = {"psnr": 2, "ssim": 4, "vif": 4, "lpips": 4, "fid": 2, "consistency": 3}.get(metric, 4)
+    digits = {"psnr": 2, "ssim": 4, "vif": 4, "haarpsi": 4, "gmsd": 4, "mdsi": 4, "hf": 3, "lpips": 4, "fid": 2,
+              "consistency": 3}.get(metric, 4)
     return f"{v:.{digits}f}"
 
 
 def metric_label(entry: dict[str, Any]) -> str:
-    """The row label of a summary's metric entry, e.g. "PSNR (Y)"."""
+    """The row label of a summary's metric entry, e.g. "PSNR (Y)"; the piq measures carry their direction
+    ("GMSD ↓": lower is better)."""
     m, c = entry["metric"], entry.get("convention", "rgb")
     if m in ("psnr", "ssim", "vif"):
         return f"{m.upper()} ({'Y' if c == 'y' else 'RGB'})"
-    return {"consistency": "Consistency", "lpips": "LPIPS", "fid": "FID"}[m]
+    return {"haarpsi": "HaarPSI ↑", "gmsd": "GMSD ↓", "mdsi": "MDSI ↓", "hf": "HF ratio (Y)",
+            "consistency": "Consistency", "lpips": "LPIPS", "fid": "FID"}[m]
 
 
 # ---------------------------------------------------------------------------------------------- files

@@ -21,7 +21,8 @@ import torch.nn.functional as F
 from dreamsr import metrics as M
 from dreamsr.data import data_root
 from dreamsr.errors import ConfigError, DreamSRError, InputError
-from dreamsr.jobs.evaluate.reports import CONVENTION_TEXT, METRICS, write_csv, write_grid, write_png, write_summary
+from dreamsr.jobs.evaluate.reports import (CONVENTION_TEXT, DIRECTIONS, METRICS, write_csv, write_grid, write_png,
+                                           write_summary)
 from dreamsr.jobs.evaluate.sets import PROTOCOLS, SETS, EvalItem, Protocol, resolve_set
 from dreamsr.files import dumps_json, load_json, sha256_file
 from dreamsr.images import downsample, load_rgb, resize, upsample
@@ -269,6 +270,11 @@ def _columns(metrics: Sequence[str], convention: str) -> list[tuple[str, str, st
     for m in ("psnr", "ssim", "vif"):
         if m in metrics:
             cols += [(f"{m}_{c}", m, c) for c in convs]
+    for m in M.PIQ_MEASURES:  # piq's measures: RGB, whole image, whatever the convention
+        if m in metrics:
+            cols.append((m, m, "rgb"))
+    if "hf" in metrics:  # the HF ratio: always the Y convention (its crop), whatever --convention says
+        cols.append(("hf", "hf", "y"))
     if "consistency" in metrics:
         cols.append(("consistency", "consistency", "rgb"))
     if "lpips" in metrics:
@@ -315,6 +321,12 @@ def evaluate(config: EvalConfig, out_dir: str | os.PathLike, *, progress: Progre
             M.vif_backend()
         except M.MetricUnavailableError as err:
             unavailable["vif"] = str(err)
+    for m in M.PIQ_MEASURES:
+        if m in cfg.metrics:
+            try:
+                M.piq_backend(m)
+            except M.MetricUnavailableError as err:
+                unavailable[m] = str(err)
     if "lpips" in cfg.metrics:
         try:
             lpips_fn = M.LPIPS(cfg.lpips_net, weights_dir=cfg.metric_weights, device=device)
@@ -357,6 +369,12 @@ def evaluate(config: EvalConfig, out_dir: str | os.PathLike, *, progress: Progre
             if min(hr.shape[-2:]) - 2 * border < M.VIF_MIN_SIZE and any(c[1] == "vif" for c in cols):
                 raise InputError(f"{item.hr or item.lr}: {hr.shape[-1]}x{hr.shape[-2]} leaves under "
                                  f"{M.VIF_MIN_SIZE}x{M.VIF_MIN_SIZE} px for VIF after cropping {border} px")
+            if min(hr.shape[-2:]) < M.HAARPSI_MIN_SIZE and any(c[1] == "haarpsi" for c in cols):
+                raise InputError(f"{item.hr or item.lr}: {hr.shape[-1]}x{hr.shape[-2]} is under "
+                                 f"{M.HAARPSI_MIN_SIZE}x{M.HAARPSI_MIN_SIZE} px, too small for HaarPSI")
+            if min(hr.shape[-2:]) - 2 * crop < M.HF_WINDOW and any(c[1] == "hf" for c in cols):
+                raise InputError(f"{item.hr or item.lr}: {hr.shape[-1]}x{hr.shape[-2]} leaves under "
+                                 f"{M.HF_WINDOW}x{M.HF_WINDOW} px for the HF ratio after cropping {crop} px")
         except DreamSRError as err:
             errors.append({"image": label, "error": str(err)})
             rows.append({"image": label, "sample": "", "seed": "", "error": str(err)})
@@ -390,6 +408,10 @@ def evaluate(config: EvalConfig, out_dir: str | os.PathLike, *, progress: Progre
                         row[col] = M.ssim(sr, hr, crop_border=border, y_channel=conv == "y")
                     elif metric == "vif":
                         row[col] = M.vif(sr, hr, crop_border=border, y_channel=conv == "y")
+                    elif metric in M.PIQ_MEASURES:
+                        row[col] = M.perceptual_scores(sr, hr, measures=(metric,))[metric][0]
+                    elif metric == "hf":
+                        row[col] = M.hf_ratio(sr, hr, crop_border=border)
                     elif metric == "consistency":
                         row[col] = M.consistency(sr, lr)
                     elif metric == "lpips":
@@ -440,7 +462,8 @@ def evaluate(config: EvalConfig, out_dir: str | os.PathLike, *, progress: Progre
         all_vals = [v for seed_vals in per_seed for v in seed_vals]
         mean, std_images = _mean_std(all_vals)
         entry: dict[str, Any] = {"metric": metric, "column": col, "convention": conv, "mean": mean,
-                                 "count": len(per_seed[0]) if per_seed else 0, "samples": samples}
+                                 "count": len(per_seed[0]) if per_seed else 0, "samples": samples,
+                                 "direction": DIRECTIONS[metric]}
         if metric in ("psnr", "ssim", "vif"):
             entry["crop_border"] = crop if conv == "y" else 0
             entry["convention_text"] = M.CONVENTIONS[conv].replace("= scale", f"= {crop}")
@@ -450,9 +473,14 @@ def evaluate(config: EvalConfig, out_dir: str | os.PathLike, *, progress: Progre
                                             ) + f"; {CONVENTION_TEXT['vif']}"
             entry["convention_short"] = "RGB, whole image" if conv == "rgb" else f"Y BT.601, crop {crop}"
         else:
-            entry["convention_text"] = CONVENTION_TEXT[metric].format(net=cfg.lpips_net)
-            entry["convention_short"] = {"consistency": "MSE x1e5, [0,1]",
-                                         "lpips": f"{cfg.lpips_net}, [-1,1]"}[metric]
+            if metric == "hf":
+                entry["crop_border"] = crop
+            entry["convention_text"] = CONVENTION_TEXT[metric].format(net=cfg.lpips_net, crop=crop)
+            entry["convention_short"] = {"consistency": "MSE x1e5, [0,1]", "lpips": f"{cfg.lpips_net}, [-1,1]",
+                                         "haarpsi": "piq, RGB [0,1]; higher better, 1 = copy",
+                                         "gmsd": "piq, RGB [0,1]; lower better, 0 = copy",
+                                         "mdsi": "piq, RGB [0,1]; lower better, 0 = copy",
+                                         "hf": f"Y BT.601, crop {crop}; 1 = HR, <1 blur, >1 noise"}[metric]
         if samples > 1:
             seed_means = [_mean_std(v)[0] for v in per_seed]
             entry["std"] = _mean_std(seed_means)[1]
@@ -469,6 +497,7 @@ def evaluate(config: EvalConfig, out_dir: str | os.PathLike, *, progress: Progre
         emit("FID", "fid")
         n = len(hr_feats)
         entry = {"metric": "fid", "column": "fid", "convention": "rgb", "count": n, "samples": samples,
+                 "direction": DIRECTIONS["fid"],
                  "convention_text": CONVENTION_TEXT["fid"], "convention_short": "pool3 2048-d"}
         if n < 2:
             entry.update(mean=math.nan, std=math.nan, available=False,
