@@ -526,3 +526,91 @@ def test_every_parameter_receives_a_gradient() -> None:
     for name, p in net.named_parameters():
         assert p.grad is not None and torch.isfinite(p.grad).all(), name
         assert float(p.grad.abs().sum()) > 0, f"{name} receives no gradient (dead weight?)"
+
+
+# --------------------------------------------------------------------------------------------------
+# the encoder's nearest-resize rule (issue 26): the release's float32 index, at every size
+# --------------------------------------------------------------------------------------------------
+
+def release_nearest(n_in: int, n_out: int) -> torch.Tensor:
+    """The index F.interpolate(mode="nearest") computes for an (n_in -> n_out) axis, written with numpy float32:
+    src = min(floor(float32(i) * (float32(n_in) / float32(n_out))), n_in - 1)."""
+    import numpy as np
+
+    scale = np.float32(n_in) / np.float32(n_out)
+    i = np.arange(n_out, dtype=np.float32)
+    return torch.from_numpy(np.minimum(np.floor(i * scale).astype(np.int64), n_in - 1))
+
+
+def test_the_release_rule_is_interpolates_index_and_differs_from_the_exact_one_where_stated() -> None:
+    differ = []
+    for n_in in range(8, 65):
+        for n_out in range(n_in, 8 * n_in + 1):
+            ours = nearest_indices(n_in, n_out, rule="release")
+            assert torch.equal(ours, release_nearest(n_in, n_out)), (n_in, n_out)
+            if not torch.equal(ours, nearest_indices(n_in, n_out)):
+                differ.append((n_in, n_out))
+    assert len(differ) == 354 and (16, 82) in differ  # issue 26's count for LR 8-64 px, up to x8
+    for n_in, n_out in differ[::25] + [(16, 82)]:  # the release's own call picks the same rows
+        ramp = torch.arange(n_in).float().view(1, 1, 1, -1)
+        assert torch.equal(nearest_indices(n_in, n_out, rule="release"),
+                           F.interpolate(ramp, (1, n_out)).view(-1).long())
+    assert int(nearest_indices(16, 82, rule="release")[41]) == 7 and int(nearest_indices(16, 82)[41]) == 8
+
+
+@pytest.mark.parametrize("scale", [2.5, 5.125, 3.0, 8.0])
+def test_a_tile_slices_the_whole_images_release_index_vector(scale: float) -> None:
+    """An aligned tile at LR offset o with a 1 px halo reads, at each output position, the LR pixel the whole
+    image's release index picks (relative to its halo'd input); some tile start picks the pixel before it."""
+    unit_lr, unit_hr = tile_unit(scale, 2)
+    n_lr = 8 * unit_lr
+    whole = release_nearest(n_lr, int(n_lr * scale))
+    before = 0
+    for k in range(1, 7):
+        origin, t_lr = k * unit_lr, unit_lr * 2
+        t_hr = int(t_lr * scale)
+        tile = nearest_indices(t_lr + 1, t_hr, rule="release", origin=origin, halo=1)
+        hr0 = int(origin * scale)
+        assert torch.equal(tile - 1 + origin, whole[hr0:hr0 + t_hr])
+        before += int(tile[0]) == 0
+        assert torch.equal(nearest_indices(t_lr + 1, t_hr, origin=origin, halo=1),  # the exact rule: equivariant
+                           torch.arange(t_hr) * t_lr // t_hr + 1)
+    if scale == 5.125:
+        assert before > 0  # the halo is needed: e.g. 16 -> 82 at row 41 reads LR 7
+        with pytest.raises(InputError, match="needs a halo"):
+            for k in range(1, 7):
+                nearest_indices(unit_lr * 2, int(unit_lr * 2 * scale), rule="release", origin=k * unit_lr)
+
+
+# the sizes issue 26 names: x8, x2.5, x5.125 (where the rules differ) and a non-square 20x16 -> 50x40
+@pytest.mark.parametrize("lr_hw, hr_hw", [((8, 8), (64, 64)), ((8, 8), (20, 20)), ((16, 16), (82, 82)),
+                                          ((20, 16), (50, 40))])
+def test_a_converted_release_file_gives_the_released_eps(lr_hw: tuple[int, int], hr_hw: tuple[int, int]) -> None:
+    cfg = IDMConfig(inner_channels=8, channel_mults=(1, 2, 2), res_blocks=1, attention_levels=(1,), dropout=0.0,
+                    norm_groups=4, encoder_channels=8, encoder_blocks=2, mlp_hidden=12, max_scale=8.0)
+    state = random_state(released_shapes(cfg), seed=5)
+    conv = convert_release(state, cfg)
+    assert conv.config.resize_rule == "release" and IDMConfig.from_dict(conv.config.to_dict()) == conv.config
+    net = IDMNet(conv.config).eval()
+    net.load_state_dict(conv.state_dict, strict=True)
+    g = torch.Generator().manual_seed(6)
+    y_t = torch.randn(2, 3, *hr_hw, generator=g)
+    lr = torch.rand(2, 3, *lr_hw, generator=g) * 2 - 1
+    gamma = torch.tensor([0.4, 0.8])
+    scale = derived_scale(hr_hw, lr_hw)
+    p = (scale - cfg.min_scale) / (cfg.max_scale - cfg.min_scale)
+    with torch.no_grad():
+        ours = net(y_t, lr, gamma)
+        ref = ref_release_forward(state, cfg, y_t, lr, p, gamma)
+        exact = IDMNet(cfg).eval()
+        exact.load_state_dict(conv.state_dict, strict=True)
+        other = exact(y_t, lr, gamma)
+    err = float((ours - ref).abs().max())
+    assert err < 1e-4, err
+    if hr_hw == (82, 82):  # the exact rule is another network here (row/column 41 reads LR 8, not 7)
+        assert float((other - ref).abs().max()) > 1e-2
+    # the rule travels in the config: a file without the field is the exact rule
+    legacy = {k: v for k, v in conv.config.to_dict().items() if k != "resize_rule"}
+    assert IDMConfig.from_dict(legacy).resize_rule == "exact"
+    with pytest.raises(ConfigError, match="resize_rule must be one of exact, release"):
+        IDMConfig(resize_rule="torch")

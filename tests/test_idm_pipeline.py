@@ -3,6 +3,7 @@ that agree with the untiled run, clear refusals outside the range and for mismat
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -55,6 +56,56 @@ def test_aligned_tiles_agree_with_the_untiled_run(scale: float, sampler: str) ->
     # the grid really had several tiles, with offsets in phase with the scale
     unit, _ = up.family.unit(up.info.network, scale)
     assert len(make_grid(-(-21 // unit) * unit, -(-30 // unit) * unit, 8 // unit * unit or unit, 4)) > 1
+
+
+class ReleaseRuleStandIn(nn.Module):
+    """The same per-pixel stand-in under the release's nearest rule (issue 26): each output pixel at *global*
+    position g reads LR pixel floor(float32(g) * float32(h / H)) (numpy float32, written here), which is not
+    shift-equivariant; the pipeline tells it the tile's LR origin and gives it a 1 px halo above/left."""
+
+    halo = 1
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.read_before = 0  # tile positions that read the LR pixel before the tile's own
+
+    def lookup(self, n_in: int, n_out: int, origin: int, halo: int) -> torch.Tensor:
+        import numpy as np
+
+        scale = np.float32(n_in - halo) / np.float32(n_out)
+        g = np.arange(n_out, dtype=np.float32) + np.float32(origin * n_out // (n_in - halo))
+        idx = torch.from_numpy(np.floor(g * scale).astype(np.int64)) - origin + halo
+        self.read_before += int((idx < halo).sum())
+        return idx
+
+    def forward(self, y_t: torch.Tensor, cond: torch.Tensor, gamma: torch.Tensor, *,
+                origin: list[tuple[int, int]] | None = None, halo: int = 0) -> torch.Tensor:
+        assert halo == 1 and origin is not None and len(origin) == y_t.shape[0]
+        out = []
+        for b, (oy, ox) in enumerate(origin):
+            iy = self.lookup(cond.shape[-2], y_t.shape[-2], oy, halo)
+            ix = self.lookup(cond.shape[-1], y_t.shape[-1], ox, halo)
+            c = cond[b].index_select(-2, iy).index_select(-1, ix)
+            g = gamma[b].to(y_t.dtype)
+            out.append(torch.tanh(0.7 * y_t[b] - 0.3 * c) * (1 - g) + 0.5 * y_t[b] * g)
+        return torch.stack(out)
+
+
+@pytest.mark.parametrize("scale", [2.5, 5.125, 4.0])
+def test_aligned_tiles_agree_with_the_untiled_run_under_the_release_rule(scale: float) -> None:
+    info = CheckpointInfo(network=replace(preset("tiny"), max_scale=8.0, resize_rule="release"),
+                          diffusion=DiffusionConfig(), scale=4, family="idm")
+    net = ReleaseRuleStandIn()
+    up = Upscaler(net, info, device="cpu", precision="fp32")
+    lr = torch.rand(3, 21, 30, generator=torch.Generator().manual_seed(1))
+    whole = up.upscale(lr, scale=scale, steps=3, tile=0, seed=3, merge="step")
+    net.read_before = 0
+    tiled = up.upscale(lr, scale=scale, steps=3, tile=8, overlap=4, batch=3, seed=3)
+    assert torch.allclose(tiled, whole, atol=1e-5), float((tiled - whole).abs().max())
+    unit, _ = up.family.unit(up.info.network, scale)
+    assert len(make_grid(-(-21 // unit) * unit, -(-30 // unit) * unit, max(unit, 8 // unit * unit), 4)) > 1
+    if scale == 5.125:
+        assert net.read_before > 0  # some tile start really reads the pixel before it (the halo matters)
 
 
 def test_network_sees_lr_tiles_at_the_exact_scale() -> None:

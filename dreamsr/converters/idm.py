@@ -11,6 +11,8 @@ named dropped module, the 13 buffers give the schedule. :func:`convert_release` 
 unexpected key, missing key or wrong shape is a :class:`~dreamsr.errors.CheckpointError` naming it.
 :func:`read_release` reads a file with ``torch.load(weights_only=True)`` (nothing is unpickled).
 :func:`write_release` is ``dreamsr weights convert --from idm``: a released file -> one self-describing checkpoint.
+A converted network uses the release's nearest-resize rule in its LR encoder (``IDMConfig.resize_rule = "release"``:
+the index ``F.interpolate(mode="nearest")`` computes in float32, at every size).
 
 Dropped (present in the file, never influencing the output):
 - ``imnet.*``: the diffusion-level LIIF MLP, passed to GaussianDiffusion but never called;
@@ -25,7 +27,7 @@ Dropped (present in the file, never influencing the output):
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Mapping
 
@@ -240,9 +242,11 @@ def convert_release(state: Mapping[str, torch.Tensor], config: IDMConfig | None 
     """Map a released IDM generator state dict onto :class:`IDMNet` (``config``, default the "face" preset).
 
     Every key must be one the layout names (used, dropped or a schedule buffer) and every one must be present;
-    each used tensor must have the shape ``IDMNet(config)`` expects. Errors name the offending key.
+    each used tensor must have the shape ``IDMNet(config)`` expects. Errors name the offending key. The returned
+    config uses the release's nearest-resize rule (``resize_rule="release"``: the index its ``F.interpolate``
+    computes, at every size), whatever ``config`` said.
     """
-    c = config or PRESETS["face"]
+    c = replace(config or PRESETS["face"], resize_rule="release")
     layout = release_layout(c)
     if not isinstance(state, Mapping) or not all(isinstance(k, str) and isinstance(v, torch.Tensor)
                                                  for k, v in state.items()):
@@ -318,7 +322,7 @@ def write_release(src: str | os.PathLike, dst: str | os.PathLike, *, config: IDM
     every released module left out and why.
     """
     src, dst = Path(src), Path(dst)
-    c = config or PRESETS["face"]
+    c = replace(config or PRESETS["face"], resize_rule="release")  # the release's F.interpolate index, every size
     family = get_family("idm")
     native = RELEASE_SCALE if scale is None else int(scale)
     lo, hi = family.scales(c, native)
@@ -343,7 +347,7 @@ def write_release(src: str | os.PathLike, dst: str | os.PathLike, *, config: IDM
     with torch.device("meta"):  # the released tensors become the network's (no second copy in memory)
         net = IDMNet(c)
     net.load_state_dict(conv.state_dict, strict=True, assign=True)
-    is_release = c == PRESETS["face"]
+    is_release = c == replace(PRESETS["face"], resize_rule="release")
     training = {
         "task": task or ("face" if is_release else "general"),
         "converted_from": src.name,

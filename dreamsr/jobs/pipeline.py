@@ -182,10 +182,12 @@ class Upscaler:
         opts.check_chain(self.process.chain)
         return opts
 
-    def _predict(self, y_t: torch.Tensor, cond: torch.Tensor, level: torch.Tensor) -> torch.Tensor:
+    def _predict(self, y_t: torch.Tensor, cond: torch.Tensor, level: torch.Tensor,
+                 origin: list[tuple[int, int]] | None = None) -> torch.Tensor:
         """One network call on a tile batch: y_t [n, C, th, tw], cond [n, C', ...] float32, level [n] ->
         prediction [n, C, th, tw] float32. Tiles whose sides are not multiples of the network's size multiple
-        are padded by reflection (the condition by the same fraction of its size) and the prediction cropped."""
+        are padded by reflection (the condition by the same fraction of its size) and the prediction cropped.
+        ``origin`` (only with a :meth:`_halo`): the tiles' LR offsets; ``cond`` then carries the halo."""
         th, tw = y_t.shape[-2:]
         m = self.size_multiple
         ph, pw = (-th) % m, (-tw) % m
@@ -197,7 +199,10 @@ class Upscaler:
             y_t = y_t.contiguous(memory_format=torch.channels_last)
             cond = cond.contiguous(memory_format=torch.channels_last)
         with autocast(self.device, self.precision):
-            out = self.model(y_t, cond, level)
+            if origin is None:
+                out = self.model(y_t, cond, level)
+            else:  # a network whose LR lookups depend on the tile's place (IDM under the release's resize rule)
+                out = self.model(y_t, cond, level, origin=origin, halo=self._halo())
         return out.float()[..., :th, :tw].contiguous()
 
     def back_projection(self, up: torch.Tensor, lr: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:
@@ -342,6 +347,25 @@ class Upscaler:
         """The grid the family's condition is cut with."""
         return {"hr": hgrid, "lr": grid, "signal": sgrid}[self.family.cond_grid]
 
+    def _halo(self) -> int:
+        """LR pixels an LR-condition tile carries above and left of its own (the network's ``halo``: IDM under
+        the release's resize rule reads the whole image's nearest-index vector, which may pick the pixel before
+        a tile); 0 for every other network."""
+        return int(getattr(self.model, "halo", 0)) if self.family.cond_grid == "lr" else 0
+
+    def _cut_cond(self, cond: torch.Tensor, cgrid: TileGrid, idx: list[int]
+                  ) -> tuple[torch.Tensor, list[tuple[int, int]] | None]:
+        """Tiles ``idx`` of the whole condition ``cond`` [C', H', W'] and their origins: with a :meth:`_halo`, each
+        tile extended by it above and left (reflection at the image's top/left border) and its (y, x) offset;
+        else the plain cut and None."""
+        halo = self._halo()
+        if halo == 0:
+            return split(cond, cgrid, idx), None
+        padded = torch.nn.functional.pad(cond[None], (halo, 0, halo, 0), mode="reflect")[0]
+        boxes = [cgrid.boxes()[k] for k in idx]
+        tiles = torch.stack([padded[:, y:y + cgrid.tile_h + halo, x:x + cgrid.tile_w + halo] for y, x in boxes])
+        return tiles, boxes
+
     def _sample_step(self, up_p: torch.Tensor, lr_p: torch.Tensor, grid: TileGrid, hgrid: TileGrid,
                      sgrid: TileGrid, opts: SamplingOptions, tick: Callable[[], None]) -> torch.Tensor:
         """Step-blend mode: the whole padded image is one sample (in the process's signal space, cut by ``sgrid``);
@@ -359,7 +383,8 @@ class Upscaler:
         def model_fn(y_t: torch.Tensor, level: torch.Tensor) -> torch.Tensor:
             out = torch.zeros_like(y_t[0])
             for idx in chunks:
-                e = self._predict(split(y_t, sgrid, idx), split(cond, cgrid, idx), level[:1].expand(len(idx)))
+                cond_t, origin = self._cut_cond(cond, cgrid, idx)
+                e = self._predict(split(y_t, sgrid, idx), cond_t, level[:1].expand(len(idx)), origin)
                 accumulate(out, e, sgrid, idx, weights)  # feathered blend, weights sum to 1
                 tick()
             return out.unsqueeze(0)
@@ -383,9 +408,13 @@ class Upscaler:
             noise = torch.stack([torch.randn(tuple(anchor.shape[1:]), generator=g, dtype=torch.float32)
                                  for g in gens]).to(self.device)
             cond_t = fam.condition(lr_t, up_t, tuple(anchor.shape[-2:]))
+            origin = None
+            if self._halo():  # an LR condition: the LR image's tiles with their halo
+                cond_t, origin = self._cut_cond(lr_p, grid, idx)
 
-            def model_fn(y_t: torch.Tensor, level: torch.Tensor, cond_t: torch.Tensor = cond_t) -> torch.Tensor:
-                e = self._predict(y_t, cond_t, level)
+            def model_fn(y_t: torch.Tensor, level: torch.Tensor, cond_t: torch.Tensor = cond_t,
+                         origin: list[tuple[int, int]] | None = origin) -> torch.Tensor:
+                e = self._predict(y_t, cond_t, level, origin)
                 tick()
                 return e
 

@@ -33,10 +33,17 @@ implicit upsampler queries exactly the next skip's size. ``config.size_multiple`
 tiling: a tile is computed like the same region of the whole image only if every level's grid is in phase, i.e.
 tile offsets and sizes on the output are multiples of ``size_multiple`` and the LR/HR ratio is exactly the scale.
 :func:`tile_unit` / :func:`align_tiling` / :func:`aligned_lr_length` pick such LR tiles for a (possibly non-integer)
-scale. The encoder's resize uses exact integer nearest indices ``floor(i * h / H)`` (shift-equivariant for aligned
-tiles); PyTorch's ``F.interpolate(mode="nearest")``, used by the release, computes the same index in float32 and
-differs from it at a few exact-integer points of some non-integer ratios (e.g. 14 -> 46, row 23: 6 instead of 7);
-at integer scales they agree.
+scale.
+
+**The encoder's nearest resize** has two rules (:data:`RESIZE_RULES`, the config's ``resize_rule``, stored in every
+checkpoint): ``"exact"``, the integer index ``floor(i * h / H)`` (shift-equivariant for aligned tiles; dreamsr's own
+networks, and a file without the field), and ``"release"``, the index the release's ``F.interpolate(mode="nearest")``
+computes, ``min(floor(float32(i) * float32(h / H)), h - 1)`` in float32 arithmetic, which differs from the exact
+one at some exact-integer points of non-integer ratios (354 of the 14,421 LR 8-64 px, up-to-x8 size pairs; e.g.
+16 -> 82, row 41: 7 instead of 8). Released weights use ``"release"``. That index is a function of the *global*
+output row, not shift-equivariant, so a tile under the release rule is told where it lies (``origin``, its LR
+offset in the whole image) and reads the slice of the whole image's index vector; it may need the LR row just
+above (left of) its own, which the pipeline supplies as a one-pixel ``halo`` (:func:`nearest_indices`).
 
 Pure PyTorch: the release's CUDA ``fused_leaky_relu`` is ``leaky_relu(x + b, 0.2) * sqrt(2)`` (computed in float32,
 as the release casts), its ``upfirdn2d`` blur a depthwise 3x3 conv with zero padding 1.
@@ -59,7 +66,11 @@ from dreamsr.families.sr3.unet import Block, NoiseLevelEmbedding
 
 __all__ = ["IDMConfig", "IDMNet", "PRESETS", "preset", "LREncoder", "ConditionPyramid", "ImplicitUpsampler",
            "EqualConv2d", "EqualLinear", "Blur", "scaled_leaky_relu", "nearest_indices", "query_indices",
-           "output_size", "derived_scale", "scale_fraction", "tile_unit", "align_tiling", "aligned_lr_length"]
+           "output_size", "derived_scale", "scale_fraction", "tile_unit", "align_tiling", "aligned_lr_length",
+           "RESIZE_RULES"]
+
+# the LR encoder's nearest-resize index rules (module docstring): exact integers, and the release's float32 one
+RESIZE_RULES: tuple[str, ...] = ("exact", "release")
 
 SQRT2 = math.sqrt(2.0)
 NEGATIVE_SLOPE = 0.2  # StyleGAN2's leaky ReLU slope
@@ -81,6 +92,7 @@ class IDMConfig:
     mlp_hidden: int = 256  # hidden width of each implicit upsampler's 2-layer MLP
     min_scale: float = 1.0  # the trained scale range: p = (s - min_scale) / (max_scale - min_scale) in [0, 1]
     max_scale: float = 8.0
+    resize_rule: str = "exact"  # encoder's nearest resize: "exact" (dreamsr's networks) or "release" (released weights)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "channel_mults", tuple(int(m) for m in self.channel_mults))
@@ -105,6 +117,9 @@ class IDMConfig:
             if (self.inner_channels * mult) % self.norm_groups:
                 raise ConfigError(f"IDMConfig: norm_groups={self.norm_groups} does not divide "
                                   f"{self.inner_channels * mult} channels")
+        if self.resize_rule not in RESIZE_RULES:
+            raise ConfigError(f"IDMConfig: resize_rule must be one of {', '.join(RESIZE_RULES)}, "
+                              f"got {self.resize_rule!r}")
         if not (math.isfinite(self.min_scale) and math.isfinite(self.max_scale)
                 and 0.0 < self.min_scale < self.max_scale):
             raise ConfigError(f"IDMConfig: need 0 < min_scale < max_scale, got {self.min_scale}, {self.max_scale}")
@@ -335,9 +350,40 @@ class StyleConv(nn.Module):
         return self.act(self.conv(x))
 
 
-def nearest_indices(n_in: int, n_out: int, device: torch.device | str | None = None) -> torch.Tensor:
-    """Source index floor(i * n_in / n_out) of each of ``n_out`` nearest-resized positions, exact integers [n_out]."""
-    return torch.div(torch.arange(n_out, device=device) * n_in, n_out, rounding_mode="floor")
+def nearest_indices(n_in: int, n_out: int, device: torch.device | str | None = None, *, rule: str = "exact",
+                    origin: int = 0, halo: int = 0) -> torch.Tensor:
+    """Source index [n_out] (int64) of each of ``n_out`` nearest-resized positions along an axis of ``n_in``.
+
+    ``rule`` (:data:`RESIZE_RULES`): ``"exact"``, floor(i * n_in / n_out) in integers; ``"release"``, PyTorch's
+    ``F.interpolate(mode="nearest")`` index min(floor(float32(i) * float32(n_in / n_out)), n_in - 1), the float32
+    division and product of its CPU and CUDA kernels.
+
+    For a tile: ``origin`` is the tile's LR offset in the whole image (its output offset is origin * n_out / n_in,
+    which must be whole: an aligned tile), and the input carries ``halo`` extra LR pixels before the tile's own
+    (n_in counts them). The result is the whole image's index vector at the tile's output positions, relative to
+    the tile's input (halo included): for ``"exact"`` the same as an untiled axis; for ``"release"`` the global
+    float32 rule (the ratio n_in / n_out of an aligned tile is the image's), which at the tile's first position
+    may pick the LR pixel before the tile (index ``halo - 1``: a tile needs ``halo >= 1`` under this rule).
+    """
+    if rule not in RESIZE_RULES:
+        raise ConfigError(f"unknown nearest-resize rule {rule!r}; one of {', '.join(RESIZE_RULES)}")
+    n_own = n_in - halo
+    if n_own < 1 or n_out < 1 or halo < 0 or origin < 0:
+        raise InputError(f"cannot resize {n_in} px (halo {halo}) to {n_out} px at origin {origin}")
+    if rule == "exact" or (origin == 0 and halo == 0 and n_out in (n_own, 2 * n_own)):
+        idx = torch.div(torch.arange(n_out, device=device) * n_own, n_out, rounding_mode="floor")
+        return idx + halo
+    out0, rem = divmod(origin * n_out, n_own)
+    if rem:
+        raise InputError(f"a tile at LR offset {origin} of {n_own} -> {n_out} px is not aligned to the scale")
+    ratio = torch.tensor(n_own, dtype=torch.float32) / torch.tensor(n_out, dtype=torch.float32)  # float32, as torch
+    g = torch.arange(out0, out0 + n_out, dtype=torch.float64).to(torch.float32)  # exact below 2^24
+    idx = torch.floor(g * ratio).long() - origin
+    idx = idx.clamp(max=n_own - 1) + halo
+    if int(idx.min()) < 0:
+        raise InputError(f"the release's nearest resize reads the LR pixel before this tile (origin {origin}); "
+                         f"the tile needs a halo of 1 px")
+    return idx.to(device)
 
 
 class EDSRBlock(nn.Module):
@@ -359,23 +405,42 @@ class LREncoder(nn.Module):
     head conv, blocks, body conv + global skip (at h x w), nearest resize of the features to (H, W), tail conv.
     """
 
-    def __init__(self, channels: int, feats: int, blocks: int) -> None:
+    def __init__(self, channels: int, feats: int, blocks: int, resize_rule: str = "exact") -> None:
         super().__init__()
+        if resize_rule not in RESIZE_RULES:
+            raise ConfigError(f"unknown nearest-resize rule {resize_rule!r}; one of {', '.join(RESIZE_RULES)}")
+        self.resize_rule = resize_rule
         self.head = nn.Conv2d(channels, feats, 3, padding=1)
         self.blocks = nn.ModuleList(EDSRBlock(feats) for _ in range(blocks))
         self.body_conv = nn.Conv2d(feats, feats, 3, padding=1)
         self.tail = nn.Conv2d(feats, channels, 3, padding=1)
 
-    def forward(self, lr: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    def forward(self, lr: torch.Tensor, size: tuple[int, int],
+                origin: Sequence[tuple[int, int]] | None = None, halo: int = 0) -> torch.Tensor:
+        """``origin``: per sample, the (y, x) LR offset of the tile in the whole image (None: untiled, all 0);
+        ``lr`` carries ``halo`` extra pixels above and left of each tile (:func:`nearest_indices`)."""
         x = self.head(lr)
         res = x
         for block in self.blocks:
             res = block(res)
         res = self.body_conv(res) + x  # global skip
         h, w = res.shape[-2:]
-        rows = nearest_indices(h, int(size[0]), res.device)
-        cols = nearest_indices(w, int(size[1]), res.device)
-        res = res.index_select(2, rows).index_select(3, cols)  # nearest resize to the output size
+        origins = [(0, 0)] * res.shape[0] if origin is None else [tuple(o) for o in origin]
+        if len(origins) != res.shape[0]:
+            raise InputError(f"{len(origins)} tile origins for a batch of {res.shape[0]}")
+        out = []
+        for key in dict.fromkeys(origins):  # one index vector per distinct origin
+            rows = nearest_indices(h, int(size[0]), res.device, rule=self.resize_rule, origin=key[0], halo=halo)
+            cols = nearest_indices(w, int(size[1]), res.device, rule=self.resize_rule, origin=key[1], halo=halo)
+            which = [b for b, o in enumerate(origins) if o == key]
+            part = res[which] if len(which) < len(origins) else res
+            out.append((which, part.index_select(2, rows).index_select(3, cols)))  # nearest resize
+        if len(out) == 1:
+            res = out[0][1]
+        else:
+            res = res.new_empty(res.shape[0], res.shape[1], int(size[0]), int(size[1]))
+            for which, part in out:
+                res[which] = part
         return self.tail(res)
 
 
@@ -494,6 +559,9 @@ class IDMNet(nn.Module):
     - cond [B, C, h, w]: the LR image in [-1, 1] (h <= H, w <= W);
     - gamma [B]: sqrt(ᾱ) in [0, 1];
     - scale: the scale factor s (float, or tensor [B]); None derives it from the shapes (:func:`derived_scale`).
+    - origin, halo (tiles; the pipeline passes them when :attr:`halo` > 0): per sample the tile's (y, x) LR
+      offset in the whole image, and the extra LR pixels ``cond`` carries above and left of the tile (cropped from
+      everything but the encoder's nearest resize, which may read them under the release rule).
       Must lie in [min_scale, max_scale]; p = (s - min_scale) / (max_scale - min_scale) drives the modulation.
     Returns eps [B, C, H, W].
     """
@@ -503,7 +571,7 @@ class IDMNet(nn.Module):
         self.config = config
         c = config
         emb_dim = c.inner_channels
-        self.encoder = LREncoder(c.channels, c.encoder_channels, c.encoder_blocks)
+        self.encoder = LREncoder(c.channels, c.encoder_channels, c.encoder_blocks, c.resize_rule)
         self.pyramid = ConditionPyramid(c)
         self.noise_embed = NoiseLevelEmbedding(emb_dim, 1.0)
         self.head = nn.Conv2d(2 * c.channels, c.inner_channels, 3, padding=1)
@@ -538,6 +606,11 @@ class IDMNet(nn.Module):
 
         self.tail = nn.Sequential(nn.GroupNorm(c.norm_groups, ch), nn.SiLU(), nn.Conv2d(ch, c.channels, 3, padding=1))
 
+    @property
+    def halo(self) -> int:
+        """LR pixels a tile needs above and left of its own (1 under the release's resize rule, else 0)."""
+        return 1 if self.config.resize_rule == "release" else 0
+
     def scale_p(self, y_t: torch.Tensor, cond: torch.Tensor,
                 scale: float | torch.Tensor | None) -> torch.Tensor:
         """Validated scale scalar p [B] (float32, on y_t's device) for this call."""
@@ -560,7 +633,8 @@ class IDMNet(nn.Module):
         return torch.full((b,), c.scale_p(scale), device=y_t.device, dtype=torch.float32)
 
     def forward(self, y_t: torch.Tensor, cond: torch.Tensor, gamma: torch.Tensor,
-                scale: float | torch.Tensor | None = None) -> torch.Tensor:
+                scale: float | torch.Tensor | None = None, *,
+                origin: Sequence[tuple[int, int]] | None = None, halo: int = 0) -> torch.Tensor:
         c = self.config
         if y_t.dim() != 4 or cond.dim() != 4 or y_t.shape[1] != c.channels or cond.shape[1] != c.channels:
             raise InputError(f"IDM expects y_t [B, {c.channels}, H, W] and the LR image [B, {c.channels}, h, w], "
@@ -568,9 +642,11 @@ class IDMNet(nn.Module):
         if cond.shape[0] != y_t.shape[0]:
             raise InputError(f"batch sizes differ: y_t {y_t.shape[0]}, LR {cond.shape[0]}")
         big_h, big_w = y_t.shape[-2:]
-        p = self.scale_p(y_t, cond, scale)
+        if halo < 0 or halo >= min(cond.shape[-2:]):
+            raise InputError(f"halo {halo} does not fit an LR tile of {tuple(cond.shape[-2:])}")
+        p = self.scale_p(y_t, cond[..., halo:, halo:], scale)
 
-        x_con = self.encoder(cond, (big_h, big_w))  # coarse HR image at the output size
+        x_con = self.encoder(cond, (big_h, big_w), origin, halo)  # coarse HR image at the output size
         modulation = self.pyramid(x_con, p)  # levels 1..L-1
         emb = self.noise_embed(gamma)
         h = self.head(torch.cat([x_con, y_t], dim=1))  # the release's order: condition first
