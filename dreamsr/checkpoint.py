@@ -11,36 +11,59 @@ family's config JSON), ``diffusion`` (the process's config JSON), ``scale`` (int
 ``training`` (JSON: p, steps, dataset, ...), ``sampling`` (recommended sampling, JSON), ``dreamsr_version``.
 Files written before families existed have no ``family``/``process`` and call the network config ``unet``: they
 load as ``sr3``/``gaussian``.
+
+A checkpoint is untrusted input (docs/security.md). Before any network, schedule or buffer is built, the metadata
+is checked (:meth:`CheckpointInfo.from_metadata`): every config value against its field's type, every number
+against :data:`LIMITS` (sizes no real model reaches, named in the error); then (:func:`check_layout`) the network
+is built on PyTorch's ``meta`` device (no memory) and its tensor names and shapes are compared with the file's
+header, so a config that describes another network than the tensors stored is refused without allocating it.
+Only then are the tensors read; a NaN or inf in any of them is refused naming the tensor.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
+import re
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, Callable, Mapping
 
 import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
-
-from typing import Any
-
 from torch import nn
+from torch.nn.modules.module import register_module_parameter_registration_hook
 
-from dreamsr.errors import CheckpointError, ConfigError
+from dreamsr.config import check_types
+from dreamsr.errors import CheckpointError, ConfigError, OutputError, OutputExistsError
 from dreamsr.families import get_family
-from dreamsr.files import atomic_write_to
-from dreamsr.options import RECOMMENDABLE
+from dreamsr.files import TempFileError, atomic_write_to
+from dreamsr.options import RECOMMENDABLE, SamplingOptions
 from dreamsr.processes import build_process, get_process, process_config
 
 __all__ = ["CheckpointInfo", "save_checkpoint", "load_checkpoint", "load_state_strict", "read_info", "FORMAT",
-           "FORMAT_VERSION"]
+           "FORMAT_VERSION", "LIMITS", "check_layout", "check_finite", "write_output"]
 
 FORMAT = "dreamsr.checkpoint"
 FORMAT_VERSION = "1"
 TRAIN_STATE_FORMAT = "dreamsr.jobs.train-state"  # dreamsr.jobs.train.STATE_FORMAT (training states, not models)
 _STORE_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+# Sizes a checkpoint's metadata may give: far above every real model (the largest shipped or converted ones:
+# ResShift v1, 175 M values, widths up to 640; SR3/IDM T = 2000, x8), far below what would exhaust a machine.
+LIMITS: dict[str, int] = {
+    "scale": 16,  # the native factor, and an IDM network's min_scale/max_scale
+    "steps": 100_000,  # a trained chain T (num_steps) and recommended sampling steps / start
+    "width": 4096,  # any other number in a network or sampling config: channels, multipliers, sizes, windows
+    "depth": 64,  # blocks per level or stack (res_blocks, encoder_blocks, swin_depth, ...)
+    "levels": 8,  # entries of a per-level list (channel_mults, attention_levels, ...)
+    "parameters": 2_000_000_000,  # values of the network the config describes (compared with the file's)
+}
+_SCALE_KEYS = ("min_scale", "max_scale")
+_SCALE_TEXT = re.compile(r"[0-9]{1,6}")
 
 
 @dataclass(frozen=True)
@@ -115,49 +138,164 @@ class CheckpointInfo:
                                   f"supported by this dreamsr (expects {FORMAT_VERSION}); upgrade dreamsr")
         try:
             family, process = meta.get("family", "sr3"), meta.get("process", "gaussian")
-            network = meta["network"] if "network" in meta else meta["unet"]  # "unet": files before families
+            spec, fam = get_process(process), get_family(family)
+            network = _json(meta["network"] if "network" in meta else meta["unet"], "network")  # "unet": old files
+            diffusion = _json(meta["diffusion"], "diffusion")
+            training = _json(meta.get("training", "{}"), "training")
+            sampling = _json(meta.get("sampling", "{}"), "sampling")
+            scale_text = meta["scale"]
+            if not _SCALE_TEXT.fullmatch(scale_text):
+                raise ConfigError(f"scale must be a positive integer, got {scale_text[:20]!r}")
+            scale = int(scale_text)
+            if not 1 <= scale <= LIMITS["scale"]:
+                raise ConfigError(f"scale = {scale} is above dreamsr's limit for a checkpoint (scale: "
+                                  f"{LIMITS['scale']})" if scale else "scale must be a positive integer, got 0")
+            check_types(fam.config_type, network, "network")
+            _check_numbers(network, "network")
+            check_types(spec.config_type, diffusion, "diffusion")
+            _check_numbers(diffusion, "diffusion")
+            if not isinstance(training, dict):
+                raise ConfigError("training must be a JSON object")
+            _check_sampling(sampling)
             return cls(
                 family=family,
                 process=process,
-                network=get_family(family).config_from_dict(json.loads(network)),
-                diffusion=process_config(process, json.loads(meta["diffusion"])),
-                scale=int(meta["scale"]),
+                network=fam.config_from_dict(network),
+                diffusion=process_config(process, diffusion),
+                scale=scale,
                 color=meta.get("color", "rgb"),
-                training=json.loads(meta.get("training", "{}")),
+                training=training,
                 dreamsr_version=meta.get("dreamsr_version", ""),
-                sampling=json.loads(meta.get("sampling", "{}")),
+                sampling=sampling,
             )
-        except (KeyError, ValueError, TypeError, ConfigError, CheckpointError) as err:
-            raise CheckpointError(f"{source}: invalid checkpoint metadata ({err})") from None
+        except (KeyError, ValueError, TypeError, ArithmeticError, RecursionError, ConfigError,
+                CheckpointError) as err:
+            what = f"no {err.args[0]!r} entry" if isinstance(err, KeyError) else str(err)
+            raise CheckpointError(f"{source}: invalid checkpoint metadata ({what})") from None
 
 
-def save_checkpoint(path: str | os.PathLike, model: nn.Module, info: CheckpointInfo, *, dtype: str = "fp32"
-                    ) -> Path:
-    """Write ``model``'s weights and ``info`` to ``path`` atomically (:func:`dreamsr.files.atomic_write_to`).
+def _json(text: str, name: str) -> Any:
+    """A metadata entry's JSON value (ConfigError naming the entry)."""
+    try:
+        return json.loads(text)
+    except (ValueError, RecursionError) as err:
+        raise ConfigError(f"{name} is not valid JSON ({type(err).__name__})") from None
 
-    ``dtype`` ("fp32" | "fp16" | "bf16") is the storage precision. Returns the path written.
+
+def _check_numbers(d: Mapping[str, Any], where: str) -> None:
+    """Every number of a (type-checked) config dict within :data:`LIMITS`, by its field's name."""
+    for key, value in d.items():
+        name = f"{where}.{key}"
+        if isinstance(value, Mapping):
+            _check_numbers(value, name)
+            continue
+        values = value if isinstance(value, (list, tuple)) else [value]
+        if isinstance(value, (list, tuple)) and len(value) > LIMITS["levels"]:
+            raise ConfigError(f"{name} lists {len(value)} entries; dreamsr's limit for a checkpoint is "
+                              f"{LIMITS['levels']} levels")
+        kind = ("steps" if "steps" in key or key == "start" else "scale" if key in _SCALE_KEYS
+                else "depth" if "block" in key or "depth" in key else "width")
+        for v in values:
+            if isinstance(v, bool) or not isinstance(v, (int, float)):
+                continue
+            if not math.isfinite(v):
+                raise ConfigError(f"{name} must be a finite number, got {v}")
+            if abs(v) > LIMITS[kind]:
+                raise ConfigError(f"{name} = {v:g} is above dreamsr's limit for a checkpoint ({kind}: "
+                                  f"{LIMITS[kind]})")
+
+
+def _check_sampling(sampling: Any) -> None:
+    """A recommended sampling dict: known keys, the types and ranges :class:`SamplingOptions` takes."""
+    if not isinstance(sampling, dict):
+        raise ConfigError("sampling must be a JSON object")
+    unknown = set(sampling) - RECOMMENDABLE
+    if unknown:
+        raise ConfigError(f"unknown recommended sampling keys {sorted(unknown)}; allowed: {sorted(RECOMMENDABLE)}")
+    check_types(SamplingOptions, sampling, "sampling")
+    _check_numbers(sampling, "sampling")
+    try:
+        SamplingOptions.resolve(sampling)
+    except ConfigError as err:
+        raise ConfigError(f"recommended sampling: {err}") from None
+
+
+def write_output(path: str | os.PathLike, write: Callable[[Path], None], *, overwrite: bool = False) -> Path:
+    """Write ``path`` atomically through ``write(tmp)`` (:func:`dreamsr.files.atomic_write_to`), with every
+    operating-system error as one :class:`~dreamsr.errors.OutputError` naming the path; nothing is left behind.
+
+    Without ``overwrite`` an existing file is never replaced (:class:`~dreamsr.errors.OutputExistsError`, also
+    when one appears while writing). Returns ``path`` as a Path.
+    """
+    path = Path(path)
+    folder = path.parent if str(path.parent) else Path(".")
+    if not folder.is_dir():
+        raise OutputError(f"{folder}: output folder does not exist")
+    if path.is_dir():
+        raise OutputError(f"{path}: is a folder")
+    if not overwrite and (path.exists() or path.is_symlink()):
+        raise OutputExistsError(f"{path}: exists (use --overwrite to replace it)")
+    try:
+        return atomic_write_to(path, write, overwrite=overwrite)
+    except TempFileError as err:
+        raise OutputError(f"{folder}: cannot write to the output folder ({err.strerror or err})") from None
+    except FileExistsError:
+        raise OutputExistsError(f"{path}: exists (use --overwrite to replace it)") from None
+    except (OSError, SafetensorError) as err:
+        raise OutputError(f"{path}: cannot write ({getattr(err, 'strerror', None) or err})") from None
+
+
+def save_checkpoint(path: str | os.PathLike, model: nn.Module, info: CheckpointInfo, *, dtype: str = "fp32",
+                    overwrite: bool = True) -> Path:
+    """Write ``model``'s weights and ``info`` to ``path`` atomically (:func:`write_output`).
+
+    ``dtype`` ("fp32" | "fp16" | "bf16") is the storage precision; a tensor with a NaN or inf, or with values
+    that overflow the storage precision, is refused (CheckpointError naming it): every file written loads.
+    ``overwrite=False`` never replaces an existing file (OutputExistsError). Returns the path written.
     """
     if dtype not in _STORE_DTYPES:
         raise ConfigError(f"storage dtype must be one of {', '.join(_STORE_DTYPES)}, got {dtype!r}")
     if getattr(model, "config", None) != info.network:
         raise ConfigError("save_checkpoint: the model's config differs from info.network")
     path = Path(path)
-    tensors = {k: v.detach().to("cpu", _STORE_DTYPES[dtype]).contiguous() for k, v in model.state_dict().items()}
+    state = model.state_dict()
+    check_finite(state, "the model")
+    tensors = {k: v.detach().to("cpu", _STORE_DTYPES[dtype]).contiguous() for k, v in state.items()}
+    for k, t in tensors.items():
+        if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+            biggest = state[k].detach().abs().max().item()
+            raise CheckpointError(f"tensor {k!r} does not fit in {dtype} (values up to {biggest:.3g}); store the "
+                                  "weights as fp32 or bf16")
     metadata = info.to_metadata()
-    return atomic_write_to(path, lambda tmp: save_file(tensors, str(tmp), metadata=metadata))
+    return write_output(path, lambda tmp: save_file(tensors, str(tmp), metadata=metadata), overwrite=overwrite)
 
 
-def _open(path: Path, with_tensors: bool) -> tuple[dict[str, torch.Tensor], dict[str, str] | None]:
-    """Read metadata (and tensors if asked) of a safetensors file, with clear errors."""
+Header = dict[str, tuple[str, tuple[int, ...]]]  # tensor name -> (safetensors dtype, shape), from the header
+
+
+def _read_header(path: Path) -> tuple[dict[str, str] | None, Header]:
+    """The metadata and the tensors' dtypes and shapes of a safetensors file, reading no tensor."""
     if not path.is_file():
-        raise CheckpointError(f"checkpoint not found: {path}")
+        raise CheckpointError(f"checkpoint not found: {path}" if not path.exists() else f"{path}: not a file")
     try:
         with safe_open(str(path), framework="pt") as fh:
             meta = fh.metadata()
-            tensors = {k: fh.get_tensor(k) for k in fh.keys()} if with_tensors else {}
-    except (SafetensorError, OSError, ValueError, RuntimeError) as err:
+            header = {k: (str(fh.get_slice(k).get_dtype()), tuple(fh.get_slice(k).get_shape())) for k in fh.keys()}
+    except OSError as err:
+        raise CheckpointError(f"{path}: cannot read ({err.strerror or err})") from None
+    except (SafetensorError, ValueError, RuntimeError) as err:
         raise CheckpointError(f"{path}: not a readable safetensors file ({err}){_pickle_hint(path)}") from None
-    return tensors, meta
+    return meta, header
+
+
+def _read_tensors(path: Path) -> dict[str, torch.Tensor]:
+    try:
+        with safe_open(str(path), framework="pt") as fh:
+            return {k: fh.get_tensor(k) for k in fh.keys()}
+    except OSError as err:
+        raise CheckpointError(f"{path}: cannot read ({err.strerror or err})") from None
+    except (SafetensorError, ValueError, RuntimeError) as err:
+        raise CheckpointError(f"{path}: not a readable safetensors file ({err})") from None
 
 
 def _pickle_hint(path: Path) -> str:
@@ -174,26 +312,101 @@ def _pickle_hint(path: Path) -> str:
 
 
 def read_info(path: str | os.PathLike) -> CheckpointInfo:
-    """Read only the metadata of a checkpoint."""
-    _, meta = _open(Path(path), with_tensors=False)
-    return CheckpointInfo.from_metadata(meta, str(path))
+    """The checked metadata of a checkpoint, reading no tensor: the configs' types and :data:`LIMITS`
+    (:meth:`CheckpointInfo.from_metadata`), and the tensor names and shapes of the header against the network
+    the metadata describes (:func:`check_layout`)."""
+    path = Path(path)
+    meta, header = _read_header(path)
+    info = CheckpointInfo.from_metadata(meta, str(path))
+    check_layout(info, header, str(path))
+    return info
 
 
-def load_state_strict(model: torch.nn.Module, tensors: dict[str, torch.Tensor], source: str) -> None:
-    """Copy ``tensors`` into ``model``; any missing, unexpected or reshaped key is an error naming it."""
-    expected = model.state_dict()
-    missing = sorted(set(expected) - set(tensors))
-    unexpected = sorted(set(tensors) - set(expected))
+class _TooLarge(Exception):
+    """Raised inside a meta build once the network outgrows the file (see :func:`_expected_layout`)."""
+
+
+def _expected_layout(info: CheckpointInfo, source: str, header: Mapping[str, tuple[str, tuple[int, ...]]]
+                     ) -> dict[str, tuple[int, ...]]:
+    """Tensor names and shapes of ``info``'s network, built on the ``meta`` device (no memory is allocated).
+
+    The build stops at the first parameter that takes it far past the file's own tensors (twice their count or
+    their values, from ``header``, plus a margin) or past ``LIMITS["parameters"]``: a config describing a giant
+    network is refused after building a few modules, not all of them. (A network only a little off is built
+    whole, so that :func:`check_layout` names the first tensor that differs.)"""
+    stored = sum(math.prod(shape) for _, shape in header.values())
+    budget_values = min(2 * stored + 1_000_000, LIMITS["parameters"])
+    budget_tensors = 2 * len(header) + 64
+    seen = {"values": 0, "tensors": 0}
+    thread = threading.get_ident()
+
+    def count(module: nn.Module, name: str, param: Any) -> None:
+        if param is None or threading.get_ident() != thread:
+            return
+        seen["values"] += param.numel()
+        seen["tensors"] += 1
+        if seen["values"] > budget_values or seen["tensors"] > budget_tensors:
+            raise _TooLarge
+
+    hook = register_module_parameter_registration_hook(count)
+    try:
+        with torch.device("meta"):
+            net = info.build_network()
+        return {k: tuple(v.shape) for k, v in net.state_dict().items()}
+    except _TooLarge:
+        limit = ("" if budget_values < LIMITS["parameters"]
+                 else f"; dreamsr's limit for a checkpoint is {LIMITS['parameters']:,} parameters")
+        raise CheckpointError(f"{source}: the network config describes a network far larger than the file's "
+                              f"{len(header)} tensors of {stored:,} values{limit}") from None
+    except Exception as err:  # noqa: BLE001 - a config the dataclass accepted but a module refuses
+        first = str(err).strip().splitlines()[0][:200] if str(err).strip() else type(err).__name__
+        raise CheckpointError(f"{source}: invalid checkpoint metadata (the network config cannot be built: "
+                              f"{first})") from None
+    finally:
+        hook.remove()
+
+
+def check_layout(info: CheckpointInfo, header: Mapping[str, tuple[str, tuple[int, ...]]], source: str) -> None:
+    """CheckpointError unless the file's tensors (``header``: name -> (dtype, shape)) are exactly the floating-
+    point tensors of the network ``info`` describes, within ``LIMITS["parameters"]``: the first
+    missing, unexpected or reshaped tensor is named. Nothing but the ``meta`` device is used."""
+    expected = _expected_layout(info, source, header)
+    _compare(expected, {k: shape for k, (_, shape) in header.items()}, source)
+    for k, (dtype, _) in header.items():
+        if dtype not in ("F64", "F32", "F16", "BF16"):
+            raise CheckpointError(f"{source}: tensor {k!r} is stored as {dtype}, not floating point")
+
+
+def _compare(expected: Mapping[str, tuple[int, ...]], got: Mapping[str, tuple[int, ...]], source: str) -> None:
+    missing = sorted(set(expected) - set(got))
+    unexpected = sorted(set(got) - set(expected))
     if missing:
         raise CheckpointError(f"{source}: tensor {missing[0]!r} is missing"
                               + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""))
     if unexpected:
         raise CheckpointError(f"{source}: unexpected tensor {unexpected[0]!r}"
                               + (f" (and {len(unexpected) - 1} more)" if len(unexpected) > 1 else ""))
-    for k, v in expected.items():
-        if tuple(tensors[k].shape) != tuple(v.shape):
-            raise CheckpointError(f"{source}: tensor {k!r} has shape {tuple(tensors[k].shape)}, "
-                                  f"the model expects {tuple(v.shape)}")
+    for k, shape in expected.items():
+        if tuple(got[k]) != tuple(shape):
+            raise CheckpointError(f"{source}: tensor {k!r} has shape {tuple(got[k])}, the model expects {tuple(shape)}")
+
+
+def check_finite(tensors: Mapping[str, torch.Tensor], source: str) -> None:
+    """CheckpointError naming the first floating-point tensor that holds a NaN or an inf."""
+    for k, t in tensors.items():
+        if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+            bad = int((~torch.isfinite(t)).sum())
+            raise CheckpointError(f"{source}: tensor {k!r} holds {bad} non-finite value{'s' if bad != 1 else ''} "
+                                  "(NaN or inf); these weights are broken")
+
+
+def load_state_strict(model: torch.nn.Module, tensors: dict[str, torch.Tensor], source: str) -> None:
+    """Copy ``tensors`` into ``model``; any missing, unexpected or reshaped key, or any tensor with a NaN or inf,
+    is an error naming it."""
+    expected = model.state_dict()
+    _compare({k: tuple(v.shape) for k, v in expected.items()}, {k: tuple(t.shape) for k, t in tensors.items()},
+             source)
+    check_finite(tensors, source)
     model.load_state_dict({k: t.to(v.dtype) for k, t in tensors.items() for v in [expected[k]]}, strict=True)
 
 
@@ -201,11 +414,13 @@ def load_checkpoint(path: str | os.PathLike, *, device: str | torch.device = "cp
                     dtype: torch.dtype = torch.float32) -> tuple[nn.Module, CheckpointInfo]:
     """Build the exact network (of the checkpoint's family) its metadata describes and load its weights.
 
-    Returns ``(model, info)`` with the model in eval mode on ``device`` in ``dtype``.
+    The metadata and the header's tensor names and shapes are checked first (:func:`read_info`), so nothing is
+    built or allocated for a file that cannot load. Returns ``(model, info)`` with the model in eval mode on
+    ``device`` in ``dtype``.
     """
     path = Path(path)
-    tensors, meta = _open(path, with_tensors=True)
-    info = CheckpointInfo.from_metadata(meta, str(path))
+    info = read_info(path)
+    tensors = _read_tensors(path)
     model = info.build_network()
     load_state_strict(model, tensors, str(path))
     return model.to(device=device, dtype=dtype).eval(), info

@@ -23,6 +23,19 @@ class CheckpointError(DreamSRError):
     """A checkpoint file is not a valid dreamsr checkpoint (missing/mismatched tensor, bad metadata)."""
 
 
+class OutputError(DreamSRError):
+    """An output file cannot be written (missing or read-only folder, disk full, unencodable, one of the
+    command's own inputs)."""
+
+
+class OutputExistsError(OutputError, FileExistsError):
+    """The output file exists and replacing it was not asked for."""
+
+
+class SamplingError(DreamSRError):
+    """Sampling produced values that are no image (NaN or inf): nothing is written."""
+
+
 class ModelNotFoundError(DreamSRError):
     """No model could be resolved from the given name, path or URL."""
 

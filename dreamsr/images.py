@@ -35,7 +35,7 @@ import torch.nn.functional as F
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from dreamsr import files
-from dreamsr.errors import DreamSRError, InputError
+from dreamsr.errors import DreamSRError, InputError, OutputError, OutputExistsError
 
 __all__ = [
     "load_rgb", "resize", "downsample", "upsample", "rgb_to_y", "rgb_to_grey", "to_model", "from_model",
@@ -55,14 +55,6 @@ WRITE_FORMATS: dict[str, str] = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG",
 
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 _GREY_MODES = ("1", "L", "LA", "La", "I;16", "I;16L", "I;16B", "I;16N", "I")
-
-
-class OutputError(DreamSRError):
-    """An output file cannot be written (missing or read-only folder, disk full, unencodable)."""
-
-
-class OutputExistsError(OutputError, FileExistsError):
-    """The output file exists and replacing it was not asked for."""
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -44,6 +44,8 @@ class UNetConfig:
         object.__setattr__(self, "attention_levels", tuple(int(a) for a in self.attention_levels))
         if self.in_channels < 1 or self.out_channels < 1 or self.inner_channels < 1:
             raise ConfigError("UNetConfig: channel counts must be positive")
+        if self.norm_groups < 1:
+            raise ConfigError(f"UNetConfig: norm_groups must be at least 1, got {self.norm_groups}")
         if not self.channel_mults:
             raise ConfigError("UNetConfig: channel_mults must name at least one level")
         if self.res_blocks < 1:
