@@ -21,10 +21,17 @@ EXIT_FAILED = 1
 EXIT_USAGE = 2
 
 
+def printable(message: str) -> str:
+    """``message`` with every control character (newlines, terminal escape codes from a file's bytes or name) as a
+    visible escape such as ``\\x1b``: what a message quotes from an untrusted file never drives the terminal and
+    never breaks the one line."""
+    return "".join(ch if ch.isprintable() else ch.encode("unicode_escape").decode("ascii") for ch in message)
+
+
 def error_line(message: str, to: Console | None = None) -> None:
     """One red ``error:`` line on stderr (or on ``to``, e.g. a live progress display's console); the message is
-    printed literally (no markup), so paths keep their brackets."""
-    (to or console).print(Text.assemble(("error:", "red"), " ", message), soft_wrap=True)
+    printed literally (no markup), so paths keep their brackets, and through :func:`printable`."""
+    (to or console).print(Text.assemble(("error:", "red"), " ", printable(message)), soft_wrap=True)
 
 
 def option_message(message: str, options: dict[str, str]) -> str:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import sys
 import time
 from dataclasses import dataclass, field
@@ -281,6 +282,9 @@ def upscale(
             key = job.dst.resolve() if job.dst.parent.exists() else job.dst.absolute()
             if key in planned:
                 job.status, job.error = "failed", f"{src}: would write the same output as {planned[key]} ({job.dst})"
+            elif job.dst.exists() and os.path.samefile(job.dst, path):  # an input too: never written over
+                job.status, job.error = "failed", (f"{job.dst}: is the model's weights file; the output never "
+                                                   "replaces an input (choose another -o, --suffix or --ext)")
             else:
                 planned[key] = src
             jobs.append(job)

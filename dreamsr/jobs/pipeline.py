@@ -40,7 +40,7 @@ import torch
 from torch import nn
 
 from dreamsr.checkpoint import CheckpointInfo, load_checkpoint
-from dreamsr.errors import ConfigError, InputError
+from dreamsr.errors import ConfigError, InputError, SamplingError
 from dreamsr.families import get_family
 from dreamsr.images import (DEFAULT_MAX_PIXELS, LoadedImage, OutputExistsError, format_for_path, from_model,
                             load_image, resize, save_image, to_model)
@@ -203,7 +203,15 @@ class Upscaler:
                 out = self.model(y_t, cond, level)
             else:  # a network whose LR lookups depend on the tile's place (IDM under the release's resize rule)
                 out = self.model(y_t, cond, level, origin=origin, halo=self._halo())
-        return out.float()[..., :th, :tw].contiguous()
+        out = out.float()[..., :th, :tw].contiguous()
+        if not bool(torch.isfinite(out).all()):
+            raise SamplingError(self._non_finite("the network's prediction"))
+        return out
+
+    def _non_finite(self, what: str) -> str:
+        hint = "" if self.precision == "fp32" else "; try --precision fp32"
+        return (f"{what} holds NaN or inf values ({self.info.family} model, {self.precision}); sampling stopped "
+                f"and no image was written{hint}")
 
     def back_projection(self, up: torch.Tensor, lr: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:
         """x0_fn for the process: correct y0_hat [B, C, H, W] (signal space) so that the bicubic downsample of
@@ -290,6 +298,7 @@ class Upscaler:
         ``options`` (default: this model's recommended sampling, see :meth:`options`) with any ``given`` field
         (``steps=...``, ``seed=...``; :class:`~dreamsr.options.SamplingOptions` names them) replaced;
         ``callback(done, total)`` after every network call (``total`` counts every ensemble member's calls).
+        A prediction or a result holding NaN or inf stops sampling with :class:`~dreamsr.errors.SamplingError`.
         """
         opts = self.options(options, **given)
         s = float(self.scale if scale is None else scale)
@@ -341,6 +350,8 @@ class Upscaler:
             y = run(up_p, lr_p, grid, hgrid, sgrid, opts, tick)
         finally:
             self.model.train(was_training)
+        if not bool(torch.isfinite(y).all()):
+            raise SamplingError(self._non_finite("the sampled image"))
         return from_model(y[:, :out_h, :out_w]).to(lr_dev)
 
     def _cond_grid(self, grid: TileGrid, hgrid: TileGrid, sgrid: TileGrid) -> TileGrid:
@@ -450,7 +461,8 @@ class Upscaler:
         """Read ``src``, upscale it (:meth:`upscale_image`) and write ``dst`` atomically.
 
         ``dst``'s extension picks the format. An existing ``dst`` is refused before any work unless
-        ``overwrite``; ``dst`` may never be ``src``. Raises InputError / OutputError / ConfigError.
+        ``overwrite``; ``dst`` may never be ``src``. Raises InputError / OutputError / ConfigError, or
+        SamplingError (nothing written) when the network produces NaN or inf values.
         """
         t0 = time.perf_counter()
         src_p, dst_p = Path(src), Path(dst)
