@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import math
 import re
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -114,7 +115,9 @@ def check_idm_file(out: Path, state: dict[str, torch.Tensor], config: IDMConfig,
     assert len(sd) == len(layout.mapping)
     for src, dst in layout.mapping.items():
         assert torch.equal(sd[dst], state[src]), (src, dst)
-    assert (info.family, info.process, info.scale, info.network) == ("idm", "gaussian", scale, config)
+    assert info.network.resize_rule == "release"  # the release's F.interpolate index, at every size (issue 26)
+    assert (info.family, info.process, info.scale, info.network) == ("idm", "gaussian", scale,
+                                                                     replace(config, resize_rule="release"))
     assert info.diffusion == DiffusionConfig(num_steps=2000, beta_start=1e-6, beta_end=1e-2, target="image")
     assert info.sampling == {"steps": 2000, "sampler": "ddpm"}
     assert "the release's setting" in info.training["sampling_provenance"]
@@ -219,7 +222,7 @@ def released_unet_state(config: ResShiftUNetConfig, seed: int,
                 nw, n, _ = shape
                 window = math.isqrt(n)
                 side = window * math.isqrt(nw)
-                state[key] = shifted_window_mask(side, side, window, window // 2)
+                state[key] = shifted_window_mask(side, side, window, window // 2, rule="release")
     return {k: state[k] for k in shapes}  # the listing's order
 
 
@@ -253,7 +256,9 @@ def check_resshift_file(out: Path, unet: dict[str, torch.Tensor], ae: dict[str, 
         assert torch.equal(sd[f"first_stage.{dst}"], ae[src]), src
     assert (info.family, info.process, info.scale, info.diffusion) == ("resshift", "shift", 4, shift)
     net = info.network
-    assert (net.first_stage, net.factor, net.unet, net.vqf4) == ("vqf4", 4, unet_config, ae_config)
+    assert net.unet.mask_rule == "release"  # the release's calculate_mask, at every size (issue 26)
+    assert (net.first_stage, net.factor, net.unet, net.vqf4) == ("vqf4", 4, replace(unet_config, mask_rule="release"),
+                                                             ae_config)
     T = shift.num_steps
     tile = unet_config.image_size  # the training size in latent px = LR px at x4 with the f4 latent
     assert info.sampling == {"steps": T, "sampler": "ddpm", "tile": tile, "overlap": tile // 4}

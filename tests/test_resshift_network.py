@@ -18,7 +18,7 @@ import torch.nn.functional as F
 
 from dreamsr.errors import CheckpointError, ConfigError, InputError
 from dreamsr.families.resshift.network import (PRESETS, ResShiftUNet, ResShiftUNetConfig, SwinBlock, preset,
-                                               timestep_embedding)
+                                               shifted_window_mask, timestep_embedding)
 from dreamsr.converters.resshift import (check_latent_channels, convert_autoencoder_state, convert_release,
                                                convert_unet_state, unet_config_from_state, unwrap_state,
                                                vqf4_config_from_state)
@@ -133,7 +133,11 @@ def _direct_swin_block(block: SwinBlock, x: torch.Tensor) -> torch.Tensor:
     for i in range(h):
         for j in range(w):
             ri, rj = (i - s) % hp, (j - s) % wp  # position in the shifted map
-            info.append(((ri // win, rj // win), (band(ri, hp), band(rj, wp)), (ri % win, rj % win)))
+            if block.mask_rule == "swin":  # textbook: the row band and the column band
+                region = (band(ri, hp), band(rj, wp))
+            else:  # the release (issue 26): the row band of row (window row) * w + (column inside the window)
+                region = (band(ri // win * win + rj % win, hp), 0)
+            info.append(((ri // win, rj // win), region, (ri % win, rj % win)))
     out = torch.zeros_like(tok)
     for p in range(h * w):
         keys = [k_ for k_ in range(h * w) if info[k_][0] == info[p][0] and info[k_][1] == info[p][1]]
@@ -155,21 +159,78 @@ def _direct_swin_block(block: SwinBlock, x: torch.Tensor) -> torch.Tensor:
     return x + z
 
 
-def _swin_block(shift: int, window: int = 4, dim: int = 8, heads: int = 2, resolution: int = 8) -> SwinBlock:
-    block = SwinBlock(dim, resolution, heads, window, shift, 2.0, 4, 0.0)
+def _swin_block(shift: int, window: int = 4, dim: int = 8, heads: int = 2, resolution: int = 8,
+                rule: str = "swin") -> SwinBlock:
+    block = SwinBlock(dim, resolution, heads, window, shift, 2.0, 4, 0.0, rule)
     return _randomize(block, seed=shift + 7).double().eval()
 
 
+@pytest.mark.parametrize("rule", ["swin", "release"])
 @pytest.mark.parametrize("shift", [0, 2])
-@pytest.mark.parametrize("size", [(8, 8), (6, 10), (3, 5)])
-def test_swin_block_matches_a_direct_per_token_computation(shift: int, size: tuple[int, int]) -> None:
-    """Window attention with relative-position bias and the shifted-window masks, at the native size (mask from
-    the stored buffer), another multiple and sizes that need padding (padded keys never influence real tokens)."""
-    block = _swin_block(shift)
+@pytest.mark.parametrize("size", [(8, 8), (8, 16), (6, 10), (3, 5)])
+def test_swin_block_matches_a_direct_per_token_computation(shift: int, size: tuple[int, int], rule: str) -> None:
+    """Window attention with relative-position bias and the shifted-window masks of both rules, at the native
+    size (mask from the stored buffer), other multiples and sizes that need padding (padded keys never influence
+    real tokens)."""
+    block = _swin_block(shift, rule=rule)
     x = torch.randn(2, 8, *size, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
     with torch.no_grad():
         got, want = block(x), _direct_swin_block(block, x)
     assert torch.allclose(got, want, atol=1e-10, rtol=0)
+
+
+def _release_window_partition(x: torch.Tensor, window: int) -> torch.Tensor:
+    """The release's ``window_partition``: (B, C, H, W) -> (num_windows * B, window, window, C)."""
+    b, c, h, w = x.shape
+    x = x.view(b, c, h // window, window, w // window, window)
+    return x.permute(0, 2, 4, 3, 5, 1).contiguous().view(-1, window, window, c)
+
+
+def _release_calculate_mask(h: int, w: int, window: int, shift: int) -> torch.Tensor:
+    """The released ``SwinTransformerBlock.calculate_mask`` (zsyOAOA/ResShift models/swin_transformer.py), step
+    by step: the slices written into a (1, 1, H, W) tensor as if it were (1, H, W, 1), then each window's tokens
+    transposed by ``permute(0, 2, 3, 1)``."""
+    img_mask = torch.zeros((1, 1, h, w))
+    slices = (slice(0, -window), slice(-window, -shift), slice(-shift, None))
+    cnt = 0
+    for hs in slices:
+        for ws in slices:
+            img_mask[:, hs, ws, :] = cnt
+            cnt += 1
+    mask_windows = _release_window_partition(img_mask, window).permute(0, 2, 3, 1).contiguous()
+    mask_windows = mask_windows.view(-1, window * window)
+    attn_mask = mask_windows.unsqueeze(1) - mask_windows.unsqueeze(2)
+    return attn_mask.masked_fill(attn_mask != 0, -100.0).masked_fill(attn_mask == 0, 0.0)
+
+
+def _textbook_mask(h: int, w: int, window: int, shift: int) -> torch.Tensor:
+    """The textbook Swin mask: label = (row band, column band) of the shifted map, windows and tokens row-major."""
+    def bands(n: int) -> list[int]:
+        return [0 if i < n - window else (1 if i < n - shift else 2) for i in range(n)]
+
+    label = torch.tensor([[3 * a + b for b in bands(w)] for a in bands(h)], dtype=torch.float32)
+    windows = [label[y:y + window, x:x + window].flatten() for y in range(0, h, window) for x in range(0, w, window)]
+    return torch.stack([torch.where(wl[None, :] == wl[:, None], 0.0, -100.0) for wl in windows])
+
+
+@pytest.mark.parametrize("h, w, window, differ", [(64, 64, 8, 29_696), (32, 32, 8, 13_312), (16, 16, 8, 5_120),
+                                                  (64, 128, 8, None), (24, 40, 4, None), (8, 16, 4, None)])
+def test_the_release_mask_rule_is_calculate_mask(h: int, w: int, window: int, differ: int | None) -> None:
+    """Both rules against their independent derivations, square and non-square, at the v1 levels 0-2 (64, 32,
+    16 latent px, window 8) and others; the counts of differing entries are issue 26's."""
+    release = shifted_window_mask(h, w, window, window // 2, rule="release")
+    swin = shifted_window_mask(h, w, window, window // 2)
+    assert torch.equal(release, _release_calculate_mask(h, w, window, window // 2))
+    assert torch.equal(swin, _textbook_mask(h, w, window, window // 2))
+    if differ is not None:
+        assert int((release != swin).sum()) == differ
+    # the release masks only the last row of windows, the last column of windows not at all
+    n_cols = w // window
+    masked = (release != 0).flatten(1).any(1).view(h // window, n_cols)
+    assert masked[-1].all() and not masked[:-1].any()
+    assert not (release.view(h // window, n_cols, -1)[:-1] != 0).any()
+    with pytest.raises(ConfigError, match="mask rule"):
+        shifted_window_mask(h, w, window, window // 2, rule="textbook")
 
 
 def test_swin_buffers_follow_the_release_formulas() -> None:
@@ -192,8 +253,43 @@ def test_swin_buffers_follow_the_release_formulas() -> None:
     assert torch.equal(block.attn_mask, mask)
 
 
-def _functional_unet(model: ResShiftUNet, x_t, cond, t) -> torch.Tensor:
-    """The release's UNetModelSwin forward written out on the state dict (Swin blocks via the direct version)."""
+def _release_swin_block(block: SwinBlock, x: torch.Tensor, stored_mask: torch.Tensor | None) -> torch.Tensor:
+    """The released ``SwinTransformerBlock.forward`` step by step on ``block``'s parameters: GroupNorm, roll,
+    ``window_partition``, attention with the relative-position bias and the mask (``stored_mask``, the file's
+    ``attn_mask``, at the block's training size, else ``calculate_mask`` for this size), ``window_reverse``, roll
+    back, MLP. H and W must be multiples of the window (the release refuses other sizes)."""
+    b, c, h, w = x.shape
+    win, s = block.window, block.shift
+    heads = block.attn.heads
+    y = F.group_norm(x, block.norm1.num_groups, block.norm1.weight, block.norm1.bias, block.norm1.eps)
+    if s > 0:
+        y = torch.roll(y, shifts=(-s, -s), dims=(2, 3))
+    xw = _release_window_partition(y, win).view(-1, win * win, c)
+    n = win * win
+    qkv = F.linear(xw, block.attn.qkv.weight, block.attn.qkv.bias).reshape(-1, n, 3, heads, c // heads)
+    q, k, v = qkv.permute(2, 0, 3, 1, 4)
+    attn = (q * (c // heads) ** -0.5) @ k.transpose(-2, -1)
+    bias = block.attn.relative_position_bias_table[block.attn.relative_position_index.view(-1)].view(n, n, -1)
+    attn = attn + bias.permute(2, 0, 1).unsqueeze(0)
+    if s > 0:
+        mask = stored_mask if (h, w) == (block.resolution, block.resolution) else _release_calculate_mask(h, w, win, s)
+        nw = mask.shape[0]
+        attn = attn.view(-1, nw, heads, n, n) + mask.to(attn.dtype).unsqueeze(1).unsqueeze(0)
+        attn = attn.view(-1, heads, n, n)
+    out = (attn.softmax(-1) @ v).transpose(1, 2).reshape(-1, n, c)
+    out = F.linear(out, block.attn.proj.weight, block.attn.proj.bias).view(-1, win, win, c)
+    out = out.view(b, h // win, w // win, win, win, c).permute(0, 5, 1, 3, 2, 4).reshape(b, c, h, w)  # window_reverse
+    if s > 0:
+        out = torch.roll(out, shifts=(s, s), dims=(2, 3))
+    x = x + out
+    z = F.group_norm(x, block.norm2.num_groups, block.norm2.weight, block.norm2.bias, block.norm2.eps)
+    return x + F.conv2d(F.gelu(F.conv2d(z, block.mlp.fc1.weight, block.mlp.fc1.bias)),
+                        block.mlp.fc2.weight, block.mlp.fc2.bias)
+
+
+def _functional_unet(model: ResShiftUNet, x_t, cond, t, block_fn=None) -> torch.Tensor:
+    """The release's UNetModelSwin forward written out on the state dict (Swin blocks via the direct version, or
+    ``block_fn(name, block, h)``)."""
     c = model.config
     sd = dict(model.named_parameters())
     g = c.norm_groups
@@ -223,8 +319,8 @@ def _functional_unet(model: ResShiftUNet, x_t, cond, t) -> torch.Tensor:
     def swin(h, key):
         layer = model.get_submodule(key)
         h = conv(h, f"{key}.patch_embed.proj")
-        for block in layer.blocks:
-            h = _direct_swin_block(block, h)
+        for i, block in enumerate(layer.blocks):
+            h = _direct_swin_block(block, h) if block_fn is None else block_fn(f"{key}.blocks.{i}", block, h)
         return conv(h, f"{key}.patch_unembed.proj")
 
     def step(h, key):
@@ -465,11 +561,7 @@ def _fill(shapes: dict[str, tuple[int, ...]], seed: int) -> dict[str, torch.Tens
         elif key.endswith("attn_mask"):  # the release's calculate_mask for an r x r map, shift = window // 2
             nw, n, _ = shape
             win, side = math.isqrt(n), math.isqrt(nw)
-            r, s = win * side, win // 2
-            band = torch.tensor([0 if i < r - win else (1 if i < r - s else 2) for i in range(r)])
-            label = band[:, None] * 3 + band[None, :]
-            wl = label.view(side, win, side, win).permute(0, 2, 1, 3).reshape(nw, n)
-            out[key] = torch.where(wl[:, None, :] == wl[:, :, None], 0.0, -100.0)
+            out[key] = _release_calculate_mask(win * side, win * side, win, win // 2)
         else:
             out[key] = torch.empty(shape).normal_(generator=g)
     return out
@@ -480,7 +572,7 @@ def test_a_release_layout_v1_state_dict_converts_and_loads_strictly() -> None:
     shapes = dict(_listing("resshift_v1_unet_state_dict.txt"))
     state = _fill(shapes, seed=17)
     config, tensors = convert_unet_state(state, "v1.pth")
-    assert config == PRESETS["v1"]
+    assert config == replace(PRESETS["v1"], mask_rule="release")
     model = _meta(ResShiftUNet, config).to_empty(device="cpu")
     model.load_state_dict(tensors, strict=True)
     loaded = model.state_dict()
@@ -498,7 +590,7 @@ def test_a_release_layout_v1_state_dict_converts_and_loads_strictly() -> None:
 # small layouts with the release's GroupNorm32 (norm_groups cannot be read from shapes; 32 is assumed)
 SMALL_RELEASE = ResShiftUNetConfig(image_size=16, model_channels=32, channel_mult=(1, 2), num_res_blocks=1,
                                    swin_levels=(0,), swin_embed_dim=32, swin_head_channels=16, window_size=4,
-                                   mlp_ratio=2.0)
+                                   mlp_ratio=2.0, mask_rule="release")
 SMALL_AE = VQF4Config(ch=32, ch_mult=(1, 1, 1), num_res_blocks=1, n_embed=64)
 
 
@@ -537,7 +629,7 @@ def test_config_recognition_from_shapes() -> None:
     ]
     for config in cases:
         shapes = _meta(ResShiftUNet, config).state_dict()
-        assert unet_config_from_state(shapes, "x") == config
+        assert unet_config_from_state(shapes, "x") == replace(config, mask_rule="release")
     ae = VQF4Config(ch=64, ch_mult=(1, 2, 2), num_res_blocks=1, z_channels=4, embed_dim=4, n_embed=256)
     assert vqf4_config_from_state(_meta(VQF4, ae).state_dict(), "x") == ae
 
@@ -557,10 +649,24 @@ def test_conversion_errors_name_the_key() -> None:
     with pytest.raises(CheckpointError, match=r"'out.2.weight' has shape \(3, 160, 1, 1\)"):
         convert_unet_state(wrong, "x.pth", config)
 
-    tiny = PRESETS["tiny"]
+    tiny = replace(PRESETS["tiny"], mask_rule="release")
     state = _release_like_state(tiny, seed=21)
-    state["input_blocks.1.1.blocks.1.attn_mask"] = torch.zeros_like(state["input_blocks.1.1.blocks.1.attn_mask"])
-    with pytest.raises(CheckpointError, match="buffer 'input_blocks.1.1.blocks.1.attn_mask' differs"):
+    key = "input_blocks.1.1.blocks.1.attn_mask"
+    textbook = _textbook_mask(16, 16, 4, 2)  # the tiny preset's level 0: 16 x 16, window 4
+    assert not torch.equal(state[key], textbook)
+    state[key] = textbook  # a file holding the textbook mask is not the release's network
+    with pytest.raises(CheckpointError, match=f"buffer '{key}' differs .* under the 'release' mask rule; it is the "
+                                              "'swin' rule's mask"):
+        convert_unet_state(state, "x.pth", tiny)
+    state[key] = torch.zeros_like(state[key])
+    with pytest.raises(CheckpointError, match=f"buffer '{key}' differs"):
+        convert_unet_state(state, "x.pth", tiny)
+    for k, v in state.items():  # textbook masks everywhere: they pass the check of a "swin" checkpoint
+        if k.endswith("attn_mask"):
+            win, side = math.isqrt(v.shape[1]), math.isqrt(v.shape[0])
+            state[k] = _textbook_mask(win * side, win * side, win, win // 2)
+    assert convert_unet_state(state, "x.pth", PRESETS["tiny"])[0].mask_rule == "swin"
+    with pytest.raises(CheckpointError, match="it is the 'swin' rule's mask"):
         convert_unet_state(state, "x.pth", tiny)
 
     with pytest.raises(CheckpointError, match="'module.' prefix and 'b' does not"):
@@ -594,6 +700,81 @@ def test_full_size_release_files_convert(tmp_path: Path) -> None:
     torch.save({"state_dict": {f"module.{k}": v for k, v in state.items()}}, tmp_path / "resshift_realsrx4_s15.pth")
     torch.save({"state_dict": ae_state}, tmp_path / "autoencoder_vq_f4.pth")
     out = convert_release(tmp_path / "resshift_realsrx4_s15.pth", tmp_path / "autoencoder_vq_f4.pth")
-    assert out.unet_config == PRESETS["v1"] and out.autoencoder_config == VQF4Config()
+    assert out.unet_config == replace(PRESETS["v1"], mask_rule="release") and out.autoencoder_config == VQF4Config()
     assert all(torch.equal(out.unet_tensors[k], state[k].to(out.unet_tensors[k].dtype)) for k in state)
     assert all(torch.equal(out.autoencoder_tensors[k], ae_state[k]) for k in ae_state)
+
+
+# the released v1 geometry at a small width: image_size 64 (latent px), window 8, Swin at levels 0 and 1 and in the
+# middle (level 2: 16 px, window 8, shifted), norm_groups 32 as released
+PARITY_UNET = ResShiftUNetConfig(image_size=64, model_channels=32, channel_mult=(1, 1, 2), num_res_blocks=1,
+                                 swin_levels=(0, 1), swin_embed_dim=32, swin_head_channels=16, window_size=8,
+                                 mlp_ratio=2.0, mask_rule="release")
+
+
+def test_a_converted_release_pair_gives_the_released_x0_encode_and_decode(tmp_path: Path) -> None:
+    """Issue 26: released-format files (random weights, the masks the release's calculate_mask stores) through
+    ``dreamsr weights convert``'s writer and load_checkpoint; x0 against the released forward at the training size
+    (the file's masks) and at 64 x 128 (masks computed at run time), encode/decode against the VQ reference."""
+    from dreamsr.checkpoint import load_checkpoint
+    from dreamsr.converters.resshift import write_release
+
+    state = _release_like_state(PARITY_UNET, seed=31)
+    ae_state = _release_like_state(SMALL_AE, seed=32)
+    for k, v in state.items():  # tame the random weights (a deep net of N(0, 1) weights overflows)
+        if v.is_floating_point() and not k.endswith("attn_mask"):
+            state[k] = v * (0.05 if v.dim() > 1 else 0.1) + (1.0 if k.endswith(("norm1.weight", "norm2.weight")) else 0.0)
+    torch.save({"state_dict": state}, tmp_path / "resshift_realsrx4_s15.pth")
+    torch.save(ae_state, tmp_path / "autoencoder_vq_f4.pth")
+    write_release(tmp_path / "resshift_realsrx4_s15.pth", tmp_path / "out.safetensors",
+                  autoencoder_path=tmp_path / "autoencoder_vq_f4.pth")
+    net, info = load_checkpoint(tmp_path / "out.safetensors")
+    assert info.network.unet == PARITY_UNET and info.network.unet.mask_rule == "release"
+    unet = net.unet.eval()
+
+    def release_block(name: str, block: SwinBlock, h: torch.Tensor) -> torch.Tensor:
+        return _release_swin_block(block, h, state.get(f"{name}.attn_mask"))
+
+    gen = torch.Generator().manual_seed(33)
+    worst = 0.0
+    for size in [(64, 64), (64, 128)]:
+        x_t = torch.randn(1, 3, *size, generator=gen)
+        cond = torch.randn(1, 3, *size, generator=gen)
+        t = torch.tensor([7.0])
+        with torch.no_grad():
+            ours, ref = unet(x_t, cond, t), _functional_unet(unet, x_t, cond, t, release_block)
+            textbook = ResShiftUNet(replace(PARITY_UNET, mask_rule="swin")).eval()
+            textbook.load_state_dict({k: v for k, v in unet.state_dict().items() if not k.endswith("attn_mask")}
+                                     | {k: v for k, v in textbook.state_dict().items() if k.endswith("attn_mask")})
+            other = textbook(x_t, cond, t)
+        worst = max(worst, float((ours - ref).abs().max()))
+        assert float((other - ref).abs().max()) > 1e-3  # the textbook mask is another network (the test bites)
+    assert worst < 1e-4, worst
+
+    img = torch.rand(1, 3, 64, 128, generator=gen) * 2 - 1
+    with torch.no_grad():
+        z, rec = net.first_stage.encode(img), net.first_stage(img)
+        z_ref, rec_ref = _functional_vq(net.first_stage, img)
+    assert float((z - z_ref).abs().max()) < 1e-4 and float((rec - rec_ref).abs().max()) < 1e-4
+
+
+def test_the_shipped_default_keeps_the_textbook_mask() -> None:
+    """dreamsr-x4-resshift was trained with the textbook mask and has no mask_rule field: it loads as "swin", its
+    stored masks are the textbook ones, and the masks computed at other sizes are the textbook ones too."""
+    from dreamsr.checkpoint import load_checkpoint, read_info
+
+    path = Path(__file__).resolve().parents[1] / "dreamsr" / "assets" / "dreamsr-x4-resshift.safetensors"
+    from safetensors import safe_open
+
+    with safe_open(str(path), "pt") as f:
+        import json
+        assert "mask_rule" not in json.loads(f.metadata()["network"])["unet"]
+    assert read_info(path).network.unet.mask_rule == "swin"
+    net, _ = load_checkpoint(path)
+    blocks = [(n, m) for n, m in net.unet.named_modules() if isinstance(m, SwinBlock) and m.shift > 0]
+    assert blocks
+    for _, block in blocks:
+        r, win, s = block.resolution, block.window, block.shift
+        assert torch.equal(block.attn_mask, _textbook_mask(r, r, win, s))
+        got = block._mask(r, 2 * r, (r, 2 * r), torch.device("cpu"))
+        assert torch.equal(got, _textbook_mask(r, 2 * r, win, s))

@@ -15,7 +15,10 @@ is the identity on the exact key set of the module built from the recognised con
 (:func:`unet_config_from_state`, :func:`vqf4_config_from_state`); what shapes cannot tell is the release's value
 (GroupNorm with 32 groups, dropout 0, and x_t having as many channels as the prediction, the rest of the first
 convolution's input being the condition). The deterministic buffers of the Swin layers (``relative_position_index``,
-``attn_mask``) must equal the values the recognised geometry gives (else the file is another architecture).
+``attn_mask``) must equal the values the recognised geometry gives under the mask rule the checkpoint will use
+(else the file is another architecture). A released file's network uses the release's shifted-window mask rule
+(``mask_rule="release"``, :mod:`dreamsr.families.resshift.network`): the masks its ``calculate_mask`` computes, which
+are not the textbook Swin masks, stored in the file and recomputed by the same rule at every other size.
 Float tensors come out as float32, the relative position indices as int64.
 
 :func:`write_release` is ``dreamsr weights convert --from resshift``: the UNet file and the autoencoder file -> one
@@ -40,7 +43,7 @@ from dreamsr.converters.sr3 import read_pth
 from dreamsr.errors import CheckpointError, ConfigError
 from dreamsr.families.released import check_output, require_layout
 from dreamsr.families.resshift import ResShiftConfig, ResShiftNet
-from dreamsr.families.resshift.network import (ResShiftUNet, ResShiftUNetConfig, SwinBlock,
+from dreamsr.families.resshift.network import (MASK_RULES, ResShiftUNet, ResShiftUNetConfig, SwinBlock,
                                                relative_position_index, shifted_window_mask)
 from dreamsr.first_stages.vqf4 import VQF4, VQF4Config
 from dreamsr.processes.shift import ShiftConfig
@@ -155,8 +158,9 @@ def unet_config_from_state(state: Mapping[str, torch.Tensor], source: str = "sta
     channel_mult and num_res_blocks (the ResBlocks and ``op`` downsamples of input_blocks), use_scale_shift_norm
     (emb_layers width), swin_levels (where input_blocks carry a Swin layer), swin_embed_dim / depth / heads /
     mlp_ratio (middle_block.1), window sizes (bias tables) and image_size (an ``attn_mask``'s window count, else
-    the layer whose window is its whole map). Assumed, as in the release: norm_groups 32, dropout 0, and x_t having
-    out_channels channels (the rest of the first conv's input is the condition).
+    the layer whose window is its whole map). Assumed, as in the release: norm_groups 32, dropout 0, x_t having
+    out_channels channels (the rest of the first conv's input is the condition) and the release's shifted-window
+    mask rule (``mask_rule="release"``).
     """
     what = "ResShift UNet"
     te = _get(state, "time_embed.0.weight", source, what)
@@ -241,7 +245,7 @@ def unet_config_from_state(state: Mapping[str, torch.Tensor], source: str = "sta
             model_channels=mc, channel_mult=tuple(mults), num_res_blocks=blocks_per_level[0],
             swin_levels=tuple(swin_levels), swin_depth=depth, swin_embed_dim=embed,
             swin_head_channels=embed // heads, window_size=window_size, mlp_ratio=hidden / embed, norm_groups=32,
-            dropout=0.0, use_scale_shift_norm=bool(scale_shift))
+            dropout=0.0, use_scale_shift_norm=bool(scale_shift), mask_rule="release")
     except Exception as err:  # ConfigError from validation: the shapes describe no valid network
         raise CheckpointError(f"{source}: the tensor shapes describe no valid ResShift UNet ({err})") from None
 
@@ -269,8 +273,10 @@ def convert_unet_state(state: Mapping[str, torch.Tensor], source: str = "state d
                        config: ResShiftUNetConfig | None = None) -> tuple[ResShiftUNetConfig, dict[str, torch.Tensor]]:
     """A released-layout UNet state dict (unwrapped) -> (config, tensors for ``ResShiftUNet(config)``).
 
-    ``config`` defaults to the one recognised from the shapes. Every key must be in :func:`unet_key_map`, every
-    mapped key present with the module's shape; the Swin buffers must equal their computed values.
+    ``config`` defaults to the one recognised from the shapes (with the release's mask rule). Every key must be in
+    :func:`unet_key_map`, every mapped key present with the module's shape; the Swin buffers must equal the values
+    ``config`` computes (its window geometry and ``mask_rule``), so a converted network uses, at the training size,
+    exactly the masks the file holds.
     """
     config = config or unet_config_from_state(state, source)
     expected = _meta_state(ResShiftUNet, config)
@@ -286,15 +292,27 @@ def convert_unet_state(state: Mapping[str, torch.Tensor], source: str = "state d
             got = t.detach().to(want.dtype)
             if not torch.equal(got, want):
                 raise CheckpointError(f"{source}: buffer {src_key!r} differs from the value the window geometry of "
-                                      f"the recognised config gives (another architecture?)")
+                                      f"the recognised config gives under the {config.mask_rule!r} mask rule"
+                                      f"{_other_rule_hint(src_key, got, config)} (another architecture?)")
             out[dst_key] = want.clone()
         else:
             out[dst_key] = _float32(t, src_key, source)
     return config, out
 
 
+def _other_rule_hint(key: str, got: torch.Tensor, config: ResShiftUNetConfig) -> str:
+    """'; it is the <other> rule's mask' when a mask buffer equals another rule's, else ''."""
+    if not _MASK.search(key):
+        return ""
+    for rule in MASK_RULES:
+        if rule != config.mask_rule and torch.equal(got, _buffer_reference(replace(config, mask_rule=rule))[key]):
+            return f"; it is the {rule!r} rule's mask"
+    return ""
+
+
 def _buffer_reference(config: ResShiftUNetConfig) -> dict[str, torch.Tensor]:
-    """The computed Swin buffers of ``config`` (relative position indices and masks), by state-dict key."""
+    """The computed Swin buffers of ``config`` (relative position indices, and masks by ``config.mask_rule``), by
+    state-dict key."""
     ref: dict[str, torch.Tensor] = {}
     with torch.device("meta"):
         model = ResShiftUNet(config)
@@ -303,7 +321,7 @@ def _buffer_reference(config: ResShiftUNetConfig) -> dict[str, torch.Tensor]:
             ref[f"{name}.attn.relative_position_index"] = relative_position_index(module.window)
             if module.shift > 0:
                 ref[f"{name}.attn_mask"] = shifted_window_mask(module.resolution, module.resolution, module.window,
-                                                               module.shift)
+                                                               module.shift, rule=module.mask_rule)
     return ref
 
 

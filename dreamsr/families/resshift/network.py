@@ -24,6 +24,14 @@ shifts, otherwise the window is window_size and the odd blocks shift by window_s
 the mask for the r x r map as the buffer ``attn_mask`` (in the release's state dict) and the window's relative
 position index as ``relative_position_index``; other sizes compute their mask on the fly (as the release does).
 
+The shifted-window mask has two rules (:data:`MASK_RULES`, the config's ``mask_rule``, stored in every checkpoint):
+``"swin"``, the textbook Swin mask (tokens that the cyclic shift brought together from different regions of the map
+never attend to each other), and ``"release"``, the mask the released ``calculate_mask`` actually computes (it fills
+a ``(1, 1, H, W)`` tensor as if it were ``(1, H, W, 1)`` and transposes each window's tokens): only the last row of
+windows is masked, its tokens split into a left and a right column group at ``window - shift``, and the last
+column of windows is not masked. Released weights were trained with ``"release"``; dreamsr's own networks, the
+shipped ``dreamsr-x4-resshift`` included, with ``"swin"`` (a file without the field is ``"swin"``).
+
 Sizes: H and W must be multiples of :attr:`ResShiftUNetConfig.size_multiple` (2^(levels−1), the strided convs).
 Where a Swin layer's map is not a multiple of its window, the layer pads it at the bottom/right after its first
 norm and crops back; padded tokens are masked out as keys, so they never change a real token (the release refuses
@@ -46,7 +54,10 @@ from dreamsr.config import from_dict_strict, to_plain_dict
 from dreamsr.errors import ConfigError, InputError
 
 __all__ = ["ResShiftUNetConfig", "ResShiftUNet", "PRESETS", "preset", "timestep_embedding", "window_geometry",
-           "shifted_window_mask", "relative_position_index"]
+           "shifted_window_mask", "relative_position_index", "MASK_RULES"]
+
+# the shifted-window mask rules (module docstring): the textbook Swin mask, and the released code's
+MASK_RULES: tuple[str, ...] = ("swin", "release")
 
 _MASK_VALUE = -100.0  # the release's value for pairs of tokens from different regions of a shifted window
 
@@ -76,6 +87,7 @@ class ResShiftUNetConfig:
     norm_groups: int = 32  # GroupNorm groups everywhere (the release's GroupNorm32)
     dropout: float = 0.0  # dropout in ResBlocks and Swin MLP/projection (release: 0)
     use_scale_shift_norm: bool = True  # FiLM-like time conditioning in ResBlocks (release: True)
+    mask_rule: str = "swin"  # shifted-window mask: "swin" (textbook; dreamsr's networks) or "release" (released weights)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "channel_mult", tuple(int(m) for m in self.channel_mult))
@@ -116,6 +128,9 @@ class ResShiftUNetConfig:
             raise ConfigError(f"ResShiftUNetConfig: dropout must be in [0, 1), got {self.dropout}")
         if not isinstance(self.use_scale_shift_norm, bool):
             raise ConfigError("ResShiftUNetConfig: use_scale_shift_norm must be true or false")
+        if self.mask_rule not in MASK_RULES:
+            raise ConfigError(f"ResShiftUNetConfig: mask_rule must be one of {', '.join(MASK_RULES)}, "
+                              f"got {self.mask_rule!r}")
 
     @property
     def levels(self) -> int:
@@ -289,23 +304,52 @@ def _unpartition(windows: torch.Tensor, window: int, h: int, w: int) -> torch.Te
     return x.permute(0, 5, 1, 3, 2, 4).reshape(-1, c, h, w)
 
 
-def shifted_window_mask(height: int, width: int, window: int, shift: int,
-                        valid: tuple[int, int] | None = None) -> torch.Tensor:
-    """Additive attention mask [nW, w², w²] for the (padded) map ``height`` x ``width`` after the cyclic shift.
+def _region_labels(height: int, width: int, window: int, shift: int, rule: str) -> torch.Tensor:
+    """[nW, w²] region label of every token of every window (row-major windows, row-major tokens) of the shifted
+    ``height`` x ``width`` map; two tokens of a window attend freely iff their labels are equal.
 
-    Shifted windows (shift > 0): tokens of a window that come from different regions of the unrolled map (the
-    release's three slices per axis, ``calculate_mask``) get −100, pairs from the same region 0. ``valid`` = (h, w)
-    of the real map inside a bottom/right-padded one: keys on padded positions additionally get −inf (every window
-    keeps at least one real key, so no row is all −inf).
+    Each axis has three regions after the cyclic shift: [0, n − w), [n − w, n − s), [n − s, n).
+    - ``"swin"``: a token at (y, x) is labelled by (row region of y, column region of x);
+    - ``"release"``: the released ``calculate_mask`` labels only by rows, and reads the label of the token at
+      (i·w + a, j·w + b) (window (i, j), in-window offset (a, b)) from row i·w + b: the row region of the window's
+      row *b*, i.e. the in-window *column* picks it. Only the last window row has more than one label.
     """
-    mask = torch.zeros(1, 1, height, width)
+    def regions(n: int) -> torch.Tensor:  # [n]: 0, 1, 2 for the three slices of an axis of length n
+        r = torch.zeros(n, dtype=torch.long)
+        r[max(n - window, 0):] = 1
+        r[max(n - shift, 0):] = 2
+        return r
+
+    rows, cols = regions(height), regions(width)
+    if rule == "swin":
+        grid = (rows[:, None] * 3 + cols[None, :]).float()
+    elif rule == "release":
+        y = torch.arange(height)[:, None]
+        x = torch.arange(width)[None, :]
+        grid = rows[(y // window) * window + x % window].float()  # [H, W]: row region of row i·w + b
+    else:
+        raise ConfigError(f"unknown shifted-window mask rule {rule!r}; one of {', '.join(MASK_RULES)}")
+    return _partition(grid[None, None], window)[..., 0]
+
+
+def shifted_window_mask(height: int, width: int, window: int, shift: int,
+                        valid: tuple[int, int] | None = None, rule: str = "swin") -> torch.Tensor:
+    """Additive attention mask [nW, w², w²] (float32; windows row-major, tokens row-major in a window; entry
+    [n, q, k] is added to query q's logit for key k) for the (padded) map ``height`` x ``width`` after the cyclic
+    shift; ``height`` and ``width`` are multiples of ``window``.
+
+    Shifted windows (shift > 0): pairs of tokens with different region labels (:func:`_region_labels`, by
+    ``rule``: :data:`MASK_RULES`) get −100, as the release, pairs with equal labels 0. ``valid`` = (h, w) of the
+    real map inside a bottom/right-padded one: keys on padded positions additionally get −inf (every window keeps
+    at least one real key, so no row is all −inf; the release refuses such maps, and the rule is applied to the
+    padded map).
+    """
+    if rule not in MASK_RULES:
+        raise ConfigError(f"unknown shifted-window mask rule {rule!r}; one of {', '.join(MASK_RULES)}")
     if shift > 0:
-        cnt = 0
-        for hs in (slice(0, -window), slice(-window, -shift), slice(-shift, None)):
-            for ws in (slice(0, -window), slice(-window, -shift), slice(-shift, None)):
-                mask[:, :, hs, ws] = cnt
-                cnt += 1
-    labels = _partition(mask, window)[..., 0]  # [nW, w²]
+        labels = _region_labels(height, width, window, shift, rule)  # [nW, w²]
+    else:
+        labels = torch.zeros(height // window * (width // window), window * window)
     out = (labels[:, None, :] - labels[:, :, None]).ne(0).float() * _MASK_VALUE
     if valid is not None and tuple(valid) != (height, width):
         real = torch.zeros(1, 1, height, width)
@@ -369,22 +413,26 @@ class SwinBlock(nn.Module):
     """x + W-MSA(norm1(x)) then + MLP(norm2(·)), on [B, C, H, W] maps; GroupNorm norms (the release's).
 
     ``resolution`` is the map side the release builds the block for; a shifted block stores that map's mask as
-    the buffer ``attn_mask`` [nW, w², w²]. Other sizes get their mask computed per call; maps that are not
-    multiples of the window are padded at the bottom/right after ``norm1`` and cropped back (padded keys masked).
+    the buffer ``attn_mask`` [nW, w², w²]. Other sizes get their mask computed per call, by the same ``mask_rule``
+    (:data:`MASK_RULES`); maps that are not multiples of the window are padded at the bottom/right after ``norm1``
+    and cropped back (padded keys masked).
     """
 
     def __init__(self, dim: int, resolution: int, heads: int, window: int, shift: int, mlp_ratio: float,
-                 groups: int, dropout: float) -> None:
+                 groups: int, dropout: float, mask_rule: str = "swin") -> None:
         super().__init__()
         if not 0 <= shift < window:
             raise ConfigError(f"Swin shift {shift} must be in [0, window {window})")
-        self.window, self.shift, self.resolution = window, shift, resolution
+        if mask_rule not in MASK_RULES:
+            raise ConfigError(f"unknown shifted-window mask rule {mask_rule!r}; one of {', '.join(MASK_RULES)}")
+        self.window, self.shift, self.resolution, self.mask_rule = window, shift, resolution, mask_rule
         self.norm1 = GroupNorm32(groups, dim)
         self.attn = WindowAttention(dim, window, heads, dropout)
         self.norm2 = GroupNorm32(groups, dim)
         self.mlp = Mlp(dim, int(dim * mlp_ratio), dropout)
         if shift > 0:
-            self.register_buffer("attn_mask", shifted_window_mask(resolution, resolution, window, shift))
+            self.register_buffer("attn_mask", shifted_window_mask(resolution, resolution, window, shift,
+                                                                  rule=mask_rule))
         else:
             self.register_buffer("attn_mask", None)
         self._mask_cache: tuple[tuple, torch.Tensor] | None = None  # not state: recomputed on demand
@@ -396,7 +444,8 @@ class SwinBlock(nn.Module):
             return self.attn_mask
         key = (hp, wp, valid, str(device))
         if self._mask_cache is None or self._mask_cache[0] != key:  # tiles of one size reuse the last mask
-            self._mask_cache = (key, shifted_window_mask(hp, wp, self.window, self.shift, valid).to(device))
+            self._mask_cache = (key, shifted_window_mask(hp, wp, self.window, self.shift, valid,
+                                                         rule=self.mask_rule).to(device))
         return self._mask_cache[1]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -439,7 +488,7 @@ class SwinLayer(nn.Module):
         self.patch_unembed = _Conv1x1(e, ch)
         self.blocks = nn.ModuleList(
             SwinBlock(e, config.image_size // 2 ** level, config.num_heads, window, shift if i % 2 else 0,
-                      config.mlp_ratio, config.norm_groups, config.dropout)
+                      config.mlp_ratio, config.norm_groups, config.dropout, config.mask_rule)
             for i in range(config.swin_depth))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
