@@ -778,3 +778,16 @@ def test_the_shipped_default_keeps_the_textbook_mask() -> None:
         assert torch.equal(block.attn_mask, _textbook_mask(r, r, win, s))
         got = block._mask(r, 2 * r, (r, 2 * r), torch.device("cpu"))
         assert torch.equal(got, _textbook_mask(r, 2 * r, win, s))
+
+
+def test_new_training_chooses_the_rules() -> None:
+    """TrainConfig.mask_rule / resize_rule reach the network configs (default: dreamsr's rules)."""
+    from dreamsr.jobs.train.config import TrainConfig
+
+    assert TrainConfig(family="resshift", preset="tiny").network_config().unet.mask_rule == "swin"
+    assert TrainConfig(family="resshift", preset="tiny", mask_rule="release").network_config().unet.mask_rule == \
+        "release"
+    assert TrainConfig(family="idm", preset="tiny").network_config().resize_rule == "exact"
+    assert TrainConfig(family="idm", preset="tiny", resize_rule="release").network_config().resize_rule == "release"
+    with pytest.raises(ConfigError, match="no mask_rule to override"):
+        TrainConfig(family="sr3", preset="tiny", mask_rule="release").network_config()

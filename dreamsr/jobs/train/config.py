@@ -47,6 +47,8 @@ class TrainConfig:
     max_scale: float | None = None  # continuous-scale families (idm): the largest trained scale (None: the preset's)
     dropout: float | None = None  # override the preset's dropout (None: keep it)
     embed_scale: float | None = None  # override the preset's noise-level embedding scale (None: keep it)
+    mask_rule: str | None = None  # resshift: the Swin shifted-window mask, "swin" or "release" (None: "swin")
+    resize_rule: str | None = None  # idm: the LR encoder's nearest-resize index, "exact" or "release" (None: "exact")
     target: Literal["image", "residual"] = "image"  # diffuse the HR image (paper) or the scaled HR - bicubic
     residual_scale: float = 1.5  # residual target: multiplier of HR - bicubic
     num_steps: int = 2000  # T, trained diffusion timesteps
@@ -145,9 +147,17 @@ class TrainConfig:
         return get_family(self.family)
 
     def network_config(self) -> Any:
-        """The family's preset with this config's overrides (``dropout``, ``embed_scale``; SR3: a UNetConfig)."""
+        """The family's preset with this config's overrides (``dropout``, ``embed_scale``, ``max_scale``,
+        ``mask_rule`` (ResShift), ``resize_rule`` (IDM); SR3: a UNetConfig)."""
         cfg = self.model_family().preset(self.preset)
         changes: dict[str, Any] = {}
+        if self.mask_rule is not None:
+            if dataclasses.is_dataclass(getattr(cfg, "unet", None)):  # ResShift: the rule of its Swin-UNet
+                cfg = dataclasses.replace(cfg, unet=dataclasses.replace(cfg.unet, mask_rule=self.mask_rule))
+            else:
+                changes["mask_rule"] = self.mask_rule
+        if self.resize_rule is not None:
+            changes["resize_rule"] = self.resize_rule
         if self.dropout is not None:
             changes["dropout"] = self.dropout
         if self.embed_scale is not None:
