@@ -18,7 +18,6 @@ from typing import Any, Literal, Mapping
 
 from dreamsr.config import from_dict_strict
 from dreamsr.errors import ConfigError
-from dreamsr.tiling import validate_tiling
 
 __all__ = ["SamplingOptions", "SAMPLER_NAMES", "MERGE_MODES", "ENSEMBLE_SIZES", "RECOMMENDABLE"]
 
@@ -58,6 +57,8 @@ class SamplingOptions:
             raise ConfigError(f"sampler must be one of {', '.join(SAMPLER_NAMES)}, got {self.sampler!r}")
         if self.eta is not None and not (self.eta >= 0 and math.isfinite(self.eta)):
             raise ConfigError(f"eta must be >= 0, got {self.eta}")
+        from dreamsr.tiling import validate_tiling  # here, not at the top: the CLI imports options before torch
+
         validate_tiling(self.tile, self.overlap)
         if self.batch < 1:
             raise ConfigError(f"batch must be at least 1, got {self.batch}")
