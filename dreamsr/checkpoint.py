@@ -45,7 +45,7 @@ from dreamsr.options import RECOMMENDABLE, SamplingOptions
 from dreamsr.processes import build_process, get_process, process_config
 
 __all__ = ["CheckpointInfo", "save_checkpoint", "load_checkpoint", "load_state_strict", "read_info", "FORMAT",
-           "FORMAT_VERSION", "LIMITS", "check_layout", "check_finite", "write_output"]
+           "FORMAT_VERSION", "LIMITS", "check_layout", "check_finite", "check_config", "write_output"]
 
 FORMAT = "dreamsr.checkpoint"
 FORMAT_VERSION = "1"
@@ -203,6 +203,18 @@ def _check_numbers(d: Mapping[str, Any], where: str) -> None:
             if abs(v) > LIMITS[kind]:
                 raise ConfigError(f"{name} = {v:g} is above dreamsr's limit for a checkpoint ({kind}: "
                                   f"{LIMITS[kind]})")
+
+
+def check_config(family: str, config: Any, source: str) -> None:
+    """CheckpointError unless a network ``config`` of ``family`` (a config object or its dict) has the field types
+    and stays within the :data:`LIMITS` a checkpoint's metadata must: for a config inferred from an untrusted file's
+    shapes (the converters), before the network is built."""
+    d = config.to_dict() if hasattr(config, "to_dict") else config
+    try:
+        check_types(get_family(family).config_type, d, "network")
+        _check_numbers(d, "network")
+    except ConfigError as err:
+        raise CheckpointError(f"{source}: {err}") from None
 
 
 def _check_sampling(sampling: Any) -> None:

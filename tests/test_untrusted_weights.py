@@ -301,3 +301,190 @@ def test_error_lines_never_carry_control_characters(tmp_path: Path) -> None:
     assert result.exit_code == 1
     line = one_error(result)
     assert "\x1b" not in result.stderr and "x\\x1b[2Jy.safetensors" in line
+
+
+# ---- converters: sizes bounded before allocating, NaN/inf refused, clear messages -----------------------------
+@pytest.fixture(scope="module")
+def released(tmp_path_factory: pytest.TempPathFactory) -> dict[str, torch.Tensor]:
+    """A released-layout SR3 state dict of the tiny preset (schedule buffers + ``denoise_fn.*``)."""
+    from dreamsr.converters.sr3 import to_released
+    from dreamsr.diffusion import DiffusionConfig
+    from dreamsr.families.sr3.unet import PRESETS, UNet
+
+    torch.manual_seed(0)
+    return dict(to_released(UNet(PRESETS["tiny"]), DiffusionConfig()))
+
+
+SR3 = ["--from", "sr3", "--norm-groups", "2", "--scale", "2"]
+
+
+def convert_fails(tmp_path: Path, src: Path, args: list[str], code: int, message: str) -> str:
+    """``weights convert SRC OUT ARGS`` fails with ``code`` and one line holding ``message``; nothing changes."""
+    before = snapshot(tmp_path)
+    result = cli("weights", "convert", src, tmp_path / "out.safetensors", *args)
+    assert result.exit_code == code, result.output
+    line = one_error(result)
+    assert message in line, line
+    assert snapshot(tmp_path) == before
+    return line
+
+
+def test_sr3_schedule_memory_bombs_fail_at_once(tmp_path: Path, released: dict[str, torch.Tensor]) -> None:
+    """A few-KB .pth whose stride-0 buffers claim 2^33 (or 2^30) values: refused from the shapes alone."""
+    for power, message in ((33, "tensor 'betas' claims 8,589,934,592 values; dreamsr's limit for the tensors of one "
+                                "file is 2,000,000,000 (parameters)"),
+                           (30, "schedule buffer 'betas' claims 1,073,741,824 steps; dreamsr's limit for a "
+                                "checkpoint is 100,000 (steps)")):
+        bomb = {**released, "betas": torch.zeros(1).expand(2 ** power)}
+        src = tmp_path / f"bomb{power}.pth"
+        torch.save(bomb, src)
+        assert src.stat().st_size < 200_000
+        t0 = time.perf_counter()
+        convert_fails(tmp_path, src, SR3, 1, message)
+        assert time.perf_counter() - t0 < 1.0
+
+
+def test_idm_schedule_memory_bomb_fails_at_once(tmp_path: Path) -> None:
+    from dreamsr.families.idm.network import PRESETS as IDM_PRESETS
+    from tests.test_convert_cli import idm_released_shapes, idm_released_state
+
+    state = idm_released_state(idm_released_shapes(IDM_PRESETS["tiny"]), seed=1)
+    state["betas"] = torch.zeros(1).expand(2 ** 30)
+    src = tmp_path / "best_psnr_gen.pth"
+    torch.save(state, src)
+    t0 = time.perf_counter()
+    convert_fails(tmp_path, src, ["--from", "idm", "--preset", "tiny", "--scale", "4"], 1,
+                  "'betas' claims 1,073,741,824 steps; dreamsr's limit for a checkpoint is 100,000 (steps)")
+    assert time.perf_counter() - t0 < 1.0
+
+
+def test_converters_refuse_non_finite_tensors_naming_them(tmp_path: Path, released: dict[str, torch.Tensor],
+                                                          tiny: Path) -> None:
+    key = "denoise_fn.final_conv.block.3.weight"
+    bad = {**released, key: released[key].clone()}
+    bad[key].view(-1)[2] = float("inf")
+    src = tmp_path / "inf_gen.pth"
+    torch.save(bad, src)
+    convert_fails(tmp_path, src, SR3, 1, f"inf_gen.pth: tensor '{key}' holds 1 non-finite value (NaN or inf)")
+
+    model, _ = load_checkpoint(tiny)
+    own = {k: v.clone() for k, v in model.state_dict().items()}
+    own["head.weight"].view(-1)[0] = float("nan")
+    src = tmp_path / "nan_own.pth"
+    torch.save(own, src)
+    convert_fails(tmp_path, src, ["--preset", "tiny", "--scale", "2"], 1,
+                  "nan_own.pth: tensor 'head.weight' holds 1 non-finite value (NaN or inf)")
+
+
+def test_convert_messages_for_what_is_no_state_dict(tmp_path: Path) -> None:
+    import pickle
+
+    text = tmp_path / "notes.pth"
+    text.write_text("hello, I am text\n")
+    line = convert_fails(tmp_path, text, ["--preset", "tiny", "--scale", "2"], 1,
+                         "notes.pth: not a PyTorch file (17 bytes starting with b'hello, I': neither a zip archive "
+                         "nor a pickle)")
+    assert "pickle of Python objects" not in line
+
+    class Payload:
+        def __reduce__(self) -> tuple:
+            return (os.system, ("echo \x1b[31mPWNED",))
+
+    raw = tmp_path / "raw.pth"
+    raw.write_bytes(pickle.dumps({"a": Payload()}, protocol=2))
+    for args in (["--preset", "tiny", "--scale", "2"], SR3):
+        line = convert_fails(tmp_path, raw, args, 1, "raw.pth: a pickle of Python objects")
+        assert "loading it would run whatever code the file names, so dreamsr unpickles nothing" in line
+        assert "weights_only=False" not in line and "\x1b" not in line
+
+    script = tmp_path / "script.pth"
+    torch.jit.save(torch.jit.script(torch.nn.Linear(2, 2)), str(script))
+    for args in (["--preset", "tiny", "--scale", "2"], SR3):
+        before = snapshot(tmp_path)
+        result = cli("weights", "convert", script, tmp_path / "out.safetensors", *args)
+        assert result.exit_code == 1
+        assert "a TorchScript archive (torch.jit.save): a program, not a state dict" in one_error(result)
+        assert "Warning" not in result.stderr and len(result.stderr.strip().splitlines()) == 1
+        assert snapshot(tmp_path) == before
+
+
+# ---- convert / export: never over an existing file without --overwrite, never over an input -------------------
+def test_convert_and_export_refuse_existing_outputs(tmp_path: Path, tiny: Path,
+                                                    released: dict[str, torch.Tensor]) -> None:
+    src = tmp_path / "rel_gen.pth"
+    torch.save(released, src)
+    out = tmp_path / "out.safetensors"
+    out.write_bytes(b"someone else's file")
+    convert_fails(tmp_path, src, SR3, 1, f"{out}: exists (use --overwrite to replace it)")
+    model, _ = load_checkpoint(tiny)
+    own = tmp_path / "own.pth"
+    torch.save(model.state_dict(), own)
+    convert_fails(tmp_path, own, ["--preset", "tiny", "--scale", "2"], 1, f"{out}: exists (use --overwrite")
+
+    result = cli("weights", "convert", src, out, *SR3, "--overwrite")
+    assert result.exit_code == 0, result.output
+    assert load_checkpoint(out)[1].family == "sr3"
+
+    release = tmp_path / "I640000_E37_gen.pth"  # a downloaded release of that name
+    release.write_bytes(src.read_bytes())
+    before = snapshot(tmp_path)
+    result = cli("weights", "export", "--to", "sr3", out, release)
+    assert result.exit_code == 1
+    assert f"{release}: exists (use --overwrite to replace it)" in one_error(result)
+    assert snapshot(tmp_path) == before
+    result = cli("weights", "export", "--to", "sr3", out, release, "--overwrite")
+    assert result.exit_code == 0, result.output
+    assert torch.equal(torch.load(release, weights_only=True)["betas"], released["betas"])
+
+
+def test_no_command_writes_over_its_inputs(tmp_path: Path, tiny: Path) -> None:
+    model, _ = load_checkpoint(tiny)
+    own = tmp_path / "own.pt"
+    torch.save(model.state_dict(), own)
+    config = tmp_path / "config.safetensors"  # a --config file named like the output
+    config.write_text(json.dumps(model.config.to_dict()))
+    ckpt = tmp_path / "ck.safetensors"
+    ckpt.write_bytes(tiny.read_bytes())
+    before = snapshot(tmp_path)
+    for args, message in (
+            (["weights", "convert", config, config, "--config", config, "--scale", "2", "--overwrite"],
+             "output and input are the same file"),
+            (["weights", "convert", own, config, "--config", config, "--scale", "2", "--overwrite"],
+             f"output and input are the same file: {config} is the --config file"),
+            (["weights", "export", "--to", "sr3", own, own, "--overwrite"], "output and input are the same file"),
+    ):
+        result = cli(*args)
+        assert result.exit_code == 2, result.output
+        assert message in one_error(result)
+    assert snapshot(tmp_path) == before
+
+
+def test_convert_and_export_os_errors_are_one_line(tmp_path: Path, tiny: Path) -> None:
+    model, _ = load_checkpoint(tiny)
+    own = tmp_path / "own.pth"
+    torch.save(model.state_dict(), own)
+    args = ["--preset", "tiny", "--scale", "2"]
+    before = snapshot(tmp_path)
+    result = cli("weights", "convert", own, tmp_path / "missing" / "o.safetensors", *args)
+    assert result.exit_code == 2 and f"output folder does not exist: {tmp_path / 'missing'}" in one_error(result)
+    (tmp_path / "d.safetensors").mkdir()
+    result = cli("weights", "convert", own, tmp_path / "d.safetensors", *args, "--overwrite")
+    assert result.exit_code == 1 and f"{tmp_path / 'd.safetensors'}: is a folder" in one_error(result)
+    (tmp_path / "d.pth").mkdir()
+    result = cli("weights", "export", "--to", "sr3", tiny, tmp_path / "d.pth")
+    assert result.exit_code == 1 and f"{tmp_path / 'd.pth'}: is a folder" in one_error(result)
+    if os.geteuid() != 0:  # root writes into read-only folders
+        ro = tmp_path / "ro"
+        ro.mkdir()
+        ro.chmod(stat.S_IRUSR | stat.S_IXUSR)
+        try:
+            for cmd in (["weights", "convert", own, ro / "o.safetensors", *args],
+                        ["weights", "export", "--to", "sr3", tiny, ro / "o.pth"]):
+                result = cli(*cmd)
+                assert result.exit_code == 1
+                assert f"{ro}: cannot write to the output folder (Permission denied)" in one_error(result)
+            assert list(ro.iterdir()) == []
+        finally:
+            ro.chmod(stat.S_IRWXU)
+        ro.rmdir()
+    assert snapshot(tmp_path) == before

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 from pathlib import Path
 from typing import Any, Callable, NoReturn, Optional, TypeVar
 
@@ -40,6 +41,9 @@ def _errors(fn: F) -> F:
             return fn(*args, **kwargs)
         except DreamSRError as err:
             _fail(str(err), exit_code_for(err))
+        except OSError as err:  # an operating-system error no library call mapped: still one line naming the path
+            where = err.filename if err.filename is not None else "a file"
+            _fail(f"{where}: {err.strerror or err}", EXIT_FAILED)
 
     return wrapper  # type: ignore[return-value]
 
@@ -233,6 +237,7 @@ def convert(src: Path = typer.Argument(..., metavar="IN.pth", help="A PyTorch st
             steps: Optional[int] = typer.Option(None, "--steps", help="--from resshift: T of the model, 15 (v1 "
                                                 "kernel) or 4 (v3 kernel) (default: the file name's _s15 / _s4)."),
             dtype: str = typer.Option("fp32", help="Storage precision: fp32, fp16 or bf16."),
+            overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing OUT (never an input)."),
             ) -> None:
     """Convert a .pth state dict into a self-describing .safetensors checkpoint.
 
@@ -245,6 +250,10 @@ def convert(src: Path = typer.Argument(..., metavar="IN.pth", help="A PyTorch st
     """
     if layout not in _CONVERT_OPTIONS:
         _fail(f"--from must be one of {', '.join(_CONVERT_OPTIONS)}, got {layout!r}", EXIT_USAGE)
+    for option, given_path in (("--config", config), ("--diffusion", diffusion)):
+        if given_path is not None and dst.exists() and given_path.exists() and os.path.samefile(dst, given_path):
+            _fail(f"output and input are the same file: {dst} is the {option} file (an input is never written "
+                  "over)", EXIT_USAGE)
     given = {"--preset": preset, "--config": config, "--scale": scale, "--diffusion": diffusion, "--key": key,
              "--norm-groups": norm_groups, "--task": task, "--autoencoder": autoencoder, "--steps": steps}
     for option, value in given.items():
@@ -255,13 +264,14 @@ def convert(src: Path = typer.Argument(..., metavar="IN.pth", help="A PyTorch st
     if layout == "sr3":
         from dreamsr.converters.sr3 import convert_released
 
-        path = convert_released(src, dst, norm_groups=norm_groups, scale=scale, task=task, dtype=dtype)
+        path = convert_released(src, dst, norm_groups=norm_groups, scale=scale, task=task, dtype=dtype,
+                                overwrite=overwrite)
         out.print(f"wrote {path}", soft_wrap=True, markup=False)
         return
     if layout == "idm":
-        return _convert_idm(src, dst, preset, config, scale, task, dtype)
+        return _convert_idm(src, dst, preset, config, scale, task, dtype, overwrite)
     if layout == "resshift":
-        return _convert_resshift(src, dst, autoencoder, steps, task, dtype)
+        return _convert_resshift(src, dst, autoencoder, steps, task, dtype, overwrite)
 
     from dreamsr.jobs import weights as W
     from dreamsr.diffusion import DiffusionConfig
@@ -273,12 +283,12 @@ def convert(src: Path = typer.Argument(..., metavar="IN.pth", help="A PyTorch st
         _fail("give exactly one of --preset NAME or --config FILE.json", EXIT_USAGE)
     unet = get_preset(preset) if preset is not None else UNetConfig.from_dict(_read_json(config, "--config"))
     diff = DiffusionConfig.from_dict(_read_json(diffusion, "--diffusion")) if diffusion else None
-    path = W.convert_pth(src, dst, unet, scale=scale, diffusion=diff, key=key, dtype=dtype)
+    path = W.convert_pth(src, dst, unet, scale=scale, diffusion=diff, key=key, dtype=dtype, overwrite=overwrite)
     out.print(f"wrote {path}", soft_wrap=True, markup=False)
 
 
 def _convert_idm(src: Path, dst: Path, preset: str | None, config: Path | None, scale: int | None,
-                 task: str | None, dtype: str) -> None:
+                 task: str | None, dtype: str, overwrite: bool) -> None:
     from dreamsr.families.idm.network import IDMConfig, preset as idm_preset
     from dreamsr.converters.idm import write_release
 
@@ -286,7 +296,7 @@ def _convert_idm(src: Path, dst: Path, preset: str | None, config: Path | None, 
         _fail("give at most one of --preset NAME or --config FILE.json", EXIT_USAGE)
     network = (IDMConfig.from_dict(_read_json(config, "--config")) if config is not None
                else idm_preset(preset or "face"))
-    done = write_release(src, dst, config=network, scale=scale, task=task, dtype=dtype)
+    done = write_release(src, dst, config=network, scale=scale, task=task, dtype=dtype, overwrite=overwrite)
     sched = done.schedule
     out.print(f"wrote {done.path}: idm, x{done.scale} (trained x{network.min_scale:g} to x{network.max_scale:g}), "
               f"{_human_params(done.parameters)} parameters, linear schedule of {sched['num_steps']} steps "
@@ -299,10 +309,11 @@ def _convert_idm(src: Path, dst: Path, preset: str | None, config: Path | None, 
 
 
 def _convert_resshift(src: Path, dst: Path, autoencoder: Path | None, steps: int | None, task: str | None,
-                      dtype: str) -> None:
+                      dtype: str, overwrite: bool) -> None:
     from dreamsr.converters.resshift import write_release
 
-    done = write_release(src, dst, autoencoder_path=autoencoder, steps=steps, task=task, dtype=dtype)
+    done = write_release(src, dst, autoencoder_path=autoencoder, steps=steps, task=task, dtype=dtype,
+                         overwrite=overwrite)
     out.print(f"wrote {done.path}: resshift, x4 in the VQ-f4 latent, UNet {_human_params(done.unet_parameters)} + "
               f"autoencoder {_human_params(done.autoencoder_parameters)} parameters", soft_wrap=True, markup=False)
     out.print(f"schedule: {done.schedule_rule}", soft_wrap=True, markup=False)
@@ -321,6 +332,7 @@ def export(src: Path = typer.Argument(..., metavar="IN.safetensors", help="A dre
            dst: Path = typer.Argument(..., metavar="OUT.pth", help="Released-layout state dict to write."),
            layout: str = typer.Option(..., "--to", help="Layout to write: sr3 (SR3's / DREAM's GaussianDiffusion "
                                       "state dict, loadable by their code with strict=True)."),
+           overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing OUT.pth (never IN)."),
            ) -> None:
     """Write a dreamsr SR3 checkpoint as a released-layout .pth, to compare it inside the original code.
 
@@ -331,7 +343,7 @@ def export(src: Path = typer.Argument(..., metavar="IN.safetensors", help="A dre
         _fail(f"--to must be sr3, got {layout!r}", EXIT_USAGE)
     from dreamsr.converters.sr3 import export_released
 
-    path, options = export_released(src, dst)
+    path, options = export_released(src, dst, overwrite=overwrite)
     console.print(f"wrote {path}; SR3 config \"model\" section:", soft_wrap=True, markup=False)
     typer.echo(json.dumps(options, indent=2))
 

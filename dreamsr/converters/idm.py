@@ -34,7 +34,7 @@ from typing import Mapping
 import torch
 
 from dreamsr import __version__
-from dreamsr.checkpoint import CheckpointInfo, save_checkpoint
+from dreamsr.checkpoint import LIMITS, CheckpointInfo, save_checkpoint
 from dreamsr.converters.sr3 import read_pth
 from dreamsr.diffusion import DiffusionConfig
 from dreamsr.errors import CheckpointError, ConfigError
@@ -221,8 +221,11 @@ def release_layout(config: IDMConfig | None = None) -> ReleaseLayout:
 
 def _schedule(state: Mapping[str, torch.Tensor], source: str) -> dict[str, float | int]:
     """The linear beta schedule the released buffers hold, as DiffusionConfig fields (checked tensor-wise)."""
+    n = int(state["betas"].numel())
+    if n > LIMITS["steps"]:  # before the buffer is converted or a reference schedule computed
+        raise CheckpointError(f"{source}: 'betas' claims {n:,} steps; dreamsr's limit for a checkpoint is "
+                              f"{LIMITS['steps']:,} (steps)")
     betas = state["betas"].detach().to(torch.float64).reshape(-1)
-    n = int(betas.numel())
     if n < 2:
         raise CheckpointError(f"{source}: 'betas' has {n} values, expected a schedule")
     start, end = float(f"{float(betas[0]):.6g}"), float(f"{float(betas[-1]):.6g}")
@@ -231,6 +234,9 @@ def _schedule(state: Mapping[str, torch.Tensor], source: str) -> dict[str, float
         raise CheckpointError(f"{source}: 'betas' is not a linear schedule from {start:g} to {end:g}; "
                               "dreamsr runs linear schedules only")
     alpha_bar = torch.cumprod(1.0 - ref, dim=0)
+    if state["alphas_cumprod"].numel() != n:  # compared before the buffer is converted
+        raise CheckpointError(f"{source}: 'alphas_cumprod' does not match 'betas' ({state['alphas_cumprod'].numel():,} "
+                              f"values, not {n})")
     held = state["alphas_cumprod"].detach().to(torch.float64).reshape(-1)
     if held.shape != alpha_bar.shape or not torch.allclose(held, alpha_bar, rtol=1e-4):
         raise CheckpointError(f"{source}: 'alphas_cumprod' does not match 'betas'")
@@ -284,12 +290,7 @@ def read_release(path: str | os.PathLike, config: IDMConfig | None = None) -> Re
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"input file not found: {path}")
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # noqa: BLE001 - UnpicklingError, RuntimeError, zip errors...
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise CheckpointError(f"{path}: cannot be read as a weights-only PyTorch file ({first})") from None
-    return convert_release(obj, config, source=str(path))
+    return convert_release(read_pth(path), config, source=str(path))
 
 
 @dataclass(frozen=True)
@@ -310,7 +311,8 @@ class WrittenRelease:
 
 
 def write_release(src: str | os.PathLike, dst: str | os.PathLike, *, config: IDMConfig | None = None,
-                  scale: int | None = None, task: str | None = None, dtype: str = "fp32") -> WrittenRelease:
+                  scale: int | None = None, task: str | None = None, dtype: str = "fp32",
+                  overwrite: bool = False) -> WrittenRelease:
     """A released IDM ``*_gen.pth`` -> one self-describing dreamsr checkpoint at ``dst`` (family idm, process
     gaussian). Nothing is written unless every check passes.
 
@@ -334,7 +336,7 @@ def write_release(src: str | os.PathLike, dst: str | os.PathLike, *, config: IDM
         raise ConfigError(f"task must be one of general, face, got {task!r}")
     if dtype not in ("fp32", "fp16", "bf16"):
         raise ConfigError(f"storage dtype must be one of fp32, fp16, bf16, got {dtype!r}")
-    check_output(dst, src)
+    check_output(dst, src, overwrite=overwrite)
 
     source = str(src)
     obj = read_pth(src)
@@ -361,7 +363,7 @@ def write_release(src: str | os.PathLike, dst: str | os.PathLike, *, config: IDM
     info = CheckpointInfo(network=c, diffusion=DiffusionConfig(**conv.schedule), scale=native, training=training,
                           dreamsr_version=__version__, sampling=dict(RECOMMENDED_SAMPLING), family="idm",
                           process="gaussian")
-    path = save_checkpoint(dst, net, info, dtype=dtype)
+    path = save_checkpoint(dst, net, info, dtype=dtype, overwrite=overwrite)
     return WrittenRelease(path=path, config=c, scale=native, schedule=dict(conv.schedule), dropped=dropped,
                           dropped_parameters=dropped_parameters, parameters=sum(p.numel() for p in net.parameters()),
                           sampling=dict(info.sampling))

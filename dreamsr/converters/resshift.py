@@ -71,15 +71,9 @@ class ConvertedRelease:
 # ----------------------------------------------------------------------------------------------------------------
 
 def load_release_file(path: str | os.PathLike) -> Any:
-    """``torch.load(path, map_location="cpu", weights_only=True)`` with errors a user can act on."""
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"file not found: {path}")
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # noqa: BLE001 - UnpicklingError, RuntimeError, zip errors...
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise CheckpointError(f"{path}: cannot be read as a weights-only PyTorch file ({first})") from None
+    """``torch.load(path, map_location="cpu", weights_only=True)`` with errors a user can act on, its tensors'
+    claimed sizes bounded and NaN/inf refused (:func:`dreamsr.converters.sr3.read_pth`)."""
+    return read_pth(path)
 
 
 def unwrap_state(obj: Any, source: str) -> dict[str, torch.Tensor]:
@@ -490,7 +484,7 @@ class WrittenRelease:
 
 def write_release(unet_path: str | os.PathLike, dst: str | os.PathLike, *,
                   autoencoder_path: str | os.PathLike | None = None, steps: int | None = None,
-                  task: str | None = None, dtype: str = "fp32") -> WrittenRelease:
+                  task: str | None = None, dtype: str = "fp32", overwrite: bool = False) -> WrittenRelease:
     """A released ResShift UNet file and ``autoencoder_vq_f4.pth`` -> one self-describing dreamsr checkpoint at
     ``dst``: family resshift (``unet.*`` and ``first_stage.*`` tensors, first stage "vqf4"), process shift with the
     kernel of :func:`release_schedule`, scale x4, ``sampling`` = :func:`recommended_sampling` with
@@ -509,7 +503,7 @@ def write_release(unet_path: str | os.PathLike, dst: str | os.PathLike, *,
         raise ConfigError(f"task must be one of general, face, got {task!r}")
     if dtype not in ("fp32", "fp16", "bf16"):
         raise ConfigError(f"storage dtype must be one of fp32, fp16, bf16, got {dtype!r}")
-    check_output(dst, unet_path, ae_path)
+    check_output(dst, unet_path, ae_path, overwrite=overwrite)
 
     src, ae_src = str(unet_path), str(ae_path)
     obj = read_pth(unet_path)
@@ -540,7 +534,7 @@ def write_release(unet_path: str | os.PathLike, dst: str | os.PathLike, *,
     info = CheckpointInfo(network=config, diffusion=shift, scale=RELEASE_SCALE, training=training,
                           dreamsr_version=__version__, sampling=recommended_sampling(unet_config, ae_config.factor, shift.num_steps),
                           family="resshift", process="shift")
-    path = save_checkpoint(dst, net, info, dtype=dtype)
+    path = save_checkpoint(dst, net, info, dtype=dtype, overwrite=overwrite)
     return WrittenRelease(path=path, unet_config=unet_config, autoencoder_config=ae_config, shift=shift,
                           schedule_rule=rule, unet_parameters=sum(p.numel() for p in net.unet.parameters()),
                           autoencoder_parameters=sum(p.numel() for p in net.first_stage.parameters()),

@@ -25,7 +25,8 @@ from __future__ import annotations
 
 import os
 import re
-import tempfile
+import warnings
+import zipfile
 from collections import OrderedDict
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -35,9 +36,11 @@ import numpy as np
 import torch
 
 from dreamsr import __version__
-from dreamsr.checkpoint import CheckpointInfo, load_checkpoint, load_state_strict, save_checkpoint
+from dreamsr.checkpoint import (LIMITS, CheckpointInfo, check_config, check_finite, load_checkpoint,
+                                load_state_strict, save_checkpoint, write_output)
 from dreamsr.diffusion import DiffusionConfig
 from dreamsr.errors import CheckpointError, ConfigError
+from dreamsr.families.released import check_output
 from dreamsr.families.sr3.unet import Block, UNet, UNetConfig
 
 __all__ = ["SCHEDULE_BUFFERS", "DENOISE_PREFIX", "Release", "RELEASES", "key_map", "infer_network",
@@ -266,6 +269,9 @@ def identify_schedule(sd: Mapping[str, torch.Tensor], source: str) -> DiffusionC
         if name not in sd:
             raise CheckpointError(f"{source}: schedule buffer {name!r} is missing")
     t = sd["betas"].numel()
+    if t > LIMITS["steps"]:  # before any buffer is converted or a reference schedule computed
+        raise CheckpointError(f"{source}: schedule buffer 'betas' claims {t:,} steps; dreamsr's limit for a "
+                              f"checkpoint is {LIMITS['steps']:,} (steps)")
     for name in SCHEDULE_BUFFERS:
         if tuple(sd[name].shape) != (t,):
             raise CheckpointError(f"{source}: schedule buffer {name!r} has shape {tuple(sd[name].shape)}, "
@@ -334,6 +340,7 @@ def from_released(sd: Mapping[str, torch.Tensor], *, source: str, norm_groups: i
                           dropout=dropout if dropout is not None else base.dropout)
     except ConfigError as err:
         raise CheckpointError(f"{source}: {err}") from None
+    check_config("sr3", network, source)  # the shapes' sizes, before the network is built
     diffusion = identify_schedule(sd, source)
     model = UNet(network)
     kmap = key_map(model)
@@ -411,32 +418,106 @@ def _is_safetensors(path: Path) -> bool:
     return len(head) == 9 and head[8:9] == b"{" and int.from_bytes(head[:8], "little") < 100_000_000
 
 
+def _head(path: Path, n: int = 8) -> bytes:
+    try:
+        with open(path, "rb") as fh:
+            return fh.read(n)
+    except OSError as err:
+        raise CheckpointError(f"{path}: cannot read ({err.strerror or err})") from None
+
+
+def _zip_names(path: Path) -> list[str]:
+    try:
+        with zipfile.ZipFile(path) as zf:
+            return zf.namelist()
+    except (zipfile.BadZipFile, OSError, ValueError):
+        return []
+
+
 def read_pth(path: str | os.PathLike) -> Any:
     """``torch.load(path, weights_only=True)`` on the CPU, with one clear line for each way a file fails:
-    missing, a safetensors file, a pickle of Python objects (not weights-only), truncated/damaged, not PyTorch."""
+    missing or unreadable, a safetensors file, a TorchScript archive, not a pickle at all (a text file), a pickle of
+    Python objects (not weights-only), truncated/damaged. torch's warnings are not passed on.
+
+    What loads is then checked before anything is built from it (:func:`check_loaded`): the values its tensors
+    claim are bounded (a stride-0 tensor of a few bytes can claim billions) and no tensor holds NaN or inf.
+    """
     path = Path(path)
     if not path.is_file():
-        raise CheckpointError(f"input file not found: {path}")
+        raise CheckpointError(f"input file not found: {path}" if not path.exists() else f"{path}: not a file")
     if _is_safetensors(path):
         raise CheckpointError(f"{path}: is a safetensors file, not a PyTorch .pth (a dreamsr checkpoint needs no "
                               "conversion)")
+    head = _head(path)
+    if head[:2] == b"PK":
+        names = _zip_names(path)
+        if any(n.endswith("/constants.pkl") or "/code/" in n for n in names):
+            raise CheckpointError(f"{path}: a TorchScript archive (torch.jit.save): a program, not a state dict; "
+                                  "dreamsr runs no code from a file: re-save the weights with "
+                                  "torch.save(model.state_dict(), PATH)")
+    elif head[:1] != b"\x80":  # every torch.save file is a zip archive or a pickle (protocol 2+: 0x80)
+        size = path.stat().st_size
+        raise CheckpointError(f"{path}: not a PyTorch file ({size} bytes starting with {head!r}: neither a zip "
+                              "archive nor a pickle)")
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # torch's TorchScript / legacy-format warnings: the error says it all
+            obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # noqa: BLE001 - UnpicklingError, RuntimeError, EOFError, zip errors...
         text = str(err)
         if "Weights only load failed" in text:
             found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", text)
             what = f" (it needs {found.group(1)})" if found else ""
-            raise CheckpointError(f"{path}: a pickle of Python objects{what}, not a weights-only file; dreamsr "
-                                  "unpickles nothing: re-save the weights with torch.save(model.state_dict(), "
-                                  "PATH)") from None
+            raise CheckpointError(f"{path}: a pickle of Python objects{what}, not a weights-only file; loading "
+                                  "it would run whatever code the file names, so dreamsr unpickles nothing: "
+                                  "re-save the weights with torch.save(model.state_dict(), PATH)") from None
         lowered = text.lower()
         if isinstance(err, EOFError) or any(s in lowered for s in ("central directory", "unexpected eof",
                                                                    "ran out of input", "corrupt", "truncated")):
             raise CheckpointError(f"{path}: a truncated or damaged PyTorch file "
                                   f"({path.stat().st_size} bytes); download it again") from None
-        first = text.strip().splitlines()[0] if text.strip() else type(err).__name__
+        first = text.strip().splitlines()[0][:200] if text.strip() else type(err).__name__
         raise CheckpointError(f"{path}: not a PyTorch file ({first})") from None
+    check_loaded(obj, str(path))
+    return obj
+
+
+def check_loaded(obj: Any, source: str) -> None:
+    """CheckpointError unless every tensor in ``obj`` (nested dicts, lists and tuples) claims at most
+    ``LIMITS["parameters"]`` values in all and holds no NaN or inf; the message names the tensor's key.
+
+    Sizes are read from the tensors' shapes only: nothing of the size a tensor claims is allocated until it passes.
+    """
+    total = 0
+    found: list[tuple[str, torch.Tensor]] = []
+
+    def walk(o: Any, where: str, depth: int) -> None:
+        nonlocal total
+        if depth > 32:
+            raise CheckpointError(f"{source}: nested deeper than 32 levels at {where!r}; not a state dict")
+        if isinstance(o, torch.Tensor):
+            total += o.numel()
+            if total > LIMITS["parameters"]:
+                raise CheckpointError(f"{source}: tensor {where!r} claims {o.numel():,} values; dreamsr's limit for "
+                                      f"the tensors of one file is {LIMITS['parameters']:,} (parameters)")
+            found.append((where, o))
+        elif isinstance(o, Mapping):
+            for k, v in o.items():
+                walk(v, f"{where}.{k}" if where else str(k), depth + 1)
+        elif isinstance(o, (list, tuple)):
+            for n, v in enumerate(o):
+                walk(v, f"{where}[{n}]", depth + 1)
+
+    walk(obj, "", 0)
+    check_finite({k: _stored(t) for k, t in found}, source)
+
+
+def _stored(t: torch.Tensor) -> torch.Tensor:
+    """The values a loaded tensor's storage holds, flat: what the file stores (its bytes), whatever the tensor's
+    shape and strides claim (a stride-0 tensor of one value can claim billions)."""
+    storage = t.untyped_storage()
+    flat = torch.empty(0, dtype=t.dtype)
+    return flat.set_(storage, 0, (storage.nbytes() // t.element_size(),))
 
 
 def _unwrap(obj: Any) -> tuple[Any, str]:
@@ -490,32 +571,9 @@ def _released_state_dict(obj: Any, source: str) -> dict[str, torch.Tensor]:
     raise CheckpointError(f"{source}: not a released SR3/DREAM state dict; it looks like {describe_object(obj)}")
 
 
-def _atomic_write(dst: Path, write: Any) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{dst.name}.", suffix=".tmp", dir=dst.parent)
-    os.close(fd)
-    try:
-        write(tmp)
-        with open(tmp, "rb+") as fh:
-            os.fsync(fh.fileno())
-        os.replace(tmp, dst)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def _check_paths(src: Path, dst: Path, suffixes: tuple[str, ...]) -> None:
-    if not src.is_file():
-        raise CheckpointError(f"input file not found: {src}")
-    if dst.suffix not in suffixes:
-        raise ConfigError(f"output must be a {' or '.join(suffixes)} file, got {dst}")
-    if dst.exists() and dst.resolve() == src.resolve():
-        raise ConfigError("output and input are the same file")
-    if not dst.parent.is_dir():
-        raise ConfigError(f"output folder does not exist: {dst.parent}")
-
-
 def convert_released(src: str | os.PathLike, dst: str | os.PathLike, *, norm_groups: int | None = None,
-                     scale: int | None = None, task: str | None = None, dtype: str = "fp32") -> Path:
+                     scale: int | None = None, task: str | None = None, dtype: str = "fp32",
+                     overwrite: bool = False) -> Path:
     """Released SR3/DREAM ``.pth`` -> a self-describing dreamsr checkpoint at ``dst`` (family sr3, process
     gaussian). Nothing is written unless every check passes. Returns the path written.
 
@@ -524,7 +582,7 @@ def convert_released(src: str | os.PathLike, dst: str | os.PathLike, *, norm_gro
     ``sampling`` = :data:`RECOMMENDED_SAMPLING` with ``training['sampling_provenance']`` saying where it is from.
     """
     src, dst = Path(src), Path(dst)
-    _check_paths(src, dst, (".safetensors",))
+    check_output(dst, src, overwrite=overwrite)
     if scale is not None and scale < 1:
         raise ConfigError(f"scale must be a positive integer, got {scale}")
     if task is not None and task not in TASKS:
@@ -544,10 +602,11 @@ def convert_released(src: str | os.PathLike, dst: str | os.PathLike, *, norm_gro
     info = CheckpointInfo(network=conv.network, diffusion=conv.diffusion, scale=conv.scale, training=training,
                           dreamsr_version=__version__, sampling=dict(RECOMMENDED_SAMPLING), family="sr3",
                           process="gaussian")
-    return save_checkpoint(dst, conv.model, info, dtype=dtype)
+    return save_checkpoint(dst, conv.model, info, dtype=dtype, overwrite=overwrite)
 
 
-def export_released(src: str | os.PathLike, dst: str | os.PathLike) -> tuple[Path, dict[str, Any]]:
+def export_released(src: str | os.PathLike, dst: str | os.PathLike, *, overwrite: bool = False
+                    ) -> tuple[Path, dict[str, Any]]:
     """A dreamsr SR3 checkpoint -> a released-layout ``.pth`` (``torch.save`` of a flat dict: the 12 schedule
     buffers and ``denoise_fn.*``, float32) that SR3's and DREAM's code load with strict=True.
 
@@ -556,7 +615,7 @@ def export_released(src: str | os.PathLike, dst: str | os.PathLike) -> tuple[Pat
     written unless the checkpoint can be expressed (family sr3, process gaussian, image target, embed_scale 1).
     """
     src, dst = Path(src), Path(dst)
-    _check_paths(src, dst, (".pth", ".pt"))
+    check_output(dst, src, suffix=(".pth", ".pt"), overwrite=overwrite)
     model, info = load_checkpoint(src)
     if info.family != "sr3" or info.process != "gaussian":
         raise CheckpointError(f"{src}: a {info.family}/{info.process} checkpoint; only sr3/gaussian checkpoints "
@@ -567,5 +626,5 @@ def export_released(src: str | os.PathLike, dst: str | os.PathLike) -> tuple[Pat
     state = to_released(model, info.diffusion)  # type: ignore[arg-type]
     release = match_release(info.network)
     image_size = release.hr_size if release is not None else 128
-    _atomic_write(dst, lambda tmp: torch.save(state, tmp))
+    write_output(dst, lambda tmp: torch.save(state, tmp), overwrite=overwrite)
     return dst, released_model_options(info.network, info.diffusion, image_size)

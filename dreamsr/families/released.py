@@ -15,10 +15,11 @@ Recognised layouts (after undoing a ``state_dict`` wrapper and ``module.``/``_or
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any, Mapping
 
-from dreamsr.errors import CheckpointError, ConfigError
+from dreamsr.errors import CheckpointError, ConfigError, OutputError, OutputExistsError
 
 __all__ = ["LAYOUTS", "identify", "describe", "require_layout", "check_output"]
 
@@ -109,17 +110,24 @@ def require_layout(obj: Any, layout: str, source: str, what: str) -> None:
         raise CheckpointError(f"{source}: not {what}; it looks like {describe(obj)}")
 
 
-def check_output(dst: Path, *sources: Path, suffix: str = ".safetensors") -> None:
-    """ConfigError unless ``dst`` is a ``suffix`` file in an existing folder that is none of ``sources``;
-    CheckpointError for a source that is not a file. Nothing is written."""
+def check_output(dst: Path, *sources: Path, suffix: str | tuple[str, ...] = ".safetensors",
+                 overwrite: bool = False) -> None:
+    """Before any work: ConfigError unless ``dst`` is a ``suffix`` file in an existing folder that is none of
+    ``sources`` (never written over, ``overwrite`` or not); OutputError when ``dst`` is a folder;
+    OutputExistsError when it exists and ``overwrite`` is False; CheckpointError for a source that is not a file.
+    Nothing is written."""
+    suffixes = (suffix,) if isinstance(suffix, str) else tuple(suffix)
     for src in sources:
         if not src.is_file():
             raise CheckpointError(f"input file not found: {src}")
-    if dst.suffix != suffix:
-        raise ConfigError(f"output must be a {suffix} file, got {dst}")
+    if dst.suffix not in suffixes:
+        raise ConfigError(f"output must be a {' or '.join(suffixes)} file, got {dst}")
     if not dst.parent.is_dir():
         raise ConfigError(f"output folder does not exist: {dst.parent}")
     for src in sources:
-        if dst.exists() and dst.resolve() == src.resolve():
-            raise ConfigError(f"output and input are the same file: {dst}")
-
+        if dst.exists() and os.path.samefile(dst, src):
+            raise ConfigError(f"output and input are the same file: {dst} (an input is never written over)")
+    if dst.is_dir():
+        raise OutputError(f"{dst}: is a folder")
+    if not overwrite and (dst.exists() or dst.is_symlink()):
+        raise OutputExistsError(f"{dst}: exists (use --overwrite to replace it)")

@@ -664,13 +664,15 @@ def push_checkpoint(file: str | os.PathLike, repo_id: str, *, name: str | None =
 
 def convert_pth(src: str | os.PathLike, dst: str | os.PathLike, unet: UNetConfig, *, scale: int,
                 diffusion: DiffusionConfig | None = None, key: str | None = None, dtype: str = "fp32",
-                training: dict | None = None) -> Path:
+                training: dict | None = None, overwrite: bool = False) -> Path:
     """Turn a ``.pth`` state dict of our UNet layout into a self-describing checkpoint at ``dst``.
 
     ``unet`` is the UNetConfig the tensors were trained with; ``diffusion`` a DiffusionConfig (default: the
     standard one); ``key`` picks a nested dict (e.g. "ema") when the file holds more than the state dict.
     The file is read with ``torch.load(weights_only=True)``: anything but tensors and plain containers is
-    refused, nothing is unpickled. Every tensor must match the config (errors name the key).
+    refused, nothing is unpickled (:func:`dreamsr.converters.sr3.read_pth`: sizes bounded, NaN/inf refused). Every
+    tensor must match the config (errors name the key). An existing ``dst`` is replaced only with ``overwrite``;
+    an input never.
     """
     import torch
     from dreamsr import __version__
@@ -678,20 +680,16 @@ def convert_pth(src: str | os.PathLike, dst: str | os.PathLike, unet: UNetConfig
     from dreamsr.diffusion import DiffusionConfig
     from dreamsr.families.sr3.unet import UNet
 
+    from dreamsr.checkpoint import check_config
+    from dreamsr.converters.sr3 import read_pth
+    from dreamsr.families.released import check_output
+
     src, dst = Path(src), Path(dst)
-    if not src.is_file():
-        raise CheckpointError(f"input file not found: {src}")
-    if dst.suffix != ".safetensors":
-        raise ConfigError(f"output must be a .safetensors file, got {dst}")
-    if dst.resolve() == src.resolve():
-        raise ConfigError("output and input are the same file")
+    check_output(dst, src, overwrite=overwrite)
     if scale < 1:
         raise ConfigError(f"scale must be a positive integer, got {scale}")
-    try:
-        obj = torch.load(src, map_location="cpu", weights_only=True)
-    except Exception as err:  # noqa: BLE001 - UnpicklingError, RuntimeError, zip errors...
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise CheckpointError(f"{src}: cannot be read as a weights-only PyTorch file ({first})") from None
+    check_config("sr3", unet, "--config")
+    obj = read_pth(src)
     if key is not None:
         if not isinstance(obj, dict) or key not in obj:
             keys = ", ".join(map(str, obj)) if isinstance(obj, dict) else type(obj).__name__
@@ -712,4 +710,4 @@ def convert_pth(src: str | os.PathLike, dst: str | os.PathLike, unet: UNetConfig
     load_state_strict(model, obj, str(src))
     info = CheckpointInfo(network=unet, diffusion=diffusion or DiffusionConfig(), scale=scale,
                           training={"converted_from": src.name, **(training or {})}, dreamsr_version=__version__)
-    return save_checkpoint(dst, model, info, dtype=dtype)
+    return save_checkpoint(dst, model, info, dtype=dtype, overwrite=overwrite)
