@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import shlex
 import sys
+import time
 from pathlib import Path
 from typing import Any, List, Optional
 
@@ -18,6 +19,7 @@ from rich.text import Text
 from dreamsr.cli.common import EXIT_FAILED, EXIT_OK, console, error_line, exit_code_for, is_tty, out
 from dreamsr.errors import ConfigError, DreamSRError
 from dreamsr.options import SamplingOptions as S
+from dreamsr.threads import ThreadGovernor, setup as setup_threads
 
 _SETS = "div2k-val, celebahq, set5, set14, bsd100, urban100, cat, lsun-bedroom, lsun-tower, folder, paired"
 
@@ -100,13 +102,20 @@ def _compare(paths: List[Path]) -> int:
     return EXIT_OK
 
 
+def _duration(seconds: float) -> str:
+    return f"{seconds:.0f} s" if seconds < 90 else f"{seconds / 60:.0f} min" if seconds < 5400 else \
+        f"{seconds / 3600:.1f} h"
+
+
 class _Bar:
     """A rich progress bar over (image, seed) runs, with the network calls of the current run."""
 
-    def __init__(self, live: bool) -> None:
+    def __init__(self, live: bool, governor: Any = None) -> None:
         self.live = live
+        self.governor = governor  # dreamsr.threads.ThreadGovernor: follows other programs' load between calls
         self.progress: Any = None
         self.task: Any = None
+        self.started = time.perf_counter()
 
     def __enter__(self) -> "_Bar":
         if self.live:
@@ -127,14 +136,18 @@ class _Bar:
             (self.progress.console if self.progress is not None else console).print(ev.item, markup=False,
                                                                                     highlight=False)
             return
+        if self.governor is not None:
+            self.governor.follow()
         if self.progress is not None:
             info = ev.item if not ev.calls_total else f"{ev.item} ({ev.calls}/{ev.calls_total} calls)"
             if ev.stage == "fid":
                 info = "FID"
             self.progress.update(self.task, total=ev.total, completed=ev.done, info=info)
         elif ev.stage in ("done", "error"):
-            console.print(f"eval {ev.done}/{ev.total} {ev.item}" + (" (error)" if ev.stage == "error" else ""),
-                          markup=False, highlight=False)
+            spent = time.perf_counter() - self.started
+            left = f", about {_duration(spent / ev.done * (ev.total - ev.done))} left" if ev.done else ""
+            console.print(f"eval {ev.done}/{ev.total} {ev.item}" + (" (error)" if ev.stage == "error" else "")
+                          + f"  {_duration(spent)} so far{left}", markup=False, highlight=False)
 
 
 def evaluate(
@@ -189,6 +202,8 @@ def evaluate(
     save_images: bool = typer.Option(False, "--save-images", help="Also write the SR images to <output>/sr/."),
     device: str = typer.Option("auto", "--device", help="auto | cpu | cuda | cuda:N | mps."),
     precision: str = typer.Option("auto", "--precision", help="auto | fp32 | bf16 | fp16."),
+    threads: int = typer.Option(0, "--threads", min=0, help="CPU threads for PyTorch. 0: the cores other programs "
+                                "leave free, followed during the run; OMP_NUM_THREADS is respected."),
     compare_runs: bool = typer.Option(False, "--compare", help="Print the given summary.json files side by side."),
 ) -> None:
     """Measure PSNR/SSIM/VIF (RGB and Y conventions), HaarPSI/GMSD/MDSI, the HF ratio, consistency, LPIPS and FID
@@ -209,6 +224,7 @@ def evaluate(
             raise typer.Exit(_compare(summaries))
         if summaries:
             raise ConfigError(f"unexpected argument {summaries[0]} (summary files go with --compare)")
+        thread_plan = setup_threads(threads or None)  # before torch loads
         from dreamsr.jobs.evaluate import EvalConfig
         from dreamsr.jobs.evaluate import evaluate as run_eval
 
@@ -224,7 +240,7 @@ def evaluate(
         if out_dir is None:
             who = Path(weights).stem if weights else model.replace("/", "_").replace(":", "_")
             out_dir = Path("eval") / (f"{set_name}-{who}" + (f"-x{scale}" if scale else ""))
-        with _Bar(is_tty()) as bar:
+        with _Bar(is_tty(), ThreadGovernor(thread_plan)) as bar:
             report = run_eval(cfg, out_dir, progress=bar)
     except DreamSRError as err:
         _error(str(err), exit_code_for(err))

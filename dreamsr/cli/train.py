@@ -45,8 +45,9 @@ def _fmt_time(seconds: float) -> str:
 class _Display:
     """Turns TrainEvents into a rich live line (terminal) or plain log lines (pipes, files)."""
 
-    def __init__(self, total: int, live: bool) -> None:
+    def __init__(self, total: int, live: bool, threads: str = "") -> None:
         self.total = total
+        self.threads = threads
         self.live = live
         self.step_time: float | None = None
         self.loss: float | None = None
@@ -88,7 +89,8 @@ class _Display:
             self.total = ev.total_steps
             what = f"resumed from {d['resumed_from']} at step {ev.step}" if d.get("resumed_from") else "started"
             self.line(f"train {what}: {d['images']} training images, {d['val_images']} validation images, "
-                      f"{d['parameters'] / 1e6:.2f} M parameters, {d['device']} {d['precision']}, "
+                      f"{d['parameters'] / 1e6:.2f} M parameters, {d['device']} {d['precision']}"
+                      f"{', ' + self.threads if d['device'] == 'cpu' and self.threads else ''}, "
                       f"{d['world_size']} process(es)")
             if self.progress is not None:
                 self.progress.update(self.task, total=self.total, completed=ev.step)
@@ -190,10 +192,10 @@ def train(
                                             "(default: auto)", rich_help_panel="Hardware"),
     channels_last: Optional[bool] = typer.Option(None, "--channels-last/--no-channels-last", help="NHWC layout "
                                                  "(default: on CUDA only).", rich_help_panel="Hardware"),
-    threads: Optional[int] = typer.Option(None, "--threads", min=1, help="CPU threads for PyTorch (default: "
-                                          "PyTorch's choice). On a CPU shared with other jobs, 1 can be much "
-                                          "faster; keep the same value across --resume for bit-exact continuation.",
-                                          rich_help_panel="Hardware"),
+    threads: Optional[int] = typer.Option(None, "--threads", min=1, help="CPU threads for PyTorch (default: the "
+                                          "cores other programs leave free when the run starts, kept for the whole "
+                                          "run; OMP_NUM_THREADS is respected). Give the same value across --resume "
+                                          "for bit-exact continuation.", rich_help_panel="Hardware"),
     run_dir: Optional[Path] = typer.Option(None, "--output", "-o", "--run-dir", help="Run folder: checkpoints, "
                                            "metrics, model.safetensors (--run-dir: the same). (default: runs/dreamsr)",
                                            rich_help_panel="Run"),
@@ -244,6 +246,9 @@ def train(
       python -m dreamsr.launch --standalone --nproc_per_node 4 train --dataset df2k --data-dir /data --p 1
       (DDP: torchrun's options before `train`, dreamsr's after it; see `python -m dreamsr.launch --help`)
     """
+    from dreamsr.threads import setup as setup_threads
+
+    thread_plan = setup_threads(threads)  # before torch loads (its OpenMP reads the waiting behaviour then)
     from dreamsr.jobs.train import TrainConfig, export_from_state, read_state_config, train as run_train
 
     given: dict[str, Any] = {
@@ -289,12 +294,8 @@ def train(
         return
 
     cfg = dataclasses.replace(base, **given)
-    if threads is not None:
-        import torch
-
-        torch.set_num_threads(threads)
     live = is_tty() and int(os.environ.get("RANK", "0")) == 0
-    display = _Display(cfg.steps, live)
+    display = _Display(cfg.steps, live, thread_plan.describe())
 
     def on_sigint(signum: int, frame: Any) -> None:
         if display.stop_requested:

@@ -24,6 +24,7 @@ from rich.text import Text
 from dreamsr.cli.common import EXIT_FAILED, EXIT_OK, EXIT_USAGE, console, error_line, is_tty, option_message, out
 from dreamsr.errors import ConfigError, DreamSRError, ModelNotFoundError
 from dreamsr.options import SamplingOptions as S
+from dreamsr.threads import ThreadGovernor
 
 __all__ = ["upscale", "plan_output", "collect_inputs"]
 
@@ -192,6 +193,9 @@ def upscale(
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace existing outputs (never the inputs)."),
     max_pixels: int = typer.Option(50_000_000, "--max-pixels", help="Refuse inputs with more pixels "
                                    "(decompression-bomb guard)."),
+    threads: int = typer.Option(0, "--threads", min=0, help="CPU threads for PyTorch. 0: the cores other programs "
+                                "leave free, followed during the job (docs/benchmarks.md, \"Shared CPU\"); "
+                                "OMP_NUM_THREADS in the environment is respected.", show_default=False),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="Only errors on stderr."),
     as_json: bool = typer.Option(False, "--json", help="Print a JSON summary on stdout."),
 ) -> None:
@@ -250,7 +254,41 @@ def upscale(
     t_start = time.perf_counter()
     up = None
     if found:
+        from dreamsr.threads import setup as setup_threads
+
+        try:  # before torch is imported: its OpenMP threads read the waiting behaviour then
+            thread_plan = setup_threads(threads or None)
+        except ConfigError as err:
+            _usage(str(err))
         path = _resolve_model(model, weights, scale)
+        from dreamsr.checkpoint import read_info
+
+        try:  # the header alone names the outputs, so existing ones are reported before the model is built
+            info = read_info(path)
+        except DreamSRError as err:
+            _error(str(err))
+            raise typer.Exit(EXIT_FAILED) from None
+        out_scale = float(scale) if scale is not None else float(info.scale)
+        label = _scale_label(out_scale)
+        suffix_s = suffix.format(scale=label)
+        planned: dict[Path, Path] = {}
+        for src, rel in found:
+            job = Job(src=src, dst=plan_output(src, rel, output, single_target, suffix_s, ext_n))
+            key = job.dst.resolve() if job.dst.parent.exists() else job.dst.absolute()
+            if key in planned:
+                job.status, job.error = "failed", f"{src}: would write the same output as {planned[key]} ({job.dst})"
+            elif job.dst.exists() and os.path.samefile(job.dst, path):  # an input too: never written over
+                job.status, job.error = "failed", (f"{job.dst}: is the model's weights file; the output never "
+                                                   "replaces an input (choose another -o, --suffix or --ext)")
+            elif job.dst.exists() and not overwrite:
+                job.status, job.error = "failed", f"{job.dst}: exists (use --overwrite to replace it)"
+            else:
+                planned[key] = src
+            jobs.append(job)
+    for j in jobs:  # refused outputs are reported before the model is loaded
+        if j.status == "failed" and j.error:
+            _error(j.error)
+    if any(j.status == "pending" for j in jobs):
         from dreamsr.jobs.pipeline import Upscaler
 
         try:
@@ -273,34 +311,20 @@ def upscale(
         except DreamSRError as err:
             _error(str(err))
             raise typer.Exit(EXIT_FAILED) from None
-        out_scale = float(scale) if scale is not None else float(up.scale)
-        label = _scale_label(out_scale)
-        suffix_s = suffix.format(scale=label)
-        planned: dict[Path, Path] = {}
-        for src, rel in found:
-            job = Job(src=src, dst=plan_output(src, rel, output, single_target, suffix_s, ext_n))
-            key = job.dst.resolve() if job.dst.parent.exists() else job.dst.absolute()
-            if key in planned:
-                job.status, job.error = "failed", f"{src}: would write the same output as {planned[key]} ({job.dst})"
-            elif job.dst.exists() and os.path.samefile(job.dst, path):  # an input too: never written over
-                job.status, job.error = "failed", (f"{job.dst}: is the model's weights file; the output never "
-                                                   "replaces an input (choose another -o, --suffix or --ext)")
-            else:
-                planned[key] = src
-            jobs.append(job)
         if not quiet:
             lo, hi = up.scales
             how = ("" if out_scale == up.scale else f", sampled at x{label}" if lo < hi
                    else f", resized to x{label} by bicubic")
             console.print(Text(f"model {path.name}: {up.info.family} x{up.scale} ({up.describe_process()}){how}; "
-                               f"{opts.describe()}; {up.device} {up.precision}"), soft_wrap=True)
+                               f"{opts.describe()}; {up.device} {up.precision}, {thread_plan.describe()}"),
+                          soft_wrap=True)
         model_scale = out_scale if up.scales[0] < up.scales[1] else float(up.scale)
         plan = _plan(up, jobs, opts, model_scale)
         if not quiet and plan["calls"]:
             _print_plan(up, jobs, opts, model_scale, plan, given)
         try:
             _run_jobs(up, jobs, out_scale=out_scale, overwrite=overwrite, max_pixels=max_pixels, quiet=quiet,
-                      options=opts)
+                      options=opts, governor=ThreadGovernor(thread_plan))
         except KeyboardInterrupt:  # the image being written leaves no temporary file behind
             done = sum(j.status == "ok" for j in jobs)
             _error(f"interrupted; {done} image(s) written")
@@ -328,6 +352,7 @@ def upscale(
                 "native_scale": up.scale, "scale": float(scale) if scale is not None else float(up.scale),
                 "device": str(up.device), "precision": up.precision,
                 "family": up.info.family, "process": up.info.process, "settings": opts.to_dict(),
+                "threads": thread_plan.to_dict(),
             })
         out.print_json(json.dumps(summary))
     if n_failed:
@@ -358,7 +383,7 @@ def _image_size(path: Path) -> tuple[int, int] | None:
 
 def _plan(up: Any, jobs: list[Job], opts: S, model_scale: float) -> dict[str, Any]:
     """Network calls of every pending job and, for long jobs, an estimate from one timed call on this machine."""
-    calls, tiles, per_call = 0, 0, None
+    calls, tiles, batches, per_call = 0, 0, 0, None
     first = None
     for job in jobs:
         size = _image_size(job.src) if job.status == "pending" else None
@@ -371,9 +396,11 @@ def _plan(up: Any, jobs: list[Job], opts: S, model_scale: float) -> dict[str, An
         first = first or p
         calls += p.calls
         tiles += p.tiles
+        batches += math.ceil(p.tiles / p.batch)
     if first is not None and calls >= TIMED_ESTIMATE_CALLS:
         per_call = up.time_call(first)
-    return {"images": sum(j.status == "pending" for j in jobs), "tiles": tiles, "steps": opts.steps,
+    return {"images": sum(j.status == "pending" for j in jobs), "tiles": tiles, "batches": batches,
+            "batch": opts.batch, "steps": opts.steps,
             "calls": calls, "seconds_per_call": None if per_call is None else round(per_call, 4),
             "estimate_seconds": None if per_call is None else round(per_call * calls, 1)}
 
@@ -390,7 +417,8 @@ def _print_plan(up: Any, jobs: list[Job], opts: S, model_scale: float, plan: dic
                 given: dict[str, Any]) -> None:
     """The plan line and, past LONG_JOB_SECONDS, what would make it shorter."""
     est = plan["estimate_seconds"]
-    console.print(Text(f"plan: {plan['images']} image(s), {plan['tiles']} tile(s) x {opts.steps} steps"
+    console.print(Text(f"plan: {plan['images']} image(s), {plan['tiles']} tile(s) in {plan['batches']} "
+                       f"batch(es) of up to {plan['batch']} x {opts.steps} step(s)"
                        + (f" x {opts.ensemble} ensemble members" if opts.ensemble > 1 else "")
                        + f" = {plan['calls']} network calls"
                        + ("" if est is None else f"; about {_duration(est)} on this machine "
@@ -407,13 +435,16 @@ def _print_plan(up: Any, jobs: list[Job], opts: S, model_scale: float, plan: dic
     console.print(Text.assemble(("note:", "yellow"), f" this is a long job; {'; '.join(tips)}"), soft_wrap=True)
 
 
+# without a terminal, a progress line every this fraction of an image's network calls (and at least this many s)
+LOG_EVERY_FRACTION = 0.1
+LOG_EVERY_SECONDS = 10.0
+
+
 def _run_jobs(up: Any, jobs: list[Job], *, out_scale: float, overwrite: bool, max_pixels: int, quiet: bool,
-              options: S) -> None:
-    """Upscale every pending job, with a live progress bar on a terminal and one line per image otherwise."""
+              options: S, governor: ThreadGovernor) -> None:
+    """Upscale every pending job, with a live progress bar on a terminal; otherwise (logs, CI) a line every
+    10 % of an image's network calls (at most one per 10 s) with an estimate, and a line per image."""
     pending = [j for j in jobs if j.status == "pending"]
-    for j in jobs:
-        if j.status == "failed" and j.error:
-            _error(j.error)
     show_bar = not quiet and is_tty()
     progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                         TextColumn("ETA"), TimeRemainingColumn(), TimeElapsedColumn(),
@@ -425,8 +456,19 @@ def _run_jobs(up: Any, jobs: list[Job], *, out_scale: float, overwrite: bool, ma
         for n, job in enumerate(pending, 1):
             progress.reset(steps_task, total=steps, description=f"steps  {job.src.name} ({n}/{len(pending)})")
 
-            def on_progress(done: int, total: int) -> None:
+            started, logged = time.perf_counter(), [0.0, 0.0]  # (fraction, seconds) of the last log line
+
+            def on_progress(done: int, total: int, job: Job = job, n: int = n) -> None:
+                governor.follow()  # other programs' load, measured between network calls
                 progress.update(steps_task, completed=done * steps / total)
+                if show_bar or quiet or done >= total:
+                    return
+                spent, frac = time.perf_counter() - started, done / total
+                if frac - logged[0] >= LOG_EVERY_FRACTION and spent - logged[1] >= LOG_EVERY_SECONDS:
+                    logged[:] = [frac, spent]
+                    console.print(Text(f"{job.src.name} ({n}/{len(pending)}): {frac:.0%} of {total} network "
+                                       f"calls, {_duration(spent)} so far, about {_duration(spent / frac - spent)} "
+                                       "left"), soft_wrap=True)
 
             try:
                 assert job.dst is not None
