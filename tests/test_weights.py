@@ -497,7 +497,8 @@ def test_convert_never_unpickles(tmp_path: Path) -> None:
     marker = tmp_path / "pwned"
     pth = tmp_path / "evil.pth"
     torch.save({"w": torch.zeros(1), "x": _Payload(marker)}, pth)
-    with pytest.raises(CheckpointError, match="cannot be read as a weights-only PyTorch file"):
+    with pytest.raises(CheckpointError, match="evil.pth: a pickle of Python objects, not a weights-only file; loading it "
+                                              "would run whatever code the file names, so dreamsr unpickles nothing"):
         W.convert_pth(pth, tmp_path / "out.safetensors", PRESETS["tiny"], scale=4)
     assert not marker.exists()
 
@@ -633,11 +634,14 @@ def test_cli_convert(tmp_path: Path) -> None:
     one_error_line(cli("convert", str(pth), str(out), "--preset", "huge", "--scale", "4"), 2,
                    "unknown UNet preset 'huge'")
     one_error_line(cli("convert", str(pth), str(out), "--preset", "small", "--scale", "4"), 1,
+                   f"{out}: exists (use --overwrite to replace it)")
+    one_error_line(cli("convert", str(pth), str(out), "--preset", "small", "--scale", "4", "--overwrite"), 1,
                    "m.pth: tensor 'down.3.bias' is missing (and 54 more)")
     notes = tmp_path / "notes.txt"
     notes.write_text("not a tensor file")
     one_error_line(cli("convert", str(notes), str(tmp_path / "x.safetensors"), "--preset", "tiny", "--scale", "4"), 1,
-                   "notes.txt: cannot be read as a weights-only PyTorch file")
+                   "notes.txt: not a PyTorch file (17 bytes starting with b'not a te': neither a zip archive nor a "
+                   "pickle)")
     one_error_line(cli("convert", str(pth), str(tmp_path / "x.pt"), "--preset", "tiny", "--scale", "4"), 2,
                    "output must be a .safetensors file")
     cfg.write_text("{not json")
