@@ -11,8 +11,8 @@
 set -euo pipefail
 corpus=${1:?corpus folder}; work=${2:?work folder}; budget=${3:-15}
 mkdir -p "$work"
-common=(--dataset folder --data-dir "$corpus/train" --patch 64 --batch-size 8 --lr 1e-4 --val-every 0 --workers 0
-        --cache-mb 2048 --threads 1 --precision fp32 --seed 0 --save-every 1000 --keep 1)
+common=(--dataset folder --data-dir "$corpus/train" --patch 64 --batch-size 8 --lr 1e-4 --lr-warmup 0
+        --lr-schedule constant --ema-decay 0.9999 --val-every 0 --workers 0 --cache-mb 2048 --threads 1 --precision fp32 --seed 0 --save-every 1000 --keep 1)
 declare -A recipe=(
   [sr3-residual]="--family sr3 --preset small --target residual --p 1"
   [idm-small]="--family idm --preset small --scale 4 --p 1"

@@ -78,8 +78,8 @@ for run in image_p0 image_p1 image_p2 image_pinf residual_p1 residual_pinf; do
   REPRO_PIDS+=($!)
 done
 # the same settings as reproduce's residual_p1 (profile "full"), one change each
-BASE=(--dataset folder --data-dir "$CORPUS/train" --val-dir "$CORPUS/val" --scale 4 --preset "$PRESET"
-      --target residual --p 1 --lr-warmup 100 --ema-decay 0.999 --seed 0 --device "$DEV" --precision fp32
+BASE=(--dataset folder --data-dir "$CORPUS/train" --val-dir "$CORPUS/val" --scale 4 --family sr3 --preset "$PRESET"
+      --target residual --p 1 --lr-schedule constant --lr-warmup 100 --ema-decay 0.999 --seed 0 --device "$DEV" --precision fp32
       --threads 1 --save-every "$SAVE" --keep 1 --val-every "$VAL_EVERY" --val-count "$VAL_COUNT"
       --val-crop "$VAL_CROP" --val-steps 20 --workers 1 --cache-mb 1024 --log-every 50)
 sweep() {  # sweep NAME OPTIONS...

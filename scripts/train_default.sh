@@ -34,11 +34,11 @@ for f in sorted((root / "val").glob("*.png")):
     im = Image.open(f).convert("RGB"); w, h = im.size; s = 256
     im.crop(((w - s) // 2, (h - s) // 2, (w - s) // 2 + s, (h - s) // 2 + s)).save(out / f.name)
 PY
-common=(--dataset folder --data-dir "$work/corpus/train" --val-dir "$work/corpus/val" --target residual
+common=(--dataset folder --data-dir "$work/corpus/train" --val-dir "$work/corpus/val" --family sr3 --target residual
         --preset small --patch 64 --scale 4 --p 1 --ema-decay 0.999 --lr-warmup 100 --workers 1 --val-count 7
         --val-crop 128 --val-steps 20 --device "$device" --precision fp32 --export-dtype fp16 --resume auto)
 # stage 1
-dreamsr train "${common[@]}" --batch-size 32 --lr 2e-4 --steps 2431 --seed 0 --save-every 250 --keep 2 \
+dreamsr train "${common[@]}" --batch-size 32 --lr 2e-4 --lr-schedule constant --steps 2431 --seed 0 --save-every 250 --keep 2 \
   --val-every 2000 --run-dir "$work/stage1"
 # stage 2 (one thread per process avoids OpenMP spin-wait collapse when the two cores are shared)
 dreamsr train "${common[@]}" --batch-size 8 --lr 1e-4 --lr-schedule cosine --steps 4000 --seed 1 \

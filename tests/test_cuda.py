@@ -118,7 +118,8 @@ def test_training_steps_under_autocast_are_finite(tmp_path: Path, precision: str
 
     def run(prec: str) -> tuple[list[float], object]:
         losses: list[float] = []
-        cfg = TrainConfig(dataset="folder", data_dir=str(data), preset="small", patch=32, batch_size=4, steps=4,
+        cfg = TrainConfig(dataset="folder", data_dir=str(data), family="sr3", preset="small", patch=32,
+                          batch_size=4, steps=4, lr_warmup=0, lr_schedule="constant",
                           p=p, device="cuda", precision=prec, workers=0, val_every=0, save_every=0, log_every=1,
                           run_dir=str(tmp_path / f"run_{prec}"), seed=0)
         res = train(cfg, lambda ev: losses.append(ev.data["loss"]) if ev.kind == "step" else None)

@@ -38,11 +38,12 @@ def val_photos(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def tiny_config(photos: Path, run_dir: Path, **kw) -> TrainConfig:
-    """The tiny preset on 32 px crops: a step takes a few tens of ms on two cores. fp32 unless a test asks:
-    precision "auto" is bf16 on CPUs with native bf16, and DDP's split batches round differently in bf16."""
-    base = dict(dataset="folder", data_dir=str(photos), preset="tiny", patch=32, batch_size=4, steps=6,
-                save_every=3, val_every=0, workers=0, log_every=1, run_dir=str(run_dir), target="residual",
-                ema_decay=0.9, lr=1e-3, precision="fp32")
+    """SR3's tiny preset on 32 px crops: a step takes a few tens of ms on two cores. fp32 unless a test asks:
+    precision "auto" is bf16 on CPUs with native bf16, and DDP's split batches round differently in bf16. The
+    family and the optimisation are spelled out (constant lr, no warm-up): the defaults are the ResShift recipe."""
+    base = dict(dataset="folder", data_dir=str(photos), family="sr3", preset="tiny", patch=32, batch_size=4,
+                steps=6, save_every=3, val_every=0, workers=0, log_every=1, run_dir=str(run_dir), target="residual",
+                ema_decay=0.9, lr=1e-3, lr_warmup=0, lr_schedule="constant", precision="fp32")
     base.update(kw)
     return TrainConfig(**base)
 
@@ -341,7 +342,7 @@ def test_lr_warmup_and_cosine_schedule(photos: Path, tmp_path: Path) -> None:
     assert cfg.lr_at(0) == pytest.approx(1e-3 * 0.25 * (0.1 + 0.9 * 0.5 * (1 + math.cos(0))))
     assert cfg.lr_at(50) == pytest.approx(1e-3 * (0.1 + 0.9 * 0.5))
     assert cfg.lr_at(100) == pytest.approx(1e-4)
-    assert TrainConfig(lr=2e-4).lr_at(12345) == 2e-4
+    assert TrainConfig(lr=2e-4, lr_warmup=0, lr_schedule="constant").lr_at(12345) == 2e-4
 
 
 def test_p_inf_config_roundtrip() -> None:
@@ -349,6 +350,64 @@ def test_p_inf_config_roundtrip() -> None:
     d = cfg.to_dict()
     assert d["p"] == "inf"
     assert TrainConfig.from_dict(json.loads(json.dumps(d))) == cfg
+
+
+def test_defaults_are_the_default_models_recipe() -> None:
+    """`dreamsr train` with no options trains what dreamsr-x4-resshift was trained as (its stage 2, from scratch):
+    ResShift small on the shift process v1 with MSE, 128² crops, batch 8, lr 2e-4, 200 warm-up steps, cosine to
+    2e-5, EMA 0.999 -- not the SR3 Gaussian setup that gave pure noise after a short run."""
+    from dreamsr.jobs.weights import default_model, get_entry, local_path
+
+    cfg = TrainConfig()
+    assert (cfg.family, cfg.preset, cfg.process_name(), cfg.shift) == ("resshift", "small", "shift", "v1")
+    assert cfg.model_info(0).training["loss"] == "l2"
+    assert (cfg.hr_patch, cfg.batch_size, cfg.lr, cfg.lr_warmup, cfg.lr_schedule, cfg.ema_decay) == \
+        (128, 8, 2e-4, 200, "cosine", 0.999)
+    assert cfg.lr_at(cfg.steps) == pytest.approx(2e-5)
+    # the shipped default file says it was trained so: the same network, process and training settings
+    _, info = load_checkpoint(local_path(get_entry(default_model(4))))
+    assert info.family == cfg.family and info.process == cfg.process_name()
+    assert info.network == cfg.network_config() and info.diffusion == cfg.diffusion_config()
+    for key in ("patch", "batch_size", "lr", "ema_decay", "loss", "preset"):
+        assert info.training[key] == cfg.model_info(0).training[key], key
+
+
+def test_a_stored_config_missing_fields_reads_as_it_was_written() -> None:
+    """Fields a state written before the ResShift defaults lacks take the values they had then (sr3, 160² crops,
+    constant lr 1e-4, EMA 0.9999), not today's defaults: resuming an old run keeps its settings."""
+    stored = tiny_config(Path("photos"), Path("run")).to_dict()
+    for key in ("family", "patch", "lr", "lr_warmup", "lr_schedule", "ema_decay", "steps"):
+        del stored[key]
+    cfg = TrainConfig.from_dict(stored)
+    assert (cfg.family, cfg.hr_patch, cfg.lr, cfg.lr_warmup, cfg.lr_schedule, cfg.ema_decay, cfg.steps) == \
+        ("sr3", 160, 1e-4, 0, "constant", 0.9999, 100_000)
+    assert TrainConfig.from_dict(TrainConfig().to_dict()) == TrainConfig()  # a full dict is read as written
+
+
+def test_mask_and_resize_rules_are_train_options(photos: Path, tmp_path: Path) -> None:
+    """--mask-rule / --resize-rule reach TrainConfig (and the network); a wrong value is refused by name."""
+    from typer.testing import CliRunner
+
+    from dreamsr.cli import app
+
+    assert TrainConfig(mask_rule="release").network_config().unet.mask_rule == "release"
+    with pytest.raises(ConfigError, match="mask_rule must be one of"):
+        TrainConfig(mask_rule="shifted")
+    with pytest.raises(ConfigError, match="resize_rule must be one of"):
+        TrainConfig(family="idm", resize_rule="nearest")
+    text = CliRunner().invoke(app, ["train", "--help"], env={"COLUMNS": "200"}).output
+    assert "--mask-rule" in text and "--resize-rule" in text and "matches the released code" in text
+    run = tmp_path / "rules"
+    r = _cli("--dataset", "folder", "--data-dir", str(photos), "--preset", "tiny", "--patch", "32",
+             "--batch-size", "2", "--steps", "1", "--workers", "0", "--val-every", "0", "--threads", "1",
+             "--precision", "fp32", "--mask-rule", "release", "--run-dir", str(run))
+    assert r.exit_code == 0, r.output
+    cfg = read_state_config(run)
+    assert (cfg.family, cfg.mask_rule) == ("resshift", "release")
+    _, info = load_checkpoint(run / "model.safetensors")
+    assert info.network.unet.mask_rule == "release"
+    r = _cli("--data-dir", str(photos), "--resize-rule", "nearest", "--run-dir", str(tmp_path / "bad"))
+    assert r.exit_code == 2 and "resize_rule must be one of" in r.output
 
 
 # --- DDP ----------------------------------------------------------------------------------------------------
@@ -431,17 +490,20 @@ def _cli(*args: str) -> _Run:
 def test_cli_trains_resumes_with_saved_settings_and_exports(photos: Path, tmp_path: Path) -> None:
     run = tmp_path / "run"
     common = ["--workers", "0", "--log-every", "1", "--val-every", "0", "--threads", "1"]
-    r = _cli("--dataset", "folder", "--data-dir", str(photos), "--preset", "tiny", "--patch", "32",
-             "--batch-size", "2", "--steps", "2", "--save-every", "1", "--target", "residual", "--p", "inf",
-             "--lr", "2e-4", "--run-dir", str(run), *common)
+    r = _cli("--dataset", "folder", "--data-dir", str(photos), "--family", "sr3", "--preset", "tiny", "--patch",
+             "32", "--batch-size", "2", "--steps", "2", "--save-every", "1", "--target", "residual", "--p", "inf",
+             "--lr", "2e-4", "--lr-warmup", "0", "--lr-schedule", "constant", "--ema-decay", "0.9999",
+             "--run-dir", str(run), *common)
     assert r.exit_code == 0, r.output
     lines = [l for l in r.output.splitlines() if l.startswith("step ")]
     assert [l.split()[1] for l in lines] == ["1/2", "2/2"]  # plain lines when not a terminal
-    # resume with only --steps: every other setting comes from the checkpoint (p = inf, residual, lr 2e-4)
+    # resume with only --steps: every other setting comes from the checkpoint (sr3, p = inf, residual, lr 2e-4,
+    # constant, EMA 0.9999), not from today's defaults (resshift, warm-up 200, cosine, EMA 0.999)
     r = _cli("--resume", str(run), "--steps", "3", *common)
     assert r.exit_code == 0, r.output
     cfg = read_state_config(run)
     assert cfg.steps == 3 and math.isinf(cfg.p) and cfg.target == "residual" and cfg.lr == 2e-4
+    assert (cfg.family, cfg.patch, cfg.lr_warmup, cfg.lr_schedule, cfg.ema_decay) == ("sr3", 32, 0, "constant", 0.9999)
     assert latest_checkpoint(run).name == "step_00000003.safetensors"
     # --stop-at ends this invocation early; the next resume trains on without repeating it
     r = _cli("--resume", str(run), "--steps", "5", "--stop-at", "4", *common)
@@ -461,6 +523,37 @@ def test_cli_trains_resumes_with_saved_settings_and_exports(photos: Path, tmp_pa
         assert fh.get_tensor("head.weight").dtype == torch.float16
     _, info = load_checkpoint(run / "model.safetensors")
     assert info.training["steps"] == 5 and info.training["p"] == "inf"
+
+
+def test_validation_shows_bicubic_in_the_live_line_and_the_log_and_warns_when_below(photos: Path,
+                                                                                  val_photos: Path,
+                                                                                  tmp_path: Path) -> None:
+    """The live status line (terminal) and the plain log line (pipes) both give bicubic's PSNR-Y beside the
+    model's; a run that ends below bicubic says so in one warning line, and one above it does not."""
+    from dreamsr.cli.train import _Display
+    from dreamsr.jobs.train import TrainEvent
+
+    val = {"psnr": 25.50, "ssim": 0.7, "bicubic_psnr": 26.31, "bicubic_ssim": 0.75, "psnr_rgb": 24.0, "images": 1,
+           "grid": "g.png"}
+    live = _Display(10, live=False)  # the live line's text, without drawing a bar
+    live(TrainEvent("val", 10, 10, val))
+    assert "val 25.50 dB (bicubic 26.31)" in live.status(10)
+    assert live.below_bicubic() == ("warning: at step 10 the model is 0.81 dB below bicubic on validation (PSNR-Y "
+                                    "25.50 vs 26.31): train longer before using it (--resume with a larger --steps)")
+    live(TrainEvent("val", 10, 10, {**val, "psnr": 26.40}))
+    assert live.below_bicubic() is None
+    # a real two-step run with validation, through the CLI (plain lines: not a terminal)
+    r = _cli("--dataset", "folder", "--data-dir", str(photos), "--preset", "tiny", "--patch", "32", "--batch-size",
+             "2", "--steps", "2", "--workers", "0", "--threads", "1", "--precision", "fp32", "--val-dir",
+             str(val_photos), "--val-count", "1", "--val-crop", "32", "--val-every", "2", "--run-dir",
+             str(tmp_path / "run"))
+    assert r.exit_code == 0, r.output
+    val_lines = [l for l in r.output.splitlines() if l.startswith("val step 2:")]
+    assert len(val_lines) == 1 and "(bicubic " in val_lines[0], r.output
+    rec = [json.loads(l) for l in (tmp_path / "run/metrics.jsonl").read_text().splitlines() if '"val"' in l][-1]
+    warnings = [l for l in r.output.splitlines() if l.startswith("warning: at step 2 the model is")]
+    assert len(warnings) == (1 if rec["psnr"] < rec["bicubic_psnr"] else 0), r.output
+    assert rec["psnr"] < rec["bicubic_psnr"]  # two steps from scratch: below bicubic, so the warning was shown
 
 
 def test_cli_rejects_bad_options(photos: Path, tmp_path: Path) -> None:

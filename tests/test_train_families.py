@@ -32,7 +32,7 @@ def photos(tmp_path: Path) -> Path:
 def _config(photos: Path, run_dir: Path, **kw) -> TrainConfig:
     base = dict(dataset="folder", data_dir=str(photos), preset="tiny", patch=32, batch_size=2, steps=4,
                 save_every=2, val_every=0, workers=0, log_every=1, run_dir=str(run_dir), ema_decay=0.9, lr=1e-3,
-                precision="fp32", cache_mb=64)
+                lr_warmup=0, lr_schedule="constant", precision="fp32", cache_mb=64)
     base.update(kw)
     return TrainConfig(**base)
 

@@ -41,7 +41,8 @@ def state(photos: Path, tmp_path_factory: pytest.TempPathFactory, one_thread: No
     """A training state (checkpoints/step_00000002.safetensors) of a 2-step tiny run."""
     run = tmp_path_factory.mktemp("run")
     with torch.random.fork_rng(devices=[]):
-        train(TrainConfig(dataset="folder", data_dir=str(photos), preset="tiny", patch=32, batch_size=2, steps=2,
+        train(TrainConfig(dataset="folder", data_dir=str(photos), family="sr3", preset="tiny", patch=32,
+                          batch_size=2, steps=2,
                           save_every=2, val_every=0, workers=0, log_every=1, run_dir=str(run), target="residual",
                           precision="fp32", device="cpu"))
     return run / "checkpoints" / "step_00000002.safetensors"

@@ -547,9 +547,11 @@ def _train_config(info: CheckpointInfo, preset_name: str, device: torch.device, 
     d = info.diffusion
     return TrainConfig(
         dataset="folder", data_dir=str(data_dir), scale=info.scale, patch=config.train_patch, augment=True,
-        cache_mb=256, workers=0, preset=preset_name, dropout=info.network.dropout, embed_scale=info.network.embed_scale,
+        cache_mb=256, workers=0, family="sr3", preset=preset_name, dropout=info.network.dropout,
+        embed_scale=info.network.embed_scale,
         target=d.target, residual_scale=d.residual_scale, num_steps=d.num_steps, beta_start=d.beta_start,
         beta_end=d.beta_end, p=p, steps=config.train_warmup + config.train_steps, batch_size=config.train_batch,
+        lr=1e-4, lr_warmup=0, lr_schedule="constant", ema_decay=0.9999,
         seed=config.seed, device=str(device), precision=config.train_precision, run_dir=str(run_dir),
         save_every=0, keep=1, log_every=1, val_every=0, val_count=0)
 

@@ -22,7 +22,8 @@ def train_config(spec: RunSpec, prof: Profile, run_dir: Path, data: Path, device
 
     return TrainConfig(
         dataset="folder", data_dir=str(data / "train"), val_dir=str(data / "val"), scale=prof.scale,
-        patch=prof.patch, preset=prof.preset, target=spec.target, p=spec.p, steps=prof.steps,
+        patch=prof.patch, family="sr3", preset=prof.preset, target=spec.target, p=spec.p, steps=prof.steps,
+        lr_schedule="constant",
         batch_size=prof.batch_size, lr=prof.lr, lr_warmup=prof.lr_warmup, ema_decay=prof.ema_decay, seed=prof.seed,
         device=device, precision=precision, run_dir=str(run_dir), save_every=prof.save_every, keep=2,
         log_every=max(1, min(10, prof.val_every)), val_every=prof.val_every, val_count=prof.val_count,

@@ -14,19 +14,32 @@ from dreamsr.data import FACE_LAYOUTS, DataConfig
 from dreamsr.diffusion import DiffusionConfig
 from dreamsr.errors import ConfigError
 from dreamsr.families import FAMILIES, Family, get_family
+from dreamsr.families.idm.network import RESIZE_RULES
+from dreamsr.families.resshift.network import MASK_RULES
 from dreamsr.processes import get_process
 
-__all__ = ["TrainConfig", "RESUMABLE_FIELDS", "PROCESS", "VAL_STEPS"]
+__all__ = ["TrainConfig", "RESUMABLE_FIELDS", "PROCESS", "VAL_STEPS", "LEGACY_DEFAULTS"]
 
 # the default process, and the one runs from before families were stored trained (SR3's Gaussian ε process)
 PROCESS = "gaussian"
+# What a field missing from a stored config meant when it was written: the defaults before the shipped default
+# model's recipe became TrainConfig's (an SR3 UNet on the Gaussian process, 160² crops, constant lr 1e-4, EMA
+# 0.9999, 100 000 steps). Every config written since stores every field, so only older states read these.
+LEGACY_DEFAULTS: dict[str, Any] = {"family": "sr3", "patch": 0, "lr": 1e-4, "lr_warmup": 0,
+                                   "lr_schedule": "constant", "ema_decay": 0.9999, "steps": 100_000}
 # validation sampler steps of the Gaussian process when not given (a shift process samples its own T steps)
 VAL_STEPS = 20
 
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """Everything a training run depends on. Saved in ``config.json`` and in every checkpoint."""
+    """Everything a training run depends on. Saved in ``config.json`` and in every checkpoint.
+
+    The defaults are the recipe of the shipped default model ``dreamsr-x4-resshift`` (its second stage): ResShift
+    ``small`` on the shift process (v1, T = 15, MSE to x0), 128² HR crops, batch 8, Adam lr 2e-4 with 200 warm-up
+    steps and a cosine decay to 2e-5, EMA 0.999, here from scratch for 20 000 steps; DREAM p = 1 (the shipped model
+    used p = inf, 0.10 dB higher on validation; see docs/models/dreamsr-x4-resshift.md).
+    """
 
     # --- data ---
     dataset: str = "folder"  # layout name: div2k, flickr2k, df2k, ffhq, celebahq, folder, paired
@@ -34,14 +47,14 @@ class TrainConfig:
     val_dir: str | None = None  # folder of held-out HR images for validation (None: val_dataset or none)
     val_dataset: str | None = None  # layout name whose "val" split is used for validation (if val_dir is None)
     scale: int = 4  # LR -> HR factor
-    patch: int = 0  # HR crop size in pixels (0: 128 for face layouts, else 160)
+    patch: int = 128  # HR crop size in pixels (0: 128 for face layouts, else 160, the size before 128 was default)
     hr_downscale: int = 1  # shrink every training HR image by this factor before cropping (JPEG artefacts)
     augment: bool = True  # random flips / 90-degree rotations (faces: horizontal flips only)
     cache_mb: int = 4096  # decoded-image cache budget in MiB (uint8), shared by the loader workers
     workers: int = 2  # loader worker processes per rank (0: load in the training process)
     # --- model and objective ---
-    family: str = "sr3"  # model family (a key of dreamsr.families.FAMILIES); states from before it load as sr3
-    preset: str = "small"  # the family's preset (SR3 UNet: tiny, small, base, sr3-div2k, sr3-face)
+    family: str = "resshift"  # model family (a key of dreamsr.families.FAMILIES); states from before it: sr3
+    preset: str = "small"  # the family's preset (ResShift: tiny, small, small-pixel, ...; SR3: tiny, small, base, ...)
     process: str | None = None  # diffusion process (None: the family's own: gaussian for sr3/idm, shift for resshift)
     shift: Literal["v1", "v3"] = "v1"  # shift process: ResShift's schedule (v1: T = 15, v3: T = 4)
     max_scale: float | None = None  # continuous-scale families (idm): the largest trained scale (None: the preset's)
@@ -59,17 +72,17 @@ class TrainConfig:
     independent_noise: bool = False  # fresh eps' for the rectified input (Eq. 13; drawn per step and rank)
     loss: Literal["l1", "l2"] | None = None  # per-pixel loss (None: the process's: l1 gaussian (paper), l2 shift)
     # --- optimisation ---
-    steps: int = 100_000  # total optimizer steps (resume continues up to this number)
+    steps: int = 20_000  # total optimizer steps (resume continues up to this number; the cosine ends here)
     batch_size: int = 8  # global batch (split evenly over DDP ranks)
-    lr: float = 1e-4  # Adam learning rate (constant, as the paper)
-    lr_warmup: int = 0  # linear warm-up steps from 0 to lr
-    lr_schedule: Literal["constant", "cosine"] = "constant"  # cosine: decay to lr * lr_min_ratio at `steps`
+    lr: float = 2e-4  # Adam learning rate (peak; the paper: 1e-4 constant)
+    lr_warmup: int = 200  # linear warm-up steps from 0 to lr
+    lr_schedule: Literal["constant", "cosine"] = "cosine"  # cosine: decay to lr * lr_min_ratio at `steps`
     lr_min_ratio: float = 0.1  # final lr / lr for the cosine schedule
     adam_beta1: float = 0.9  # Adam beta1
     adam_beta2: float = 0.999  # Adam beta2
     weight_decay: float = 0.0  # Adam (L2) weight decay
     grad_clip: float = 1.0  # max global gradient norm (0: no clipping)
-    ema_decay: float = 0.9999  # EMA decay of the weights (0: EMA = current weights)
+    ema_decay: float = 0.999  # EMA decay of the weights (0: EMA = current weights)
     ema_warmup: bool = True  # use min(ema_decay, (1 + k) / (10 + k)) so short runs get a useful EMA
     seed: int = 0  # seeds data, noise and initial weights
     # --- hardware ---
@@ -122,6 +135,10 @@ class TrainConfig:
              "val_count must be >= 0 and val_steps >= 1"),
             (self.val_sampler in (None, "ddim", "ddpm"), f"val_sampler must be ddim or ddpm, got {self.val_sampler!r}"),
             (self.shift in ("v1", "v3"), f"shift must be v1 or v3, got {self.shift!r}"),
+            (self.mask_rule in (None, *MASK_RULES), f"mask_rule must be one of {', '.join(MASK_RULES)}, "
+                                                    f"got {self.mask_rule!r}"),
+            (self.resize_rule in (None, *RESIZE_RULES), f"resize_rule must be one of {', '.join(RESIZE_RULES)}, "
+                                                        f"got {self.resize_rule!r}"),
             (self.export_dtype in ("fp32", "fp16", "bf16"), "export_dtype must be fp32, fp16 or bf16"),
             (self.time_limit >= 0, "time_limit must be >= 0"),
             (self.stop_at >= 0, f"stop_at must be >= 0, got {self.stop_at}"),
@@ -218,8 +235,9 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> "TrainConfig":
-        """Inverse of :meth:`to_dict`; unknown keys are an error, a missing key takes its default."""
-        d = dict(d)
+        """Inverse of :meth:`to_dict`; unknown keys are an error. A missing key takes the value it had when the
+        config was written: :data:`LEGACY_DEFAULTS` for the fields whose default has changed, else its default."""
+        d = {**LEGACY_DEFAULTS, **d}
         if "p" in d:
             d["p"] = float(d["p"])
         return from_dict_strict(cls, d)
