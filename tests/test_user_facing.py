@@ -31,6 +31,22 @@ def test_output_is_minus_o_and_dash_dash_output_everywhere(command: str, aliases
     assert set(opt.opts) == {"-o", "--output"} | aliases  # the old names still work
 
 
+def test_dash_dash_version_prints_what_the_version_command_prints() -> None:
+    import subprocess
+    import sys
+
+    from dreamsr import __version__
+
+    runner = CliRunner()
+    flag, command = runner.invoke(app, ["--version"]), runner.invoke(app, ["version"])
+    assert flag.exit_code == command.exit_code == 0, flag.output
+    assert flag.output == command.output == f"{__version__}\n"
+    # eager: it wins over a command that would otherwise run or complain
+    assert runner.invoke(app, ["--version", "upscale"]).output == f"{__version__}\n"
+    proc = subprocess.run([sys.executable, "-m", "dreamsr", "--version"], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0 and proc.stdout == f"{__version__}\n", proc.stderr
+
+
 @pytest.fixture(scope="module")
 def photos(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return copy_photos(tmp_path_factory.mktemp("photos"), ("astronaut.png", "coffee.png"))

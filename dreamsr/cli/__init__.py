@@ -27,6 +27,21 @@ def version() -> None:
     typer.echo(__version__)
 
 
+def _version_option(value: bool) -> None:
+    """``--version``: print what ``dreamsr version`` prints, then exit before any command runs."""
+    if value:
+        version()
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(show_version: bool = typer.Option(False, "--version", is_eager=True, callback=_version_option,
+                                            help="Print the dreamsr version and exit (as `dreamsr version`).")
+          ) -> None:
+    # no docstring: the app's help (typer.Typer(help=...)) stays the one shown
+    pass
+
+
 def _register() -> None:
     from dreamsr.cli import upscale as _upscale
     from dreamsr.cli import weights as _weights
