@@ -119,20 +119,13 @@ def _resolve_model(model: str | None, weights: Path | None, scale: float | None)
     from dreamsr.jobs import weights as wmod
 
     if weights is None and model is None:
-        want = int(scale) if scale is not None and float(scale).is_integer() else 4
-        default_for = getattr(wmod, "default_model", None)
-        name = None
-        if default_for is not None:
-            try:
-                # the scale's own default, else the x4 default with a final resize to the asked scale
-                name = default_for(want) or (default_for(4) if want != 4 else None)
-            except DreamSRError as err:
-                _error(str(err))
-                raise typer.Exit(EXIT_FAILED) from None
-        if name is None:
-            _usage(f"no model available: no default x{want} or x4 model is registered; pass --weights PATH to a dreamsr "
-                   ".safetensors checkpoint or --model NAME (`dreamsr weights list`)")
-        model = name
+        try:  # the scale's own default, else the x4 default with a final resize to the asked scale
+            model = wmod.default_model_for(scale)
+        except ModelNotFoundError as err:
+            _usage(str(err))
+        except DreamSRError as err:
+            _error(str(err))
+            raise typer.Exit(EXIT_FAILED) from None
     try:
         return wmod.resolve_weights(weights=None if weights is None else str(weights), model=model)
     except ModelNotFoundError as err:
