@@ -2,7 +2,8 @@
 
 Conventions: tensors are float32 CHW (or NCHW) in [0, 1] at the edges of the library; the model path works
 in [-1, 1] (``to_model`` / ``from_model``). Bicubic resizing is PyTorch's bicubic with antialiasing, the
-one LR synthesis used everywhere (training, eval, consistency).
+one LR synthesis used everywhere (training, eval, consistency); :func:`resize_pil_bicubic` is the released
+SR3/DREAM code's PIL resize on 8-bit images, for ``dreamsr eval --lr-protocol release`` only.
 
 Files: :func:`load_image` decodes any common file into a :class:`LoadedImage` (RGB tensor + optional alpha
 + what is needed to write the result back the same way: grey or colour, 8 or 16 bits, ICC profile), and
@@ -38,7 +39,8 @@ from dreamsr import files
 from dreamsr.errors import DreamSRError, InputError, OutputError, OutputExistsError
 
 __all__ = [
-    "load_rgb", "resize", "downsample", "upsample", "rgb_to_y", "rgb_to_grey", "to_model", "from_model",
+    "load_rgb", "resize", "resize_pil_bicubic", "downsample", "upsample", "rgb_to_y", "rgb_to_grey", "to_model",
+    "from_model",
     "LoadedImage", "load_image", "save_image", "OutputError", "OutputExistsError", "DEFAULT_MAX_PIXELS",
     "READ_EXTENSIONS", "WRITE_FORMATS", "format_for_path",
 ]
@@ -103,6 +105,29 @@ def upsample(x: torch.Tensor, scale: int) -> torch.Tensor:
     """LR -> HR size by bicubic (the SR3 condition)."""
     h, w = x.shape[-2:]
     return resize(x, (h * scale, w * scale))
+
+
+def resize_pil_bicubic(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """The released SR3/DREAM code's resize: ``x`` [C,H,W] (C = 1 or 3) in [0, 1] rounded to 8 bits, resized by
+    PIL's ``Image.resize((w, h), Image.BICUBIC)`` to ``size`` = (h, w), returned as float32 [C,h,w] in [0, 1]
+    holding 8-bit levels (k / 255).
+
+    PIL's bicubic uses a = -0.5 and widens its kernel when shrinking (antialiasing); the result is rounded and
+    clipped to 0..255 by PIL. ``data/prepare_data.py`` of the release makes its 16 px LR, its 128 px HR and its
+    16 -> 128 condition this way (through torchvision's ``resize`` of a PIL image, which calls it), and DREAM's
+    ``calculate_consistency`` downsamples the SR image this way. Not differentiable; runs on the CPU.
+    """
+    if x.dim() != 3 or x.shape[0] not in (1, 3):
+        raise InputError(f"resize_pil_bicubic takes a [1|3, H, W] image, got {tuple(x.shape)}")
+    h, w = int(size[0]), int(size[1])
+    if h < 1 or w < 1:
+        raise InputError(f"resize_pil_bicubic: size must be positive, got {h}x{w}")
+    arr = x.detach().to("cpu", torch.float32).clamp(0, 1).mul(255).round().to(torch.uint8)
+    arr_np = arr.permute(1, 2, 0).numpy()
+    im = Image.fromarray(arr_np[..., 0] if arr.shape[0] == 1 else arr_np, "L" if arr.shape[0] == 1 else "RGB")
+    out = np.asarray(im.resize((w, h), Image.BICUBIC), dtype=np.uint8)
+    out = out[..., None] if out.ndim == 2 else out
+    return torch.from_numpy(out.copy()).permute(2, 0, 1).float().div_(255.0)
 
 
 def rgb_to_y(x: torch.Tensor) -> torch.Tensor:

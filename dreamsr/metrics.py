@@ -36,14 +36,14 @@ import math
 import os
 import warnings
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable, Literal, Sequence
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 from dreamsr.errors import DreamSRError, InputError
-from dreamsr.images import downsample, resize, rgb_to_y
+from dreamsr.images import downsample, resize, resize_pil_bicubic, rgb_to_y
 
 __all__ = [
     "psnr", "ssim", "vif", "vif_backend", "consistency", "CONVENTIONS", "VIF_MIN_SIZE", "MetricUnavailableError",
@@ -387,25 +387,32 @@ def perceptual_scores(sr: torch.Tensor, hr: torch.Tensor, *, crop_border: int = 
 
 
 # ---------------------------------------------------------------------------------------------- consistency
-def consistency(sr: torch.Tensor, lr: torch.Tensor) -> float:
+def consistency(sr: torch.Tensor, lr: torch.Tensor, *, rule: Literal["dreamsr", "release"] = "dreamsr") -> float:
     """Consistency of Table 2 of the DREAM paper: MSE x 1e5 between the LR input and the downsampled SR output.
 
     Args:
         sr: [3, s*h, s*w] super-resolved image in [0, 1].
         lr: [3, h, w] low-resolution input in [0, 1]; the factor is read from the shapes (integer, or any factor
             of a continuous-scale model: the SR image is then resized straight to h x w).
+        rule: how the SR image is downsampled. ``"dreamsr"``: the same antialiased bicubic that synthesises LR
+            images everywhere in dreamsr (:func:`dreamsr.images.downsample`, :func:`dreamsr.images.resize`),
+            clamped to [0, 1]. ``"release"``: DREAM's ``calculate_consistency``, PIL's bicubic on the SR image
+            rounded to 8 bits (:func:`dreamsr.images.resize_pil_bicubic`; the result holds 8-bit levels).
 
-    The SR image is downsampled with the same antialiased bicubic that synthesises LR images everywhere in
-    dreamsr (:func:`dreamsr.images.downsample`, :func:`dreamsr.images.resize`) and clamped to [0, 1]; no border
-    is cropped, no colour conversion.
+    No border is cropped, no colour conversion; the MSE is taken on [0, 1] values in float64.
     """
+    if rule not in ("dreamsr", "release"):
+        raise InputError(f"consistency rule must be dreamsr or release, got {rule!r}")
     if sr.dim() != 3 or lr.dim() != 3 or sr.shape[0] != lr.shape[0]:
         raise InputError(f"consistency takes [C,H,W] images, got {tuple(sr.shape)} and {tuple(lr.shape)}")
     (H, W), (h, w) = sr.shape[-2:], lr.shape[-2:]
     lo, hi = max((H - 0.5) / h, (W - 0.5) / w), min((H + 0.5) / h, (W + 0.5) / w)
     if lo > hi or hi < 1:  # no scale s >= 1 with round(s h) = H and round(s w) = W
         raise InputError(f"SR {H}x{W} is not LR {h}x{w} enlarged by one scale")
-    down = resize(sr.detach().to("cpu", torch.float64), (h, w)).clamp(0, 1)  # = downsample(sr, H // h) when integer
+    if rule == "release":
+        down = resize_pil_bicubic(sr, (h, w)).to(torch.float64)
+    else:
+        down = resize(sr.detach().to("cpu", torch.float64), (h, w)).clamp(0, 1)  # = downsample(sr, H // h) if integer
     return torch.mean((down - lr.detach().to("cpu", torch.float64)) ** 2).item() * 1e5
 
 

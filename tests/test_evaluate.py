@@ -100,7 +100,8 @@ def test_bicubic_eval_on_real_photos_writes_every_report_file(tmp_path: Path) ->
 
 def test_nearest_is_worse_than_bicubic_and_the_y_crop_border_is_honoured(tmp_path: Path) -> None:
     data = _photo_folder(tmp_path / "photos", names=PHOTOS[:2])
-    bic = evaluate(EvalConfig(set="folder", data_dir=str(data), scale=4, grids=0, crop_border=2), tmp_path / "b")
+    bic = evaluate(EvalConfig(model="bicubic", set="folder", data_dir=str(data), scale=4, grids=0, crop_border=2),
+                   tmp_path / "b")
     near = evaluate(EvalConfig(set="folder", data_dir=str(data), model="nearest", scale=4, grids=0), tmp_path / "n")
     assert _entry(near.summary, "psnr", "rgb")["mean"] < _entry(bic.summary, "psnr", "rgb")["mean"]
     assert bic.summary["crop_border"] == 2 and _entry(bic.summary, "psnr", "y")["crop_border"] == 2
@@ -113,7 +114,8 @@ def test_nearest_is_worse_than_bicubic_and_the_y_crop_border_is_honoured(tmp_pat
 def test_identical_images_are_reported_as_inf(tmp_path: Path) -> None:
     # a flat image survives bicubic down/up exactly: PSNR inf (reported as such), SSIM 1
     _save(torch.full((3, 32, 32), 100 / 255), tmp_path / "flat" / "grey.png")
-    rep = evaluate(EvalConfig(set="folder", data_dir=str(tmp_path / "flat"), scale=4, grids=0), tmp_path / "o")
+    rep = evaluate(EvalConfig(model="bicubic", set="folder", data_dir=str(tmp_path / "flat"), scale=4, grids=0),
+                   tmp_path / "o")
     row = _read_csv(tmp_path / "o" / "metrics.csv")[0]
     assert row["psnr_rgb"] == "inf" and float(row["ssim_rgb"]) == pytest.approx(1.0)
     data = json.loads((tmp_path / "o" / "summary.json").read_text())
@@ -135,7 +137,7 @@ def test_paired_set_with_bad_files_reports_each_and_counts_them(tmp_path: Path) 
     (root / "HR" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really a png")
     _save(_q(downsample(hr, 4)), root / "LR" / "broken.png")
 
-    rep = evaluate(EvalConfig(set="paired", data_dir=str(root), scale=4, grids=1), tmp_path / "out")
+    rep = evaluate(EvalConfig(model="bicubic", set="paired", data_dir=str(root), scale=4, grids=1), tmp_path / "out")
     s = json.loads((tmp_path / "out" / "summary.json").read_text())
     assert s["images"] == 5 and s["count"] == 1 and s["n_errors"] == 4
     errs = {e["image"]: e["error"] for e in s["errors"]}
@@ -189,7 +191,8 @@ def test_faces_protocol_resizes_to_128_and_evaluates_16_to_128(tmp_path: Path) -
     face = load_photo("astronaut.png")[:, :256, 128:384]
     for i in range(101):
         _save(face if i >= 99 else torch.zeros(3, 8, 8), root / f"{i:05d}.png")
-    rep = evaluate(EvalConfig(set="celebahq", data_dir=str(tmp_path / "data"), limit=2, grids=0), tmp_path / "o")
+    rep = evaluate(EvalConfig(model="bicubic", set="celebahq", data_dir=str(tmp_path / "data"), limit=2, grids=0),
+                   tmp_path / "o")
     rows = _read_csv(tmp_path / "o" / "metrics.csv")
     assert [r["image"] for r in rows] == ["00001", "00002"]  # 00000 is training data
     s = rep.summary
@@ -202,8 +205,8 @@ def test_lpips_and_fid_through_random_weights_in_torch_home(tmp_path: Path, rand
                                                             monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("TORCH_HOME", str(random_metric_weights))
     data = _photo_folder(tmp_path / "p", names=PHOTOS[:2], size=(48, 48))
-    rep = evaluate(EvalConfig(set="folder", data_dir=str(data), metrics=("psnr", "lpips", "fid"), grids=0,
-                              convention="rgb", lpips_net="squeeze"), tmp_path / "o")
+    rep = evaluate(EvalConfig(model="bicubic", set="folder", data_dir=str(data), metrics=("psnr", "lpips", "fid"),
+                              grids=0, convention="rgb", lpips_net="squeeze"), tmp_path / "o")
     s = json.loads((tmp_path / "o" / "summary.json").read_text())
     rows = _read_csv(tmp_path / "o" / "metrics.csv")
     lp = _entry(s, "lpips")
@@ -223,8 +226,8 @@ def test_lpips_and_fid_through_random_weights_in_torch_home(tmp_path: Path, rand
 def test_absent_metric_weights_are_unavailable_and_the_rest_still_runs(tmp_path: Path, monkeypatch) -> None:
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "empty"))
     data = _photo_folder(tmp_path / "p", names=PHOTOS[:2], size=(32, 32))
-    rep = evaluate(EvalConfig(set="folder", data_dir=str(data), metrics=("psnr", "lpips", "fid"), grids=0),
-                   tmp_path / "o")
+    rep = evaluate(EvalConfig(model="bicubic", set="folder", data_dir=str(data), metrics=("psnr", "lpips", "fid"),
+                              grids=0), tmp_path / "o")
     s = rep.summary
     lp = next(e for e in s["metrics"] if e["metric"] == "lpips")
     fid = next(e for e in s["metrics"] if e["metric"] == "fid")
@@ -275,7 +278,7 @@ def test_vif_unavailable_without_torchmetrics_and_too_small_images_are_file_erro
     with monkeypatch.context() as m:
         for name in ("torchmetrics", "torchmetrics.functional", "torchmetrics.functional.image"):
             m.setitem(sys.modules, name, None)  # a None entry makes the import raise ImportError
-        rep = evaluate(EvalConfig(set="folder", data_dir=str(data), metrics=("psnr", "vif"), grids=0),
+        rep = evaluate(EvalConfig(model="bicubic", set="folder", data_dir=str(data), metrics=("psnr", "vif"), grids=0),
                        tmp_path / "o")
     v = next(e for e in rep.summary["metrics"] if e["metric"] == "vif")
     assert v["available"] is False and 'pip install "dreamsr[perceptual]"' in v["reason"]
@@ -283,7 +286,8 @@ def test_vif_unavailable_without_torchmetrics_and_too_small_images_are_file_erro
     assert not any(c.startswith("vif") for c in _read_csv(tmp_path / "o" / "metrics.csv")[0])
     assert any(w.startswith("vif unavailable") for w in rep.summary["warnings"])
     pytest.importorskip("torchmetrics")
-    rep = evaluate(EvalConfig(set="folder", data_dir=str(data), metrics=("psnr", "vif"), grids=0), tmp_path / "o2")
+    rep = evaluate(EvalConfig(model="bicubic", set="folder", data_dir=str(data), metrics=("psnr", "vif"), grids=0),
+                   tmp_path / "o2")
     assert rep.summary["n_errors"] == 2 and "for VIF after cropping 4 px" in rep.errors[0]["error"]
 
 
@@ -398,12 +402,12 @@ def test_diffusion_model_goes_through_the_pipeline_with_k_seeds(tmp_path: Path, 
     rep = evaluate(cfg, tmp_path / "o")
     rows = _read_csv(tmp_path / "o" / "metrics.csv")
     assert [(r["sample"], r["seed"]) for r in rows] == [("0", "7"), ("1", "8")]
-    # each row is the metric of the pipeline's own output for that seed under the div2k protocol
+    # each row is the metric of the pipeline's own output for that seed, sampled as `dreamsr upscale` does
     up = Upscaler.from_checkpoint(tiny_checkpoint, device="cpu", precision="fp32")
     hr = load_rgb(root / "cat.png")
     lr = _q(downsample(hr, 4))
     for r in rows:
-        sr = _q(up.upscale(lr, steps=1, seed=int(r["seed"]), tile=40, overlap=5, merge="end"))
+        sr = _q(up.upscale(lr, steps=1, seed=int(r["seed"]), tile=40, overlap=5, merge="step"))
         assert float(r["psnr_rgb"]) == pytest.approx(M.psnr(sr, hr), abs=1e-6)
     s = rep.summary
     e = _entry(s, "psnr", "rgb")
@@ -412,7 +416,8 @@ def test_diffusion_model_goes_through_the_pipeline_with_k_seeds(tmp_path: Path, 
     assert e["samples"] == 2 and "seeds" in e["std_over"]
     m = s["model"]
     assert m["kind"] == "diffusion" and m["weights"] == str(tiny_checkpoint) and len(m["sha256"]) == 64
-    assert m["sampling"]["tile"] == 40 and m["sampling"]["merge"] == "end" and s["steps"] == 1
+    assert m["sampling"]["tile"] == 40 and m["sampling"]["merge"] == "step" and s["steps"] == 1
+    assert s["protocol"]["paper_sampling"] == {"tile": 40, "overlap": 5, "merge": "end"}
     assert (tmp_path / "o" / "grids" / "cat.png").is_file()
     with pytest.raises(ConfigError, match="serves x4 only"):
         evaluate(EvalConfig(set="folder", data_dir=str(root), weights=str(tiny_checkpoint), scale=2, device="cpu"),
@@ -500,7 +505,7 @@ def test_a_finished_evaluation_is_reused_only_for_the_same_settings_and_weights(
 # ---------------------------------------------------------------------------------------------- compare and CLI
 def test_compare_lines_up_runs_and_warns_on_different_sets(tmp_path: Path) -> None:
     data = _photo_folder(tmp_path / "p", names=PHOTOS[:3], size=(40, 40))
-    a = evaluate(EvalConfig(set="folder", data_dir=str(data), grids=0), tmp_path / "bic")
+    a = evaluate(EvalConfig(model="bicubic", set="folder", data_dir=str(data), grids=0), tmp_path / "bic")
     b = evaluate(EvalConfig(set="folder", data_dir=str(data), model="nearest", limit=2, grids=0), tmp_path / "near")
     table = compare([tmp_path / "bic" / "summary.json", tmp_path / "near"])
     assert [r["label"] for r in table["runs"]] == ["bicubic (bic)", "nearest (near)"]
@@ -519,8 +524,8 @@ def test_cli_eval_and_compare(tmp_path: Path) -> None:
 
     data = _photo_folder(tmp_path / "p", names=PHOTOS[:2], size=(40, 40))
     runner = CliRunner()
-    res = runner.invoke(app, ["eval", "--set", "folder", "--data-dir", str(data), "--scale", "4", "--metrics",
-                              "psnr,ssim", "--convention", "y", "--out", str(tmp_path / "o")])
+    res = runner.invoke(app, ["eval", "--set", "folder", "--data-dir", str(data), "--model", "bicubic", "--scale", "4",
+                              "--metrics", "psnr,ssim", "--convention", "y", "--out", str(tmp_path / "o")])
     assert res.exit_code == 0, res.output
     s = json.loads((tmp_path / "o" / "summary.json").read_text())
     assert [e["column"] for e in s["metrics"]] == ["psnr_y", "ssim_y"]
@@ -533,7 +538,8 @@ def test_cli_eval_and_compare(tmp_path: Path) -> None:
     assert res.exit_code == 2 and "niqe" in res.output
     # a failed file: report written, exit code 1
     (data / "bad.png").write_bytes(b"garbage")
-    res = runner.invoke(app, ["eval", "--set", "folder", "--data-dir", str(data), "--out", str(tmp_path / "o2")])
+    res = runner.invoke(app, ["eval", "--set", "folder", "--data-dir", str(data), "-m", "bicubic", "--out",
+                              str(tmp_path / "o2")])
     assert res.exit_code == 1 and (tmp_path / "o2" / "summary.json").is_file() and "bad" in res.output
 
 
@@ -580,13 +586,181 @@ def test_cli_eval_header_states_the_recommended_sampling_it_uses(tmp_path: Path)
     ckpt = write_tiny_checkpoint(tmp_path / "rec.safetensors", scale=4, sampling={"steps": 3, "back_project": True})
     data = _photo_folder(tmp_path / "p", names=PHOTOS[:1], size=(32, 32))
     runner = CliRunner()
-    for extra, steps in (([], 3), (["--steps", "2"], 2)):
+    for extra, steps, merge in (([], 3, "step"), (["--steps", "2"], 2, "step"), (["--merge", "end"], 3, "end")):
+        out = tmp_path / f"o{steps}{merge}"
         res = runner.invoke(app, ["eval", "--set", "folder", "--data-dir", str(data), "--weights", str(ckpt),
-                                  "--metrics", "psnr", "--precision", "fp32", "-o", str(tmp_path / f"o{steps}"),
-                                  *extra])
+                                  "--metrics", "psnr", "--precision", "fp32", "-o", str(out), *extra])
         assert res.exit_code == 0, res.output
-        header = res.stderr.splitlines()[0]
-        assert header.startswith(f"sampling: ddim {steps} steps") and "back-projection" in header
-        assert "the model recommends back_project True, steps 3" in res.stderr.replace("\n", " ")
-        s = json.loads((tmp_path / f"o{steps}" / "summary.json").read_text())
+        header = res.stderr.replace("\n", " ")
+        assert res.stderr.startswith(f"sampling: ddim {steps} steps") and "back-projection" in header
+        assert f"merge {merge}" in header
+        assert "the model recommends back_project True, steps 3" in header
+        # "override" only when something was given, and it names what was given
+        if extra:
+            assert f"given: {extra[0][2:]} {extra[1]}, which override it" in header
+        else:
+            assert "overrid" not in header and "given" not in header and "as dreamsr upscale samples it" in header
+        assert ("the paper's protocol" in header) == (merge == "end")
+        s = json.loads((out / "summary.json").read_text())
         assert s["model"]["sampling"]["steps"] == steps and s["model"]["sampling"]["back_project"] is True
+        assert s["model"]["sampling"]["merge"] == merge and s["protocol"]["merge"] == merge
+
+
+# ---- eval's defaults are upscale's ------------------------------------------------------------------------
+def test_eval_without_a_model_uses_the_registry_default_as_upscale_picks_it(tmp_path: Path,
+                                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    """The README's `dreamsr eval --set ... --metrics ...` evaluates the registry's default model (upscale's
+    rule: the scale's default, else the x4 default), not bicubic; bicubic and nearest stay named references;
+    a registry without defaults is a usage error naming what to pass."""
+    from typer.testing import CliRunner
+
+    import dreamsr.jobs.weights as W
+    from dreamsr.cli import app
+
+    default = W.default_model_for(None)
+    assert default == W.default_model(4) and W.default_model_for(8) == (W.default_model(8) or W.default_model(4))
+    assert EvalConfig(set="folder").resolved().model == default
+    assert EvalConfig(set="folder", scale=8).resolved().model == W.default_model_for(8)
+    assert EvalConfig(set="folder", model="nearest").resolved().model == "nearest"
+    assert EvalConfig(set="folder", weights="m.safetensors").resolved().model is None  # the file is named
+    data = _photo_folder(tmp_path / "p", names=PHOTOS[:1], size=(32, 32))
+    runner = CliRunner()
+    res = runner.invoke(app, ["eval", "--set", "folder", "--data-dir", str(data), "--metrics", "psnr", "--tile", "0",
+                              "--precision", "fp32", "-o", str(tmp_path / "o")])
+    assert res.exit_code == 0, res.output
+    s = json.loads((tmp_path / "o" / "summary.json").read_text())
+    assert s["model"]["kind"] == "diffusion" and s["model"]["name"] == default and s["config"]["model"] == default
+    assert s["model"]["sha256"] == W.get_entry(default).sha256 and s["scale"] == 4
+    assert res.stderr.startswith("sampling: ") and default in res.output
+    # a finished run of the default is found again under the same (unnamed) config
+    assert finished_summary(EvalConfig(set="folder", data_dir=str(data), metrics=("psnr",), tile=0,
+                                       precision="fp32", command="x"), tmp_path / "o") is not None
+    res = runner.invoke(app, ["eval", "--set", "folder", "--data-dir", str(data), "--model", "bicubic", "--metrics",
+                              "psnr", "-o", str(tmp_path / "b")])
+    assert res.exit_code == 0 and json.loads((tmp_path / "b" / "summary.json").read_text())["model"]["kind"] == \
+        "reference"
+    monkeypatch.setattr(W, "default_model", lambda scale: None)  # a registry without defaults
+    res = runner.invoke(app, ["eval", "--set", "folder", "--data-dir", str(data), "--metrics", "psnr"])
+    assert res.exit_code == 2 and "no model available" in res.stderr and "--weights" in res.stderr
+    assert "Traceback" not in res.output
+
+
+def test_eval_samples_exactly_as_upscale_unless_merge_end_is_given(tmp_path: Path) -> None:
+    """The SR image `dreamsr eval --save-images` writes for an image equals what `dreamsr upscale` writes for the
+    same LR file, with no option given to either (the model's recommendation, merge step, four 40 px tiles);
+    `--merge end` (the paper's protocol) samples another image."""
+    from typer.testing import CliRunner
+
+    from dreamsr.cli import app
+
+    ckpt = write_tiny_checkpoint(tmp_path / "rec.safetensors", scale=4, target="image", sampling={"steps": 2})
+    hr = load_photo("astronaut.png")[:, 100:292, 100:292]  # 192 px: a 48 px LR, 2x2 tiles of 40 px
+    data = tmp_path / "p"
+    _save(hr, data / "face.png")
+    lr_file = _save(_q(downsample(hr, 4)), tmp_path / "lr" / "face.png")
+    runner = CliRunner()
+    common = ["--set", "folder", "--data-dir", str(data), "--weights", str(ckpt), "--metrics", "psnr",
+              "--precision", "fp32", "--grids", "0", "--save-images"]
+    res = runner.invoke(app, ["eval", *common, "-o", str(tmp_path / "e")])
+    assert res.exit_code == 0, res.output
+    res = runner.invoke(app, ["upscale", str(lr_file), "-w", str(ckpt), "--precision", "fp32", "-o",
+                              str(tmp_path / "u.png")])
+    assert res.exit_code == 0, res.output
+    ev = np.asarray(Image.open(tmp_path / "e" / "sr" / "face.png"))
+    up = np.asarray(Image.open(tmp_path / "u.png"))
+    assert ev.shape == up.shape == (192, 192, 3) and np.array_equal(ev, up)
+    res = runner.invoke(app, ["eval", *common, "--merge", "end", "-o", str(tmp_path / "end")])
+    assert res.exit_code == 0, res.output
+    assert not np.array_equal(np.asarray(Image.open(tmp_path / "end" / "sr" / "face.png")), up)
+
+
+# ---- the released code's LR protocol -----------------------------------------------------------------------
+def _pil(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """PIL called directly: ``x`` [3,H,W] as 8-bit RGB, Image.resize((w, h), Image.BICUBIC), back to [0, 1]."""
+    arr = x.clamp(0, 1).mul(255).round().byte().permute(1, 2, 0).numpy()
+    out = np.asarray(Image.fromarray(arr, "RGB").resize((size[1], size[0]), Image.BICUBIC))
+    return torch.from_numpy(out.copy()).permute(2, 0, 1).float() / 255
+
+
+def test_resize_pil_bicubic_is_pil_and_differs_from_dreamsr_bicubic() -> None:
+    from dreamsr.errors import InputError
+    from dreamsr.images import resize, resize_pil_bicubic
+
+    hr = load_photo("astronaut.png")[:, 40:168, 160:288]  # a 128 px face crop
+    rng = np.random.default_rng(0)
+    noise = torch.from_numpy(rng.integers(0, 256, (3, 37, 23), dtype=np.uint8)).float() / 255
+    for x, size in ((hr, (16, 16)), (hr, (50, 77)), (noise, (9, 5)), (noise, (111, 69)), (_pil(hr, (16, 16)),
+                                                                                          (128, 128))):
+        got = resize_pil_bicubic(x, size)
+        assert got.dtype == torch.float32 and tuple(got.shape) == (3, *size)
+        assert torch.equal(got, _pil(x, size))  # exactly PIL's 8-bit result
+    grey = hr[:1]
+    want = np.asarray(Image.fromarray(grey[0].mul(255).round().byte().numpy(), "L").resize((16, 16),
+                                                                                           Image.BICUBIC))
+    assert torch.equal(resize_pil_bicubic(grey, (16, 16))[0], torch.from_numpy(want.copy()).float() / 255)
+    # the two protocols' LR images really differ (the gap this option closes)
+    assert not torch.equal(resize_pil_bicubic(hr, (16, 16)), _q(resize(hr, (16, 16))))
+    with pytest.raises(InputError, match=r"\[1\|3, H, W\]"):
+        resize_pil_bicubic(hr.unsqueeze(0), (16, 16))
+
+
+def test_consistency_release_rule_is_dreams_pil_downsample() -> None:
+    from dreamsr.errors import InputError
+
+    hr = load_photo("coffee.png")[:, 100:164, 200:264]
+    lr = _pil(hr, (16, 16))
+    sr = _q(hr + 0.02 * torch.randn(hr.shape, generator=torch.Generator().manual_seed(0)))
+    want = torch.mean((_pil(sr, (16, 16)).double() - lr.double()) ** 2).item() * 1e5
+    assert M.consistency(sr, lr, rule="release") == pytest.approx(want, rel=1e-12)
+    assert M.consistency(sr, lr) != pytest.approx(want, rel=1e-3)  # dreamsr's rule: torch's bicubic
+    with pytest.raises(InputError, match="dreamsr or release"):
+        M.consistency(sr, lr, rule="pil")  # type: ignore[arg-type]
+
+
+def test_lr_protocol_release_makes_lr_and_consistency_the_release_way(tmp_path: Path) -> None:
+    """--lr-protocol release: the LR is PIL's bicubic of the 8-bit HR (folder), or of the file for celebahq, whose
+    128 px HR is PIL's too (the release's prepare_data.py: file -> 16 px, file -> 128 px); consistency downsamples
+    the SR by PIL. Every number is checked against PIL called here."""
+    from typer.testing import CliRunner
+
+    from dreamsr.cli import app
+    from dreamsr.images import resize
+
+    data = _photo_folder(tmp_path / "p", names=PHOTOS[:1], size=(70, 90))
+    cfg = dict(set="folder", data_dir=str(data), model="bicubic", scale=4, grids=0, convention="rgb",
+               metrics=("psnr", "consistency"))
+    rel = evaluate(EvalConfig(lr_protocol="release", **cfg), tmp_path / "r")
+    dre = evaluate(EvalConfig(**cfg), tmp_path / "d")
+    hr = load_rgb(data / "astronaut.png")[:, :68, :88]
+    lr = _pil(hr, (17, 22))
+    sr = _q(resize(lr, (68, 88)))
+    row = _read_csv(tmp_path / "r" / "metrics.csv")[0]
+    assert float(row["psnr_rgb"]) == pytest.approx(M.psnr(sr, hr), abs=1e-9)
+    want = torch.mean((_pil(sr, (17, 22)).double() - lr.double()) ** 2).item() * 1e5
+    assert float(row["consistency"]) == pytest.approx(want, rel=1e-9)
+    assert rel.summary["lr_protocol"] == "release" and "PIL" in rel.summary["conventions"]["sr_quantized"]
+    assert dre.summary["lr_protocol"] == "dreamsr"
+    assert _read_csv(tmp_path / "d" / "metrics.csv")[0]["psnr_rgb"] != row["psnr_rgb"]
+    # celebahq: a 256 px file gives HR = PIL(file -> 128) and LR = PIL(file -> 16); a 128 px file is the HR
+    root = tmp_path / "data" / "celeba_hq"
+    face = load_photo("astronaut.png")[:, :256, 128:384]
+    small = _pil(face, (128, 128))
+    for i in range(101):
+        _save(face if i == 1 else small if i == 2 else torch.zeros(3, 8, 8), root / f"{i:05d}.png")
+    faces = evaluate(EvalConfig(set="celebahq", data_dir=str(tmp_path / "data"), model="bicubic", limit=2, grids=0,
+                                convention="rgb", metrics=("psnr",), lr_protocol="release"), tmp_path / "f")
+    rows = _read_csv(tmp_path / "f" / "metrics.csv")
+    assert [r["image"] for r in rows] == ["00001", "00002"] and faces.summary["scale"] == 8
+    for r, hr128, lr16 in ((rows[0], small, _pil(face, (16, 16))), (rows[1], small, _pil(small, (16, 16)))):
+        assert float(r["psnr_rgb"]) == pytest.approx(M.psnr(_q(resize(lr16, (128, 128))), hr128), abs=1e-9)
+    assert rows[0]["psnr_rgb"] != rows[1]["psnr_rgb"]  # the file's own 16 px, not the 128 px HR's
+    # the CLI option, recorded; a bad value is a usage error
+    runner = CliRunner()
+    res = runner.invoke(app, ["eval", "--set", "folder", "--data-dir", str(data), "-m", "bicubic", "--metrics",
+                              "psnr", "--lr-protocol", "release", "-o", str(tmp_path / "c")])
+    assert res.exit_code == 0, res.output
+    s = json.loads((tmp_path / "c" / "summary.json").read_text())
+    assert s["config"]["lr_protocol"] == "release" and s["lr_protocol"] == "release"
+    res = runner.invoke(app, ["eval", "--set", "folder", "--data-dir", str(data), "-m", "bicubic", "--lr-protocol",
+                              "pil"])
+    assert res.exit_code == 2 and "lr_protocol must be one of dreamsr, release" in res.stderr

@@ -16,8 +16,8 @@ import typer
 from rich.table import Table
 from rich.text import Text
 
-from dreamsr.cli.common import EXIT_FAILED, EXIT_OK, console, error_line, exit_code_for, is_tty, out
-from dreamsr.errors import ConfigError, DreamSRError
+from dreamsr.cli.common import EXIT_FAILED, EXIT_OK, EXIT_USAGE, console, error_line, exit_code_for, is_tty, out
+from dreamsr.errors import ConfigError, DreamSRError, ModelNotFoundError
 from dreamsr.options import SamplingOptions as S
 from dreamsr.threads import ThreadGovernor, setup as setup_threads
 
@@ -132,9 +132,9 @@ class _Bar:
             self.progress.__exit__(*exc)
 
     def __call__(self, ev: Any) -> None:
-        if ev.stage == "start":  # the run header
+        if ev.stage == "start":  # the run header, one line however narrow the terminal
             (self.progress.console if self.progress is not None else console).print(ev.item, markup=False,
-                                                                                    highlight=False)
+                                                                                    highlight=False, soft_wrap=True)
             return
         if self.governor is not None:
             self.governor.follow()
@@ -157,7 +157,9 @@ def evaluate(
     data_dir: Optional[Path] = typer.Option(None, "--data-dir", help="Root of the sets \\[default: $DREAMSR_DATA]; "
                                             "for folder/paired, the folder itself."),
     limit: Optional[int] = typer.Option(None, "--limit", min=1, help="Evaluate only the first N images."),
-    model: str = typer.Option("bicubic", "--model", "-m", help="bicubic | nearest | a registry name | hf:// URL."),
+    model: Optional[str] = typer.Option(None, "--model", "-m", help="bicubic | nearest (references) | a registry "
+                                        "name | hf:// URL \\[default: the registry's default model for --scale, "
+                                        "as `dreamsr upscale` picks it].", show_default=False),
     weights: Optional[Path] = typer.Option(None, "--weights", "-w", help="A dreamsr .safetensors checkpoint "
                                            "(overrides --model)."),
     scale: Optional[float] = typer.Option(None, "--scale", "-s", min=1.0, help="Factor: any scale in a continuous-scale "
@@ -173,6 +175,11 @@ def evaluate(
                                    "y (BT.601 Y, border cropped, BasicSR) or both."),
     crop_border: Optional[int] = typer.Option(None, "--crop-border", min=0, help="Border cropped for the Y "
                                               "convention \\[default: the scale]."),
+    lr_protocol: str = typer.Option("dreamsr", "--lr-protocol", help="How the LR image is made from the HR file, "
+                                    "and how consistency downsamples the SR image: dreamsr (torch's antialiased "
+                                    "bicubic in float, rounded to 8 bits) | release (the released SR3/DREAM code: "
+                                    "PIL bicubic on 8-bit images; celebahq's 128 px HR and 16 px LR each made from "
+                                    "the file), to score released face files as the paper did."),
     steps: Optional[int] = typer.Option(None, "--steps", min=1, help="Sampler steps (diffusion models) \\[default: "
                                         f"the model's recommendation, else {S.steps}]."),
     sampler: Optional[str] = typer.Option(None, "--sampler", help=f"ddim | ddpm \\[default: {S.sampler}]."),
@@ -180,8 +187,14 @@ def evaluate(
     seed: Optional[int] = typer.Option(None, "--seed", help=f"First seed; sample k uses seed + k \\[default: {S.seed}]."),
     samples: int = typer.Option(1, "--samples", "-k", min=1, help="Super-resolutions per image; the summary gives "
                                 "mean and std over the K seeds."),
-    merge: Optional[str] = typer.Option(None, "--merge", help="Tile merge: step | end \\[default: the protocol's, "
-                                        "end = paper Sec. 6.2]."),
+    tile: Optional[int] = typer.Option(None, "--tile", min=0, help="LR tile side; 0: the whole image in one piece "
+                                       f"(the paper's faces protocol) \\[default: the model's recommendation, else "
+                                       f"{S.tile}, as `dreamsr upscale`].", show_default=False),
+    overlap: Optional[int] = typer.Option(None, "--overlap", min=0, help="LR tile overlap \\[default: the model's "
+                                          f"recommendation, else {S.overlap}].", show_default=False),
+    merge: Optional[str] = typer.Option(None, "--merge", help="Tile merge: step (blend at every step, as `dreamsr "
+                                        "upscale`) | end (tiles sampled independently: the paper's protocol, "
+                                        f"Sec. 6.2) \\[default: {S.merge}].", show_default=False),
     batch: Optional[int] = typer.Option(None, "--batch", min=1, help="Tiles per network call (does not change "
                                         f"results) \\[default: {S.batch}]."),
     start: Optional[int] = typer.Option(None, "--start", min=0, help="Truncated start: begin at trained step t0 "
@@ -213,8 +226,9 @@ def evaluate(
     \b
     Examples:
       dreamsr eval --set folder --data-dir photos/ --model bicubic --scale 4
-      dreamsr eval --set celebahq --model NAME --metrics psnr,ssim,consistency,fid -o runs/faces
-      dreamsr eval --set div2k-val --weights my.safetensors --steps 100 --samples 3 --convention y
+      dreamsr eval --set div2k-val --metrics psnr,ssim,fid        (the default model, sampled as upscale does)
+      dreamsr eval --set div2k-val --weights my.safetensors --steps 100 --samples 3 --convention y --merge end
+      dreamsr eval --set celebahq --weights sr3-face-16-128.safetensors --lr-protocol release --convention rgb
       dreamsr eval --compare runs/bicubic/summary.json runs/faces/summary.json
     """
     try:
@@ -231,14 +245,20 @@ def evaluate(
         cfg = EvalConfig(set=set_name, data_dir=str(data_dir) if data_dir else None, limit=limit, model=model,
                          weights=str(weights) if weights else None, scale=scale, metrics=_parse_metrics(metrics),
                          convention=convention, crop_border=crop_border, steps=steps, sampler=sampler,  # type: ignore[arg-type]
-                         eta=eta, seed=seed, samples=samples, merge=merge, batch=batch, start=start,
+                         lr_protocol=lr_protocol,  # type: ignore[arg-type]
+                         eta=eta, seed=seed, samples=samples, tile=tile, overlap=overlap, merge=merge, batch=batch,
+                         start=start,
                          back_project=back_project, ensemble=ensemble,
                          metric_weights=str(metric_weights) if metric_weights else None, lpips_net=lpips_net,
                          device=device, precision=precision, grids=grids, save_images=save_images,
                          command=shlex.join(["dreamsr", *sys.argv[1:]]))
         cfg.validate()
+        try:  # no --model/--weights: the registry's default, as `dreamsr upscale` picks it (a usage error there)
+            cfg = cfg.resolved()
+        except ModelNotFoundError as err:
+            _error(str(err), EXIT_USAGE)
         if out_dir is None:
-            who = Path(weights).stem if weights else model.replace("/", "_").replace(":", "_")
+            who = Path(weights).stem if weights else str(cfg.model).replace("/", "_").replace(":", "_")
             out_dir = Path("eval") / (f"{set_name}-{who}" + (f"-x{scale}" if scale else ""))
         with _Bar(is_tty(), ThreadGovernor(thread_plan)) as bar:
             report = run_eval(cfg, out_dir, progress=bar)

@@ -19,12 +19,20 @@ paired         ``data_dir/HR/<name>`` and ``data_dir/LR/<name>`` (same stem)    
 
 LR synthesis (every set but ``paired``): the HR image is cropped at the bottom/right to a multiple of the scale
 (BasicSR's "GTmod"), downsampled with :func:`dreamsr.images.downsample` (the antialiased bicubic used in
-training) and rounded to 8 bits as a saved LR file would be. The ``div2k`` and ``celebahq`` validation files are
-the ones :func:`dreamsr.data.resolve_layout` holds out of training.
+training) and rounded to 8 bits as a saved LR file would be. ``lr_protocol="release"`` (``--lr-protocol
+release``) makes every resize the released SR3/DREAM code's instead: PIL's bicubic on the 8-bit image
+(:func:`dreamsr.images.resize_pil_bicubic`), the faces' 128 px HR and 16 px LR each from the file (the release's
+``prepare_data.py``), and consistency downsamples the SR image the same way (DREAM's ``calculate_consistency``).
+The ``div2k`` and ``celebahq`` validation files are the ones :func:`dreamsr.data.resolve_layout` holds out of
+training.
 
-Protocols (paper Sec. 6.2): ``div2k`` -- the LR image is super-resolved in 40x40 LR tiles with 5 px overlap,
-tiles sampled independently and merged at the end; ``faces`` -- HR resized to 128x128 (16x16 LR at x8), the
-whole image in one piece. Reference upscalers (``bicubic``, ``nearest``) ignore tiling.
+The model: ``model``/``weights``, else the registry's default for the scale, picked as ``dreamsr upscale`` picks
+it (:meth:`EvalConfig.resolved`); ``bicubic`` and ``nearest`` are the reference upscalers (they ignore tiling).
+Sampling: exactly what ``dreamsr upscale`` uses (:meth:`dreamsr.jobs.pipeline.Upscaler.options`: the defaults,
+the model's recommendation, then the fields given). Protocols: ``div2k`` -- HR files as they are; ``faces`` --
+HR resized to 128x128 (16x16 LR at x8). The paper (Sec. 6.2) sampled ``div2k`` in 40x40 LR tiles with 5 px
+overlap, tiles sampled independently and merged at the end (``merge="end"``), and ``faces`` whole (``tile=0``);
+give those fields to sample its way (the summary records both, ``protocol.paper_sampling`` and what ran).
 
 Metrics: SR outputs are rounded to 8 bits before any metric (as the SR3/DREAM and BasicSR code measure saved
 images). Conventions: ``rgb`` = RGB on the whole image; ``y`` = BT.601 Y with ``crop_border`` (default = scale)

@@ -9,7 +9,7 @@ import json
 import math
 import os
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from fractions import Fraction
 from pathlib import Path
 from typing import Any, Callable, Literal, Sequence
@@ -25,7 +25,7 @@ from dreamsr.jobs.evaluate.reports import (CONVENTION_TEXT, DIRECTIONS, METRICS,
                                            write_summary)
 from dreamsr.jobs.evaluate.sets import PROTOCOLS, SETS, EvalItem, Protocol, resolve_set
 from dreamsr.files import dumps_json, load_json, sha256_file
-from dreamsr.images import downsample, load_rgb, resize, upsample
+from dreamsr.images import load_rgb, resize, resize_pil_bicubic
 from dreamsr.jobs.pipeline import output_size
 from dreamsr.options import SamplingOptions
 
@@ -34,6 +34,8 @@ __all__ = ["EvalConfig", "Progress", "ProgressFn", "EvalReport", "REFERENCE_MODE
 
 REFERENCE_MODELS = ("bicubic", "nearest")
 Convention = Literal["rgb", "y", "both"]
+LRProtocol = Literal["dreamsr", "release"]
+LR_PROTOCOLS: tuple[str, ...] = ("dreamsr", "release")
 
 
 # ---------------------------------------------------------------------------------------------- config
@@ -44,23 +46,26 @@ class EvalConfig:
     set: str = "folder"  # a name of SETS
     data_dir: str | None = None  # root of the sets (default $DREAMSR_DATA)
     limit: int | None = None  # first N items of the set
-    model: str = "bicubic"  # bicubic | nearest | a registry name or hf:// URL
+    model: str | None = None  # bicubic | nearest | a registry name or hf:// URL; None: the registry's default for
+    #                           the scale, as `dreamsr upscale` picks it (jobs.weights.default_model_for)
     weights: str | None = None  # a dreamsr .safetensors checkpoint (overrides model)
     scale: float | None = None  # default: the model's native scale (diffusion) or the set's (references); any scale
     #                              in a continuous-scale model's range (IDM), an integer otherwise
     metrics: tuple[str, ...] = ("psnr", "ssim", "consistency")
     convention: Convention = "both"  # PSNR/SSIM/VIF conventions to report
     crop_border: int | None = None  # Y convention border; default = scale
+    lr_protocol: LRProtocol = "dreamsr"  # how LR images (and consistency's downsample) are made: "dreamsr" (torch's
+    #   antialiased bicubic in float, then 8 bits) | "release" (the released SR3/DREAM code: PIL bicubic on 8 bits)
     # sampling (dreamsr.options.SamplingOptions fields): None = not given, i.e. the model's recommendation, else
-    # SamplingOptions' default (tile/overlap/merge: the set's protocol)
+    # SamplingOptions' default -- what `dreamsr upscale` uses (merge "end" given: the paper's protocol)
     steps: int | None = None  # sampler steps
     sampler: str | None = None  # ddim | ddpm
     eta: float | None = None  # None: the sampler's default
     seed: int | None = None  # first seed; sample k uses seed + k
     samples: int = 1  # K super-resolutions per image (diffusion models)
-    tile: int | None = None  # LR tile side; None: the protocol's
-    overlap: int | None = None  # LR tile overlap; None: the protocol's
-    merge: str | None = None  # "step" | "end"; None: the protocol's
+    tile: int | None = None  # LR tile side (0: the whole image)
+    overlap: int | None = None  # LR tile overlap
+    merge: str | None = None  # "step" | "end" (the paper's protocol: tiles sampled independently)
     batch: int | None = None  # tiles per network call (does not change results)
     start: int | None = None  # truncated start: trained step t0 to begin from the noised condition (0: full chain)
     back_project: bool | None = None  # LR back-projection of every x0 estimate (pipeline option)
@@ -91,7 +96,18 @@ class EvalConfig:
         SamplingOptions.check_given(**self.sampling_given())
         if self.lpips_net not in M.LPIPS_FILES:
             raise ConfigError(f"LPIPS network must be one of {', '.join(M.LPIPS_FILES)}, got {self.lpips_net!r}")
+        if self.lr_protocol not in LR_PROTOCOLS:
+            raise ConfigError(f"lr_protocol must be one of {', '.join(LR_PROTOCOLS)}, got {self.lr_protocol!r}")
 
+    def resolved(self) -> "EvalConfig":
+        """This config with ``model`` named: without ``model`` and ``weights``, the registry's default model for
+        ``scale`` (:func:`dreamsr.jobs.weights.default_model_for`, the rule of ``dreamsr upscale``). Raises
+        ModelNotFoundError when the registry has no default."""
+        if self.model is not None or self.weights is not None:
+            return self
+        from dreamsr.jobs.weights import default_model_for
+
+        return replace(self, model=default_model_for(self.scale))
 
     def sampling_given(self) -> dict[str, Any]:
         """The sampling fields as given (None: not given), for :meth:`dreamsr.jobs.pipeline.Upscaler.options`."""
@@ -167,11 +183,23 @@ class _Diffusion:
         # a continuous-scale model is evaluated at the asked scale (checked against its range), others at theirs
         self.scale = _plain(cfg.scale if cfg.scale is not None and lo < hi else upscaler.scale)
         upscaler.family.check_scale(upscaler.info.network, upscaler.scale, self.scale)
-        given = cfg.sampling_given()
-        for name in ("tile", "overlap", "merge"):  # the set's protocol unless given
-            given[name] = getattr(protocol, name) if given[name] is None else given[name]
-        # the model's recommended sampling under what was given (Upscaler.options)
-        self.options: SamplingOptions = upscaler.options(**given)
+        # what `dreamsr upscale` would use: the defaults, the model's recommendation, then what was given
+        # (Upscaler.options); the set's protocol decides the images, not the sampling
+        self.given = {k: v for k, v in cfg.sampling_given().items() if v is not None}
+        self.options: SamplingOptions = upscaler.options(**self.given)
+
+    def header(self) -> str:
+        """The run header: the sampling used and where each setting came from (one line)."""
+        rec = self.up.info.sampling
+        parts = [f"the model recommends {', '.join(f'{k} {v}' for k, v in sorted(rec.items()))}" if rec
+                 else "the model recommends nothing"]
+        if self.given:
+            parts.append(f"given: {', '.join(f'{k} {v}' for k, v in self.given.items())}, which override it")
+        else:
+            parts.append("as dreamsr upscale samples it")
+        if self.options.merge == "end":
+            parts.append("merge end: tiles sampled independently, the paper's protocol (Sec. 6.2)")
+        return f"sampling: {self.options.describe()} ({'; '.join(parts)})"
 
     def upscale(self, lr: torch.Tensor, seed: int, callback: Callable[[int, int], None] | None) -> torch.Tensor:
         return self.up.upscale(lr, self.options, scale=self.scale, seed=seed, callback=callback)
@@ -199,7 +227,7 @@ def _make_upscaler(cfg: EvalConfig, protocol: Protocol, upscaler: Any | None) ->
         source = {"name": cfg.model if cfg.weights is None else Path(cfg.weights).stem, "weights": str(path),
                   "sha256": sha256_file(Path(path))}
     else:
-        source = {"name": cfg.model if cfg.model not in REFERENCE_MODELS else "custom", "weights": None}
+        source = {"name": cfg.model if cfg.model not in (*REFERENCE_MODELS, None) else "custom", "weights": None}
     run = _Diffusion(upscaler, cfg, protocol, source)
     if cfg.scale is not None and cfg.scale != run.scale:
         raise ConfigError(f"model {source['name']} serves x{run.scale:g} only; drop --scale or pass "
@@ -213,17 +241,34 @@ def _quantize(x: torch.Tensor) -> torch.Tensor:
     return x.clamp(0, 1).mul(255).round().div(255)
 
 
-def _prepare_pair(item: EvalItem, scale: float, protocol: Protocol) -> tuple[torch.Tensor, torch.Tensor]:
+def _shrink(x: torch.Tensor, size: tuple[int, int], lr_protocol: LRProtocol) -> torch.Tensor:
+    """``x`` [3,H,W] in [0, 1] resized to ``size`` = (h, w) and rounded to 8 bits, the ``lr_protocol``'s way:
+    dreamsr's antialiased bicubic in float (:func:`dreamsr.images.resize`), or the release's PIL bicubic on the
+    8-bit image (:func:`dreamsr.images.resize_pil_bicubic`)."""
+    if lr_protocol == "release":
+        return resize_pil_bicubic(x, size)
+    return _quantize(resize(x, size))
+
+
+def _prepare_pair(item: EvalItem, scale: float, protocol: Protocol,
+                  lr_protocol: LRProtocol = "dreamsr") -> tuple[torch.Tensor, torch.Tensor]:
     """Load (LR, HR) of an item as 8-bit-valued float [3,h,w], [3,h*s,w*s] in [0, 1]; InputError per file.
 
     A non-integer scale a/b (a continuous-scale model) crops the HR bottom/right to multiples of a, so the LR
-    (h = H b / a, antialiased bicubic) enlarged by the scale is exactly the HR's size."""
+    (h = H b / a) enlarged by the scale is exactly the HR's size. Every resize is :func:`_shrink`'s under
+    ``lr_protocol``. Under ``"release"`` a protocol with ``hr_size`` (faces) makes the HR and the LR each from the
+    file, as the release's ``prepare_data.py`` does (file -> 128 px, file -> 16 px); a file already ``hr_size``
+    px is the HR itself and the LR is made from it."""
     if item.error:
         raise InputError(item.error)
     assert item.hr is not None
     hr = load_rgb(item.hr)
     if protocol.hr_size is not None and tuple(hr.shape[-2:]) != (protocol.hr_size, protocol.hr_size):
-        hr = _quantize(resize(hr, (protocol.hr_size, protocol.hr_size)))
+        if lr_protocol == "release" and item.lr is None and float(scale) == int(scale) \
+                and protocol.hr_size % int(scale) == 0:
+            side = protocol.hr_size // int(scale)
+            return resize_pil_bicubic(hr, (side, side)), resize_pil_bicubic(hr, (protocol.hr_size,) * 2)
+        hr = _shrink(hr, (protocol.hr_size, protocol.hr_size), lr_protocol)
     if float(scale) != int(scale):
         if item.lr is not None:
             raise InputError(f"{item.lr}: paired LR files are evaluated at integer scales only (x{scale:g} asked)")
@@ -234,7 +279,7 @@ def _prepare_pair(item: EvalItem, scale: float, protocol: Protocol) -> tuple[tor
         if min(H, W) * b // a < 4:
             raise InputError(f"{item.hr}: {hr.shape[-1]}x{hr.shape[-2]} is too small for x{scale:g}")
         hr = hr[:, :H, :W].contiguous()
-        return _quantize(resize(hr, (H * b // a, W * b // a))), hr
+        return _shrink(hr, (H * b // a, W * b // a), lr_protocol), hr
     scale = int(scale)
     if item.lr is not None:
         lr = load_rgb(item.lr)
@@ -250,7 +295,7 @@ def _prepare_pair(item: EvalItem, scale: float, protocol: Protocol) -> tuple[tor
         raise InputError(f"{item.hr}: {hr.shape[-1]}x{hr.shape[-2]} is too small for x{scale} "
                          f"(the LR image would be under 4x4 px)")
     hr = hr[:, :H, :W].contiguous()
-    return _quantize(downsample(hr, scale)), hr
+    return _shrink(hr, (H // scale, W // scale), lr_protocol), hr  # dreamsr: = downsample(hr, scale)
 
 
 def _mean_std(values: list[float]) -> tuple[float, float]:
@@ -295,6 +340,8 @@ def evaluate(config: EvalConfig, out_dir: str | os.PathLike, *, progress: Progre
     t_start = time.perf_counter()
     cfg = config
     cfg.validate()
+    if upscaler is None:
+        cfg = cfg.resolved()  # no model named: the registry's default, as `dreamsr upscale` picks it
     spec = SETS[cfg.set]
     protocol = PROTOCOLS[spec.protocol]
     items = resolve_set(cfg.set, cfg.data_dir, limit=cfg.limit)
@@ -354,14 +401,11 @@ def evaluate(config: EvalConfig, out_dir: str | os.PathLike, *, progress: Progre
             progress(Progress(done, total, item, stage, calls, calls_total))
 
     if isinstance(run, _Diffusion):  # the run header: what will sample, before any work
-        rec = run.up.info.sampling
-        emit(f"sampling: {run.options.describe()}"
-             + (f" (the model recommends {', '.join(f'{k} {v}' for k, v in sorted(rec.items()))}; options given "
-                "override it)" if rec else ""), "start")
+        emit(run.header(), "start")
     for item in items:
         label = item.name
         try:
-            lr, hr = _prepare_pair(item, scale, protocol)
+            lr, hr = _prepare_pair(item, scale, protocol, cfg.lr_protocol)
             border = crop if any(c[2] == "y" for c in cols) else 0
             if min(hr.shape[-2:]) - 2 * border < 11 and any(c[1] == "ssim" for c in cols):
                 raise InputError(f"{item.hr or item.lr}: {hr.shape[-1]}x{hr.shape[-2]} leaves under 11x11 px for "
@@ -413,7 +457,7 @@ def evaluate(config: EvalConfig, out_dir: str | os.PathLike, *, progress: Progre
                     elif metric == "hf":
                         row[col] = M.hf_ratio(sr, hr, crop_border=border)
                     elif metric == "consistency":
-                        row[col] = M.consistency(sr, lr)
+                        row[col] = M.consistency(sr, lr, rule=cfg.lr_protocol)
                     elif metric == "lpips":
                         row[col] = lpips_fn(sr, hr)  # type: ignore[misc]
                 row["seconds"] = round(seconds, 4)
@@ -532,19 +576,25 @@ def evaluate(config: EvalConfig, out_dir: str | os.PathLike, *, progress: Progre
         "command": cfg.command,
         "set": cfg.set,
         "data_dir": str(data_root(cfg.data_dir)),
-        "protocol": {**asdict(protocol), **({"tile": run.options.tile, "overlap": run.options.overlap,
-                                             "merge": run.options.merge} if isinstance(run, _Diffusion)
-                                            else {"tile": 0, "overlap": 0, "note": "reference upscalers run on "
-                                                  "the whole image (tiling does not apply)"})},
+        "protocol": {"name": protocol.name, "hr_size": protocol.hr_size, "description": protocol.description,
+                     "paper_sampling": {"tile": protocol.tile, "overlap": protocol.overlap, "merge": protocol.merge},
+                     **({"tile": run.options.tile, "overlap": run.options.overlap, "merge": run.options.merge}
+                        if isinstance(run, _Diffusion) else
+                        {"tile": 0, "overlap": 0, "note": "reference upscalers run on the whole image (tiling does "
+                         "not apply)"})},
         "scale": scale,
         "model": run.metadata(),
         "seed": first_seed,
         "samples": samples,
         "steps": run.options.steps if isinstance(run, _Diffusion) else None,
         "sampler": run.options.sampler if isinstance(run, _Diffusion) else None,
+        "lr_protocol": cfg.lr_protocol,
         "conventions": {"rgb": M.CONVENTIONS["rgb"], "y": M.CONVENTIONS["y"].replace("= scale", f"= {crop}"),
-                        "sr_quantized": "SR rounded to 8 bits before metrics; LR synthesised by antialiased "
-                                        "bicubic and rounded to 8 bits"},
+                        "sr_quantized": "SR rounded to 8 bits before metrics; " + (
+                            "LR synthesised by antialiased bicubic (torch, float) and rounded to 8 bits"
+                            if cfg.lr_protocol == "dreamsr" else
+                            "LR (and a resized HR) made the released SR3/DREAM code's way: PIL bicubic on 8-bit "
+                            "images; consistency downsamples the SR image by PIL bicubic")},
         "crop_border": crop,
         "images": len(items),
         "count": ok_images,
@@ -576,12 +626,14 @@ def finished_summary(config: EvalConfig, out_dir: str | os.PathLike) -> dict[str
 
     "The same" means summary.json's config equals ``config`` in every field but ``command`` and, for a
     checkpoint file (``config.weights``), its recorded sha256 equals the file's sha256 now (a retrained file at
-    the same path does not match; a registry name is matched by name). summary.json is written last and
-    atomically, so an interrupted evaluation never matches.
+    the same path does not match; a registry name is matched by name; a config without a model is matched as
+    :meth:`EvalConfig.resolved` names it, so a changed registry default does not match). summary.json is written
+    last and atomically, so an interrupted evaluation never matches.
     """
     path = Path(out_dir) / "summary.json"
     if not path.is_file():
         return None
+    config = config.resolved()
     try:
         cached = load_json(path)
     except (OSError, ValueError):

@@ -21,19 +21,24 @@ __all__ = ["SETS", "SetSpec", "Protocol", "PROTOCOLS", "EvalItem", "resolve_set"
 
 @dataclass(frozen=True)
 class Protocol:
-    """How a set is super-resolved: tiling of the LR input and the HR size (None: the file's own size)."""
+    """A set's protocol: the HR size (None: the file's own size) and, for the record, how the paper sampled it
+    (Sec. 6.2). ``dreamsr eval`` samples as ``dreamsr upscale`` does (the model's recommendation under the
+    :class:`dreamsr.options.SamplingOptions` defaults) unless told otherwise; ``tile``/``overlap``/``merge`` here
+    are what to give (``--tile``, ``--overlap``, ``--merge``) to sample the paper's way."""
 
     name: str
-    tile: int  # LR tile side in px (0: whole image)
-    overlap: int  # LR px shared by neighbouring tiles
-    merge: Literal["step", "end"]  # pipeline merge mode ("end": tiles sampled independently, paper Sec. 6.2)
+    tile: int  # the paper's LR tile side in px (0: whole image)
+    overlap: int  # the paper's LR px shared by neighbouring tiles
+    merge: Literal["step", "end"]  # the paper's merge mode ("end": tiles sampled independently)
     hr_size: int | None = None  # HR resized to hr_size x hr_size before LR synthesis (faces)
     description: str = ""
 
 
 PROTOCOLS: dict[str, Protocol] = {
-    "div2k": Protocol("div2k", 40, 5, "end", None, "40x40 LR tiles, 5 px overlap, merged at the end (paper 6.2)"),
-    "faces": Protocol("faces", 0, 0, "end", 128, "HR resized to 128x128, whole image in one piece (paper 6.2)"),
+    "div2k": Protocol("div2k", 40, 5, "end", None, "HR files as they are; the paper sampled 40x40 LR tiles, 5 px "
+                      "overlap, merged at the end (Sec. 6.2: --merge end)"),
+    "faces": Protocol("faces", 0, 0, "end", 128, "HR resized to 128x128; the paper sampled the whole image in one "
+                      "piece (Sec. 6.2: --tile 0 --merge end)"),
 }
 
 
