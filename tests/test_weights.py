@@ -664,3 +664,32 @@ def test_recommended_sampling_round_trips_and_unknown_keys_fail(tmp_path):
     assert loaded.sampling == {"steps": 20, "start": 500, "back_project": True}
     with pytest.raises(CheckpointError, match="back_projection"):
         CheckpointInfo(model.config, DiffusionConfig(), 4, sampling={"back_projection": True})
+
+
+@pytest.mark.parametrize("name", sorted(W.parse_registry(W.SHIPPED_REGISTRY)))
+def test_shipped_registry_numbers_agree_with_the_files(name: str) -> None:
+    """A shipped entry's ``params`` is its network's parameter count (not the stored values: a ResShift file also
+    stores its Swin blocks' masks), ``bytes`` the file's size, and its description's step counts end with the
+    step count the file's training metadata records (the last stage) and add up to any "N in all"."""
+    import re
+
+    entry = W.parse_registry(W.SHIPPED_REGISTRY)[name]
+    path = W.local_path(entry)
+    assert path is not None and path.is_file()
+    model, info = load_checkpoint(path)
+    counted = sum(p.numel() for p in model.parameters())
+    ck = W.checkpoint_dict(path)
+    assert entry.params == ck["params"] == counted
+    assert ck["tensor_values"] == counted + sum(b.numel() for b in model.buffers())
+    assert entry.bytes == path.stat().st_size
+    sums = re.findall(r"(\d+(?: \+ \d+)+) (?:\w+ )*steps", entry.description)
+    assert sums, entry.description
+    stages = [int(n) for n in sums[-1].split(" + ")]
+    assert stages[-1] == info.training["steps"], (stages, info.training)
+    total = re.search(r"\((\d+) in all", entry.description)
+    assert total is None or int(total.group(1)) == sum(stages)
+    assert f"batch {info.training['batch_size']}" in entry.description
+    # `weights info` labels both counts: the registry's and the file's params are the same number
+    out = CliRunner().invoke(app, ["weights", "info", name]).output
+    assert out.count(f"params: {counted} (network parameters)") == 2, out
+    assert f"tensor values: {ck['tensor_values']} (every stored value" in out

@@ -136,7 +136,8 @@ def info(target: str = typer.Argument(..., metavar="FILE_OR_NAME",
         out.print(Text.assemble((e["name"], "bold"), f": {e['description']}"), soft_wrap=True)
         for key in ("url", "path", "scale", "task", "params", "license", "sha256", "default", "registry", "local"):
             if key in e:
-                out.print(f"  {key}: {e[key]}", soft_wrap=True, markup=False)
+                note = " (network parameters)" if key == "params" and e[key] is not None else ""
+                out.print(f"  {key}: {e[key]}{note}", soft_wrap=True, markup=False)
     if "url" in d:
         out.print(f"{d['url']}", markup=False)
     ck = d["checkpoint"]
@@ -144,9 +145,11 @@ def info(target: str = typer.Argument(..., metavar="FILE_OR_NAME",
         hint = d["entry"]["name"] if "entry" in d else d["url"]
         out.print(f"  not downloaded: run `dreamsr weights pull {hint}` to see its metadata", markup=False)
         return
-    for key in ("file", "sha256", "bytes", "tensors", "params", "dtypes", "family", "process", "scale", "color",
-                "dreamsr_version"):
-        out.print(f"{key}: {ck[key]}", soft_wrap=True, markup=False)
+    notes = {"params": " (network parameters)",
+             "tensor_values": " (every stored value: the parameters and buffers such as attention masks)"}
+    for key in ("file", "sha256", "bytes", "tensors", "params", "tensor_values", "dtypes", "family", "process",
+                "scale", "color", "dreamsr_version"):
+        out.print(f"{key.replace('_', ' ')}: {ck[key]}{notes.get(key, '')}", soft_wrap=True, markup=False)
     for key in ("network", "diffusion", "training", "sampling"):  # sampling: the recommended sampling
         out.print(f"{key}: {json.dumps(ck[key], sort_keys=True)}", soft_wrap=True, markup=False)
 

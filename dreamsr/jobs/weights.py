@@ -22,7 +22,6 @@ Checkpoint save/load lives in :mod:`dreamsr.checkpoint`; :func:`convert_pth` (th
 from __future__ import annotations
 
 import json
-import math
 import os
 import re
 from dataclasses import dataclass, field, replace
@@ -33,6 +32,7 @@ from dreamsr.errors import CheckpointError, ConfigError, DownloadError, ModelNot
 from dreamsr.files import sha256_file  # public here too (callers and scripts import it from weights)
 
 if TYPE_CHECKING:  # torch-heavy modules are imported where they are used
+    from dreamsr.checkpoint import CheckpointInfo
     from dreamsr.diffusion import DiffusionConfig
     from dreamsr.families.sr3.unet import UNetConfig
 
@@ -43,10 +43,9 @@ except ModuleNotFoundError:  # pragma: no cover - Python 3.10
 
 __all__ = [
     "ModelEntry", "HubFile", "VerifyResult", "PushResult", "SHIPPED_REGISTRY", "TASKS",
-    "resolve_weights", "registry_entries", "get_entry", "default_model", "default_model_for", "parse_registry",
-    "check_defaults",
+    "resolve_weights", "registry_entries", "get_entry", "default_model", "parse_registry", "check_defaults",
     "user_registry_path", "parse_hf_url", "hub_cache_dir", "cached_file", "download", "fetch", "local_path",
-    "entry_dict", "checkpoint_dict", "checkpoint_params", "describe",
+    "entry_dict", "checkpoint_dict", "checkpoint_params", "network_parameters", "describe",
     "sha256_file", "verify", "push_checkpoint", "entry_to_toml", "convert_pth",
 ]
 
@@ -251,21 +250,6 @@ def default_model(scale: int) -> str | None:
         if entry.scale == scale and entry.default:
             return entry.name
     return None
-
-
-def default_model_for(scale: float | None = None) -> str:
-    """The model a command uses when none is named (``dreamsr upscale``, ``dreamsr eval``, ``EvalConfig`` without
-    ``model``): the registry's default for ``scale`` when that is an integer with a default, else the x4 default
-    (the caller serves the asked scale from it, or says it cannot). ``scale`` None: the x4 default.
-
-    Raises ModelNotFoundError, naming what to pass instead, when the registry has neither.
-    """
-    want = int(scale) if scale is not None and float(scale).is_integer() else 4
-    name = default_model(want) or (default_model(4) if want != 4 else None)
-    if name is None:
-        raise ModelNotFoundError(f"no model available: no default x{want} or x4 model is registered; pass --weights "
-                                 "PATH to a dreamsr .safetensors checkpoint or --model NAME (`dreamsr weights list`)")
-    return name
 
 
 # --------------------------------------------------------------------------------------------------
@@ -518,15 +502,22 @@ def verify(names: Sequence[str] | None = None, *, cache_dir: str | os.PathLike |
 # info
 # --------------------------------------------------------------------------------------------------
 
-def checkpoint_params(path: str | os.PathLike) -> int:
-    """Number of values stored in a safetensors file (its parameter count), from the header alone."""
-    from safetensors import SafetensorError, safe_open
+def network_parameters(info: "CheckpointInfo") -> int:
+    """The number of parameters of the network ``info`` describes, built on PyTorch's ``meta`` device (no memory).
+    Buffers a file also stores (a Swin block's attention mask and position index) are not parameters."""
+    import torch
 
-    try:
-        with safe_open(str(path), framework="pt") as fh:
-            return sum(math.prod(fh.get_slice(k).get_shape()) for k in fh.keys())
-    except (SafetensorError, OSError, ValueError, RuntimeError) as err:
-        raise CheckpointError(f"{path}: not a readable safetensors file ({err})") from None
+    with torch.device("meta"):
+        net = info.build_network()
+    return sum(p.numel() for p in net.parameters())
+
+
+def checkpoint_params(path: str | os.PathLike) -> int:
+    """The parameter count of a checkpoint's network, from the file's metadata and header alone (its checked
+    layout; no tensor is read). Not the number of stored values: buffers are stored too."""
+    from dreamsr.checkpoint import read_info
+
+    return network_parameters(read_info(path))
 
 
 def entry_dict(entry: ModelEntry, cache_dir: str | os.PathLike | None = None) -> dict[str, Any]:
@@ -546,8 +537,10 @@ def entry_dict(entry: ModelEntry, cache_dir: str | os.PathLike | None = None) ->
 
 
 def checkpoint_dict(path: str | os.PathLike) -> dict[str, Any]:
-    """JSON-friendly summary of a checkpoint file: sha256, size, tensor count, parameters, storage dtypes and
-    the metadata (UNet/diffusion configs, scale, colour, training). Reads the header only, not the tensors."""
+    """JSON-friendly summary of a checkpoint file: sha256, size, tensor count, ``params`` (the network's
+    parameters, as the registry's ``params``), ``tensor_values`` (every value stored: parameters and buffers such
+    as attention masks), storage dtypes and the metadata (UNet/diffusion configs, scale, colour, training). Reads
+    the header only, not the tensors."""
     from safetensors import safe_open
 
     from dreamsr.checkpoint import read_info
@@ -565,7 +558,8 @@ def checkpoint_dict(path: str | os.PathLike) -> dict[str, Any]:
             count += 1
             dtypes.add(str(sl.get_dtype()))
     return {"file": str(path), "sha256": sha256_file(path), "bytes": path.stat().st_size, "tensors": count,
-            "params": numel, "dtypes": sorted(dtypes), "scale": info.scale, "color": info.color,
+            "params": network_parameters(info), "tensor_values": numel, "dtypes": sorted(dtypes),
+            "scale": info.scale, "color": info.color,
             "family": info.family, "process": info.process,
             "network": info.network.to_dict(), "diffusion": info.diffusion.to_dict(), "training": info.training,
             "dreamsr_version": info.dreamsr_version, "sampling": info.sampling}
