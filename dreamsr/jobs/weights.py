@@ -43,7 +43,8 @@ except ModuleNotFoundError:  # pragma: no cover - Python 3.10
 
 __all__ = [
     "ModelEntry", "HubFile", "VerifyResult", "PushResult", "SHIPPED_REGISTRY", "TASKS",
-    "resolve_weights", "registry_entries", "get_entry", "default_model", "parse_registry", "check_defaults",
+    "resolve_weights", "registry_entries", "get_entry", "default_model", "default_model_for", "parse_registry",
+    "check_defaults",
     "user_registry_path", "parse_hf_url", "hub_cache_dir", "cached_file", "download", "fetch", "local_path",
     "entry_dict", "checkpoint_dict", "checkpoint_params", "network_parameters", "describe",
     "sha256_file", "verify", "push_checkpoint", "entry_to_toml", "convert_pth",
@@ -250,6 +251,21 @@ def default_model(scale: int) -> str | None:
         if entry.scale == scale and entry.default:
             return entry.name
     return None
+
+
+def default_model_for(scale: float | None = None) -> str:
+    """The model a command uses when none is named (``dreamsr upscale``, ``dreamsr eval``, ``EvalConfig`` without
+    ``model``): the registry's default for ``scale`` when that is an integer with a default, else the x4 default
+    (the caller serves the asked scale from it, or says it cannot). ``scale`` None: the x4 default.
+
+    Raises ModelNotFoundError, naming what to pass instead, when the registry has neither.
+    """
+    want = int(scale) if scale is not None and float(scale).is_integer() else 4
+    name = default_model(want) or (default_model(4) if want != 4 else None)
+    if name is None:
+        raise ModelNotFoundError(f"no model available: no default x{want} or x4 model is registered; pass --weights "
+                                 "PATH to a dreamsr .safetensors checkpoint or --model NAME (`dreamsr weights list`)")
+    return name
 
 
 # --------------------------------------------------------------------------------------------------
