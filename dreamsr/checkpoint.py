@@ -82,12 +82,16 @@ class CheckpointInfo:
     sampling: dict = field(default_factory=dict)
     family: str = "sr3"  # a key of dreamsr.families.FAMILIES: which network `network` configures
     process: str = "gaussian"  # a key of dreamsr.processes.PROCESSES: what `diffusion` configures
+    # named sampling recommendations a user picks with --profile (e.g. {"fidelity": {...}, "detail": {...}}), each
+    # measured for this model like `sampling`; `sampling` is what applies when no profile is named. Empty: none.
+    profiles: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        unknown = set(self.sampling) - RECOMMENDABLE
-        if unknown:
-            raise CheckpointError(f"unknown recommended sampling keys {sorted(unknown)}; "
-                                  f"allowed: {sorted(RECOMMENDABLE)}")
+        for name, rec in [("sampling", self.sampling), *((f"profile {k!r}", v) for k, v in self.profiles.items())]:
+            unknown = set(rec) - RECOMMENDABLE
+            if unknown:
+                raise CheckpointError(f"unknown recommended sampling keys {sorted(unknown)} in {name}; "
+                                      f"allowed: {sorted(RECOMMENDABLE)}")
         family = get_family(self.family)
         get_process(self.process)
         try:
@@ -121,7 +125,18 @@ class CheckpointInfo:
             "training": json.dumps(self.training, sort_keys=True),
             "dreamsr_version": self.dreamsr_version,
             "sampling": json.dumps(self.sampling, sort_keys=True),
+            **({"profiles": json.dumps(self.profiles, sort_keys=True)} if self.profiles else {}),
         }
+
+    def sampling_for(self, profile: str | None = None) -> dict:
+        """The recommended sampling of ``profile`` (None: :attr:`sampling`, the default). ConfigError naming the
+        profiles there are when this model has no such profile."""
+        if profile is None:
+            return self.sampling
+        if profile not in self.profiles:
+            there = f"its profiles: {', '.join(self.profiles)}" if self.profiles else "it has no named profiles"
+            raise ConfigError(f"this model has no sampling profile {profile!r}; {there}")
+        return self.profiles[profile]
 
     @classmethod
     def from_metadata(cls, meta: dict[str, str] | None, source: str) -> "CheckpointInfo":
@@ -143,6 +158,7 @@ class CheckpointInfo:
             diffusion = _json(meta["diffusion"], "diffusion")
             training = _json(meta.get("training", "{}"), "training")
             sampling = _json(meta.get("sampling", "{}"), "sampling")
+            profiles = _json(meta.get("profiles", "{}"), "profiles")
             scale_text = meta["scale"]
             if not _SCALE_TEXT.fullmatch(scale_text):
                 raise ConfigError(f"scale must be a positive integer, got {scale_text[:20]!r}")
@@ -157,6 +173,11 @@ class CheckpointInfo:
             if not isinstance(training, dict):
                 raise ConfigError("training must be a JSON object")
             _check_sampling(sampling)
+            if not isinstance(profiles, dict) or len(profiles) > 16 or \
+                    not all(isinstance(k, str) and 0 < len(k) <= 32 for k in profiles):
+                raise ConfigError("profiles must be a JSON object of at most 16 named sampling objects")
+            for rec in profiles.values():
+                _check_sampling(rec)
             return cls(
                 family=family,
                 process=process,
@@ -167,6 +188,7 @@ class CheckpointInfo:
                 training=training,
                 dreamsr_version=meta.get("dreamsr_version", ""),
                 sampling=sampling,
+                profiles=profiles,
             )
         except (KeyError, ValueError, TypeError, ArithmeticError, RecursionError, ConfigError,
                 CheckpointError) as err:

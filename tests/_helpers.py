@@ -52,9 +52,10 @@ def copy_photos(folder: Path, names: Iterable[str]) -> Path:
 
 # ---- tiny checkpoints and stand-in models -------------------------------------------------------------------
 def write_tiny_checkpoint(path: Path, *, scale: int = 2, target: str = "residual", seed: int = 0,
-                          sampling: dict | None = None, training: dict | None = None) -> Path:
+                          sampling: dict | None = None, training: dict | None = None,
+                          profiles: dict | None = None) -> Path:
     """A randomly initialised ``tiny`` UNet (seed ``seed``) saved as a dreamsr checkpoint at ``path``;
-    ``training`` defaults to ``{"steps": 0, "dataset": "none"}``."""
+    ``training`` defaults to ``{"steps": 0, "dataset": "none"}``; ``profiles``: named sampling profiles."""
     from dreamsr.checkpoint import CheckpointInfo, save_checkpoint
     from dreamsr.diffusion import DiffusionConfig
     from dreamsr.families.sr3.unet import PRESETS, UNet
@@ -64,7 +65,7 @@ def write_tiny_checkpoint(path: Path, *, scale: int = 2, target: str = "residual
         model = UNet(PRESETS["tiny"])
     info = CheckpointInfo(network=model.config, diffusion=DiffusionConfig(target=target), scale=scale,
                           training={"steps": 0, "dataset": "none"} if training is None else training,
-                          dreamsr_version="test", sampling=sampling or {})
+                          dreamsr_version="test", sampling=sampling or {}, profiles=profiles or {})
     return save_checkpoint(path, model, info)
 
 

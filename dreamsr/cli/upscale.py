@@ -145,6 +145,10 @@ def upscale(
     scale: Optional[float] = typer.Option(None, "--scale", "-s", help="Output factor. Default: the model's native "
                                           "factor; any other is reached by a final bicubic resize.",
                                           show_default=False),
+    profile: Optional[str] = typer.Option(None, "--profile", help="A named sampling profile of the model "
+                                          "(`dreamsr weights info MODEL` lists them; the default model has "
+                                          "fidelity, its default, and detail); options given override its "
+                                          "fields.", show_default=False),
     steps: Optional[int] = typer.Option(None, "--steps", help="Sampling steps (respaced over the trained schedule). "
                                         f"Default: the model's recommendation, else {S.steps}.", show_default=False),
     sampler: Optional[str] = typer.Option(None, "--sampler", help="ddim (deterministic at eta 0) or ddpm "
@@ -273,6 +277,9 @@ def upscale(
             elif job.dst.exists() and os.path.samefile(job.dst, path):  # an input too: never written over
                 job.status, job.error = "failed", (f"{job.dst}: is the model's weights file; the output never "
                                                    "replaces an input (choose another -o, --suffix or --ext)")
+            elif job.dst.exists() and os.path.samefile(job.dst, src):
+                job.status, job.error = "failed", (f"{job.dst}: the output would replace the input; choose another "
+                                                   "-o, --suffix or --ext")
             elif job.dst.exists() and not overwrite:
                 job.status, job.error = "failed", f"{job.dst}: exists (use --overwrite to replace it)"
             else:
@@ -295,7 +302,7 @@ def upscale(
                     console.print(Text.assemble(("note:", "yellow"), f" this model's {up.info.process} chain has "
                                                 f"{chain} trained steps; --steps {steps} samples all {chain}"),
                                   soft_wrap=True)
-            opts = up.options(**given)  # under the model's measured recommendation (docs/models.md)
+            opts = up.options(profile=profile, **given)  # under the model's measured recommendation
             lo, hi = up.scales
             if scale is not None and lo < hi:  # a continuous-scale model samples at --scale itself
                 up.family.check_scale(up.info.network, up.scale, float(scale))

@@ -170,12 +170,15 @@ class Upscaler:
         return cls.from_checkpoint(path, device=device, precision=precision, channels_last=channels_last)
 
     # ------------------------------------------------------------------------------------------------
-    def options(self, base: SamplingOptions | None = None, **given: object) -> SamplingOptions:
+    def options(self, base: SamplingOptions | None = None, *, profile: str | None = None,
+                **given: object) -> SamplingOptions:
         """The sampling settings to use: ``base`` with ``given`` fields replaced, or (no ``base``) the defaults
-        under this model's recommendation under ``given`` (a ``None`` value means "not given"); checked against
-        the process's trained chain. Raises ConfigError before any work."""
+        under this model's recommendation (its named ``profile``'s, else its default) under ``given`` (a ``None``
+        value means "not given"); checked against the process's trained chain. Raises ConfigError before any
+        work (also for a profile the model does not have)."""
         if base is None:
-            opts = SamplingOptions.resolve({**self.process.sampling_defaults, **self.info.sampling}, **given)
+            rec = self.info.sampling_for(profile)
+            opts = SamplingOptions.resolve({**self.process.sampling_defaults, **rec}, **given)
         else:
             changes = {k: v for k, v in given.items() if v is not None}
             opts = base.replace(**changes) if changes else base
