@@ -69,3 +69,21 @@ def test_cli_profile(profiled: Path, tmp_path: Path) -> None:
                             str(tmp_path / "out2.png"), "--profile", "sharp"])
     assert r.exit_code == 2 and "its profiles: detail, fidelity" in r.stderr
     assert not (tmp_path / "out2.png").exists()
+
+
+def test_eval_profile(profiled: Path, tmp_path: Path) -> None:
+    """eval --profile samples with the profile's settings, as upscale --profile does, and records it."""
+    from dreamsr.jobs.evaluate import EvalConfig, evaluate
+
+    data = tmp_path / "set"
+    data.mkdir()
+    Image.new("RGB", (24, 20), (90, 140, 30)).save(data / "a.png")
+    cfg = EvalConfig(set="folder", data_dir=str(data), weights=str(profiled), metrics=("psnr",), grids=0,
+                     profile="detail")
+    summary = evaluate(cfg, tmp_path / "out").summary
+    model = summary["model"]
+    assert model["profile"] == "detail" and model["recommended_sampling"] == DETAIL
+    assert (model["sampling"]["steps"], model["sampling"]["back_project"], model["sampling"]["ensemble"]) == (5, False, 1)
+    with pytest.raises(ConfigError, match="no sampling profile"):
+        evaluate(EvalConfig(set="folder", data_dir=str(data), weights=str(profiled), metrics=("psnr",), grids=0,
+                            profile="sharp"), tmp_path / "out2")

@@ -180,6 +180,9 @@ def evaluate(
                                     "bicubic in float, rounded to 8 bits) | release (the released SR3/DREAM code: "
                                     "PIL bicubic on 8-bit images; celebahq's 128 px HR and 16 px LR each made from "
                                     "the file), to score released face files as the paper did."),
+    profile: Optional[str] = typer.Option(None, "--profile", help="A named sampling profile of the model (the "
+                                          "default model: fidelity, its default, or detail); options given "
+                                          "override its fields \\[default: the model's default sampling]."),
     steps: Optional[int] = typer.Option(None, "--steps", min=1, help="Sampler steps (diffusion models) \\[default: "
                                         f"the model's recommendation, else {S.steps}]."),
     sampler: Optional[str] = typer.Option(None, "--sampler", help=f"ddim | ddpm \\[default: {S.sampler}]."),
@@ -248,7 +251,7 @@ def evaluate(
                          lr_protocol=lr_protocol,  # type: ignore[arg-type]
                          eta=eta, seed=seed, samples=samples, tile=tile, overlap=overlap, merge=merge, batch=batch,
                          start=start,
-                         back_project=back_project, ensemble=ensemble,
+                         back_project=back_project, ensemble=ensemble, profile=profile,
                          metric_weights=str(metric_weights) if metric_weights else None, lpips_net=lpips_net,
                          device=device, precision=precision, grids=grids, save_images=save_images,
                          command=shlex.join(["dreamsr", *sys.argv[1:]]))

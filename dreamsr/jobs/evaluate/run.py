@@ -70,6 +70,7 @@ class EvalConfig:
     start: int | None = None  # truncated start: trained step t0 to begin from the noised condition (0: full chain)
     back_project: bool | None = None  # LR back-projection of every x0 estimate (pipeline option)
     ensemble: int | None = None  # geometric self-ensemble members averaged per super-resolution: 1, 2, 4 or 8
+    profile: str | None = None  # a named sampling profile of the model (CheckpointInfo.profiles); None: its default
     metric_weights: str | None = None  # folder with LPIPS/FID backbone files (else the torch hub cache)
     lpips_net: str = "alex"  # LPIPS backbone
     device: str = "auto"
@@ -186,12 +187,13 @@ class _Diffusion:
         # what `dreamsr upscale` would use: the defaults, the model's recommendation, then what was given
         # (Upscaler.options); the set's protocol decides the images, not the sampling
         self.given = {k: v for k, v in cfg.sampling_given().items() if v is not None}
-        self.options: SamplingOptions = upscaler.options(**self.given)
+        self.options: SamplingOptions = upscaler.options(profile=cfg.profile, **self.given)
 
     def header(self) -> str:
         """The run header: the sampling used and where each setting came from (one line)."""
-        rec = self.up.info.sampling
-        parts = [f"the model recommends {', '.join(f'{k} {v}' for k, v in sorted(rec.items()))}" if rec
+        rec = self.up.info.sampling_for(self.cfg.profile)
+        whose = f"the model's {self.cfg.profile!r} profile is" if self.cfg.profile else "the model recommends"
+        parts = [f"{whose} {', '.join(f'{k} {v}' for k, v in sorted(rec.items()))}" if rec
                  else "the model recommends nothing"]
         if self.given:
             parts.append(f"given: {', '.join(f'{k} {v}' for k, v in self.given.items())}, which override it")
@@ -211,7 +213,7 @@ class _Diffusion:
                 "diffusion": info.diffusion.to_dict(), "training": info.training,
                 "checkpoint_dreamsr_version": info.dreamsr_version, "device": str(self.up.device),
                 "precision": self.up.precision, "sampling": self.options.to_dict(),
-                "recommended_sampling": dict(info.sampling)}
+                "recommended_sampling": dict(info.sampling_for(self.cfg.profile)), "profile": self.cfg.profile}
 
 
 
