@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 from pathlib import Path
 
 from dreamsr.checkpoint import load_checkpoint, save_checkpoint
@@ -29,12 +30,23 @@ def main() -> int:
     ap.add_argument("--start", type=int, default=None, help="recommended truncated start (trained step t0)")
     ap.add_argument("--back-project", action="store_true")
     ap.add_argument("--ensemble", type=int, default=1, help="recommended geometric self-ensemble size (1, 2, 4, 8)")
+    ap.add_argument("--profile", action="append", default=[], metavar="NAME=JSON",
+                    help='a named sampling profile, e.g. detail=\'{"steps": 15, "back_project": false}\'; the '
+                    "recommendation above is also stored as the profile named by --default-profile")
+    ap.add_argument("--default-profile", default="fidelity", help="the name of the recommendation above when "
+                    "--profile is given (default: fidelity)")
     args = ap.parse_args()
     model, info = load_checkpoint(args.src)
     sampling = {"steps": args.steps, "back_project": bool(args.back_project),
                 **({"start": args.start} if args.start else {}),
                 **({"ensemble": args.ensemble} if args.ensemble > 1 else {})}
-    info = dataclasses.replace(info, sampling=sampling)
+    profiles = {}
+    for item in args.profile:
+        name, _, text = item.partition("=")
+        profiles[name] = json.loads(text)
+    if profiles:
+        profiles = {args.default_profile: sampling, **profiles}
+    info = dataclasses.replace(info, sampling=sampling, profiles=profiles)
     args.dst.parent.mkdir(parents=True, exist_ok=True)
     save_checkpoint(args.dst, model, info, dtype="fp16")
     print(f'sha256      = "{sha256_file(args.dst)}"')

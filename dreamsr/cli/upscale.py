@@ -178,8 +178,10 @@ def upscale(
                                            "flipped/rotated upscales (that many times the work). Default: the "
                                            "model's recommendation, else 1.", show_default=False),
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:N or mps."),
-    precision: Literal["auto", "fp32", "bf16", "fp16"] = typer.Option("auto", "--precision", help="auto = bf16/fp16 "
-                                                                     "on CUDA, fp32 on CPU."),
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = typer.Option("auto", "--precision", help="auto = bf16 (else "
+                                                                     "fp16) on CUDA; on a CPU, bf16 where it computes "
+                                                                     "bf16 natively (avx512_bf16 or amx_bf16), else "
+                                                                     "fp32."),
     model: Optional[str] = typer.Option(None, "--model", "-m", help="Registry name (`dreamsr weights list`) or "
                                         "hf://org/repo/file.safetensors.", show_default=False),
     weights: Optional[Path] = typer.Option(None, "--weights", "-w", help="A dreamsr .safetensors checkpoint.",

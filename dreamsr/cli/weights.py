@@ -152,6 +152,9 @@ def info(target: str = typer.Argument(..., metavar="FILE_OR_NAME",
         out.print(f"{key.replace('_', ' ')}: {ck[key]}{notes.get(key, '')}", soft_wrap=True, markup=False)
     for key in ("network", "diffusion", "training", "sampling"):  # sampling: the recommended sampling
         out.print(f"{key}: {json.dumps(ck[key], sort_keys=True)}", soft_wrap=True, markup=False)
+    for name, rec in (ck.get("profiles") or {}).items():  # named profiles: --profile NAME
+        out.print(f"profile {name} (--profile {name}): {json.dumps(rec, sort_keys=True)}", soft_wrap=True,
+                  markup=False)
 
 
 @app.command("verify")

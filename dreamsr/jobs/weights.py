@@ -578,7 +578,7 @@ def checkpoint_dict(path: str | os.PathLike) -> dict[str, Any]:
             "scale": info.scale, "color": info.color,
             "family": info.family, "process": info.process,
             "network": info.network.to_dict(), "diffusion": info.diffusion.to_dict(), "training": info.training,
-            "dreamsr_version": info.dreamsr_version, "sampling": info.sampling}
+            "dreamsr_version": info.dreamsr_version, "sampling": info.sampling, "profiles": info.profiles}
 
 
 def describe(file_or_name: str, *, cache_dir: str | os.PathLike | None = None) -> dict[str, Any]:
