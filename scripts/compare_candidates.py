@@ -32,7 +32,8 @@ from dreamsr.jobs.pipeline import Upscaler
 from dreamsr.options import SamplingOptions
 
 COLUMNS = {"psnr_y": "PSNR-Y", "ssim_y": "SSIM-Y", "psnr_rgb": "PSNR RGB", "ssim_rgb": "SSIM RGB",
-           "consistency": "consistency ×1e5", "vif_y": "VIF-Y"}
+           "consistency": "consistency ×1e5", "vif_y": "VIF-Y", "haarpsi": "HaarPSI", "mdsi": "MDSI",
+           "gmsd": "GMSD", "hf": "HF ratio"}
 
 
 def _parse_candidate(text: str) -> tuple[str, Path, dict[str, Any]]:
@@ -85,13 +86,18 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--scale", type=float, default=None, help="also a non-integer scale (continuous models)")
     ap.add_argument("--vif", action="store_true",
                     help="also VIF-p (needs torchmetrics: pip install 'dreamsr[perceptual]')")
+    ap.add_argument("--perceptual", action="store_true",
+                    help="also HaarPSI, MDSI, GMSD (piq: pip install 'dreamsr[perceptual]') and the HF ratio")
+    ap.add_argument("--samples", type=int, default=1, help="sampling seeds per image (seed, seed + 1, ...)")
     ap.add_argument("--no-speed", action="store_true", help="skip the timing (e.g. while other work shares the CPU)")
     args = ap.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     args.out.mkdir(parents=True, exist_ok=True)
-    metrics = ("psnr", "ssim", "consistency") + (("vif",) if args.vif else ())
+    metrics = ("psnr", "ssim", "consistency") + (("vif",) if args.vif else ()) + \
+        (("haarpsi", "mdsi", "gmsd", "hf") if args.perceptual else ())
     base = dict(set="folder", data_dir=str(args.val_dir), metrics=metrics, convention="both", seed=args.seed,
+                samples=args.samples,
                 device="cpu", precision="fp32", grids=3)
     scales: list[float | None] = [None] + ([args.scale] if args.scale else [])
     rows: list[dict[str, Any]] = []
@@ -125,7 +131,8 @@ def main(argv: list[str] | None = None) -> int:
         bic = next(b for b in rows if b["label"].startswith("bicubic") and b["scale"] == r["scale"])
         m = r["metrics"]
         delta = m["PSNR-Y"] - bic["metrics"]["PSNR-Y"]
-        cells = [f"{m[c]:.2f}" if c.startswith(("PSNR", "consistency")) else f"{m[c]:.4f}" for c in shown]
+        cells = [f"{m[c]:.2f}" if c.startswith(("PSNR", "consistency")) else f"{m[c]:.3f}" if c == "HF ratio"
+                 else f"{m[c]:.4f}" for c in shown]
         speed = f"{r['s_per_out_mp']:.1f}" if "s_per_out_mp" in r else "-"
         lines.append(f"| {r['label']} | x{r['scale']:g} | " + " | ".join(cells) + f" | {delta:+.2f} | "
                      + (f"{speed} | {r['flops_per_out_px'] / 1e6:.2f} | {r['sampling']} |"
