@@ -145,3 +145,17 @@ def test_user_registry_entry_without_params(tiny_checkpoint: Path, tmp_path: Pat
     with pytest.raises(ConfigError, match="params and bytes must be positive"):
         registry.write_text(registry.read_text().replace('task = "general"\n', 'task = "general"\nparams = 0\n', 1))
         W.registry_entries()
+
+
+def test_the_readme_example_writes_outside_what_git_tracks() -> None:
+    """The README's upscale command writes into a folder .gitignore names (a new user's `git status` stays clean)."""
+    import re
+
+    root = Path(__file__).resolve().parents[1]
+    cmd = next(ln for ln in (root / "README.md").read_text(encoding="utf-8").splitlines()
+               if ln.startswith("dreamsr upscale "))
+    out = re.search(r"-o (\S+)", cmd)
+    assert out is not None, cmd
+    top = out.group(1).split("/")[0]
+    ignored = (root / ".gitignore").read_text(encoding="utf-8").split()
+    assert "/" in out.group(1) and (f"/{top}/" in ignored or f"{top}/" in ignored), (cmd, ignored)
