@@ -416,9 +416,9 @@ def test_full_gives_the_published_sizes_and_options_still_win(tmp_path: Path, ar
 
 
 def test_default_bench_fits_five_minutes_on_two_avx2_cores() -> None:
-    """Closed-form cost of `dreamsr bench` with no options on a CPU without native bf16, from one measured rate:
-    0.26 s per 160x160 tile forward of the small UNet in fp32 on two AVX2 cores. Training steps are costed at the
-    same FLOP rate (their FLOPs counted like the efficiency section), plus 5 s per training run for start-up,
+    """Closed-form cost of `dreamsr bench --suite sr3` (no other option) on a CPU without native bf16, from one
+    measured rate: 0.26 s per 160x160 tile forward of the small UNet in fp32 on two AVX2 cores. Training steps are
+    costed at the same FLOP rate (their FLOPs counted like the efficiency section), plus 5 s per training run for start-up,
     checkpoint and export. The old defaults (128 px, 50 steps, bf16 emulated) came to over half an hour."""
     cfg = BenchConfig()
     grid = make_grid(cfg.lr_size, cfg.lr_size, cfg.sampling().tile, cfg.sampling().overlap)

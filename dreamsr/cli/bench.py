@@ -201,6 +201,90 @@ def print_report(r: dict) -> None:
     out.print(Text(f"{r['seconds']:.0f} s in all", "dim"))
 
 
+def _suite_header(r: dict) -> Text:
+    m, sh = r["machine"], r.get("shared_cpu") or {}
+    th = r.get("threads") or {}
+    before = sh.get("busy_elsewhere_before")
+    load = "" if before is None else (f"; other programs used {before:.2f} core(s) before the runs"
+                                      + (" (not idle)" if before >= 0.3 else ""))
+    return Text.assemble(
+        (f"dreamsr bench ({r['suite']} suite)", "bold"), f"  {r['date']}\n",
+        f"CPU: {m['cpu']} ({m['cpu_count']} logical); flags: "
+        f"{' '.join(m.get('cpu_flags') or []) or 'none of avx2/avx512f/avx512_bf16/amx_bf16'}; "
+        f"load average {m.get('load_avg_1m')} -> {m.get('load_avg_1m_end')}{load}\n",
+        f"this process: {th.get('threads', m['threads'])} torch thread(s) ({th.get('source', '?')}); torch "
+        f"{m['torch']}, device {m['device']}")
+
+
+def _shared_table(sh: dict) -> Table:
+    t = Table(title=f"shared CPU: `{sh['command']}`, a fresh process per run ({sh['cores']} cores); busy = one "
+                    "core kept busy by a busy loop", title_justify="left")
+    for col in ("image", "threading", "idle: wall s", "sampling s", "threads", "busy: wall s", "sampling s",
+                "threads", "busy/idle wall", "sampling"):
+        t.add_column(col, justify="left" if col in ("image", "threading") else "right")
+    for row in sh["summary"]:
+        size = "x".join(str(v) for v in reversed(sh["images"][row["image"]]["size"]))
+        cells: list[str] = [f"{row['image']} {size}", "dreamsr" if row["threading"] == "auto" else "torch"]
+        for load in ("idle", "busy"):
+            x = row[load]
+            cells += ["-"] * 3 if x is None else [_s(x["wall_s"]), _s(x["sampling_s"]),
+                                                  ",".join(str(n) for n in x["threads"])]
+        cells += ["-" if row[k] is None else f"{row[k]:.2f}x" for k in ("busy_over_idle_wall",
+                                                                         "busy_over_idle_sampling")]
+        t.add_row(*cells)
+    t.caption = ("dreamsr: upscale's own choice (dreamsr.threads); torch: GOMP_SPINCOUNT=300000 (libgomp's default) "
+                 f"and --threads {sh['cores']}. Medians; sampling s from upscale --json. Other programs' load "
+                 f"before: {sh.get('busy_elsewhere_before')} core(s), with the busy loop: "
+                 f"{sh.get('busy_elsewhere_with_loop')}")
+    t.caption_justify = "left"
+    return t
+
+
+def _suite_sampling_table(rows: list[dict], flops: list[dict]) -> Table:
+    t = Table(title="sampling (in process, Upscaler.upscale)", title_justify="left")
+    for col in ("model", "setting", "LR -> out", "steps/ens./bp", "median s", "s/out MP", "calls",
+                "GFLOP/out MP"):
+        t.add_column(col, justify="left" if col in ("model", "setting", "LR -> out") else "right")
+    fl = {(f["model"], f["profile"]): f for f in flops}
+    for r in rows:
+        st = r["settings"]
+        f = fl.get((r["model"], r["profile"]))
+        setting = r["profile"] + "".join(f", = {a}" for a in r.get("also", []))
+        t.add_row(Path(r["model"]).name, setting, f"{r['lr_size'][1]}x{r['lr_size'][0]} -> {r['out_size'][1]}x{r['out_size'][0]}",
+                  f"{st['steps']}/{st['ensemble']}/{'yes' if st['back_project'] else 'no'}",
+                  _s(r["seconds"]["median_s"]), _s(r["s_per_out_mp"]), str(r["calls"]),
+                  "-" if f is None else _s(f["per_out_pixel"] / 1e3))
+    return t
+
+
+def _suite_training_table(tr: dict) -> Table:
+    t = Table(title=f"training step: {tr['family']} {tr['preset']} ({tr.get('process', '')}), batch {tr['batch']}, "
+                    f"{tr['patch']} px crops; {tr['steps_per_run']} timed steps x {tr['rounds']} round(s) after "
+                    f"{tr['warmup_steps']} warm-up", title_justify="left")
+    for col in ("objective", "p", "step s", "min–max s", "cpu s", "images/s"):
+        t.add_column(col, justify="left" if col == "objective" else "right")
+    for key, o in tr["objectives"].items():
+        t.add_row(key, str(o["p"]), _s(o["step_median_s"]), f"{_s(o['step_min_s'])}–{_s(o['step_max_s'])}",
+                  _s(o["cpu_median_s"]), _s(o["images_per_s"]))
+    if tr.get("dream_over_standard") is not None:
+        t.caption = (f"DREAM / standard step: {tr['dream_over_standard']:.3f} (wall), "
+                     f"{tr['dream_over_standard_cpu_time']:.3f} (CPU time)")
+        t.caption_justify = "left"
+    return t
+
+
+def print_suite(r: dict) -> None:
+    """A users or model suite's report as rich tables on stdout (what was measured, if it was interrupted)."""
+    out.print(_suite_header(r))
+    if r.get("shared_cpu") and r["shared_cpu"]["summary"]:
+        out.print(_shared_table(r["shared_cpu"]))
+    if r.get("sampling"):
+        out.print(_suite_sampling_table(r["sampling"], r.get("flops") or []))
+    if r.get("training") and r["training"]["objectives"]:
+        out.print(_suite_training_table(r["training"]))
+    out.print(Text(f"{r['seconds']:.0f} s in all" + (" (interrupted)" if r.get("interrupted") else ""), "dim"))
+
+
 def _write_json(path: Path, report: dict) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(path, json.dumps(report, indent=2) + "\n")
@@ -211,9 +295,13 @@ def bench(
                                         show_default=False),
     weights: Optional[Path] = typer.Option(None, "--weights", "-w", help="A dreamsr .safetensors checkpoint.",
                                            show_default=False),
-    preset: Optional[str] = typer.Option(None, "--preset", "-p", help="Random-init UNet preset (tiny, small, base, "
-                                         "sr3-div2k, sr3-face). Default: small, when no --model/--weights.",
-                                         show_default=False),
+    preset: Optional[str] = typer.Option(None, "--preset", help="Random-init SR3 UNet preset (tiny, small, base, "
+                                         "sr3-div2k, sr3-face): runs the sr3 suite on it.", show_default=False),
+    suite: Optional[str] = typer.Option(None, "--suite", help="users (what users run: the default with no "
+                                        "--model/--weights/--preset), model (any family's checkpoint: the default "
+                                        "with --model/--weights) or sr3 (sampling vs the naive path, precisions, "
+                                        "memory and efficiency of an SR3 UNet: the default with --preset or "
+                                        "--full; small preset when no model is named).", show_default=False),
     scale: int = typer.Option(4, "--scale", help="Native scale of a --preset model."),
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:N or mps."),
     precision: str = typer.Option("all", "--precision", help="Sampling precision(s): all (every one the hardware "
@@ -245,8 +333,9 @@ def bench(
                                 "timing (--no-warmup: for memory-only runs)."),
     naive: bool = typer.Option(True, "--naive/--no-naive", help="Also time the naive reference path (fp32, one "
                                "tile per call, merged at the end, no channels_last) for the speed-up."),
-    sections: str = typer.Option("all", "--sections", help="sampling, training, efficiency (comma-separated) "
-                                 "or all."),
+    sections: str = typer.Option("all", "--sections", help="Comma-separated, or all. users suite: shared, "
+                                 "sampling, others, training, flops; model suite: sampling, training, flops; sr3 "
+                                 "suite: sampling, training, efficiency (efficiency and flops are one section)."),
     train_batch: int = typer.Option(8, "--train-batch", help="Batch of the timed training steps."),
     train_patch: int = typer.Option(64, "--train-patch", help="HR crop side of the timed training steps."),
     train_steps: int = typer.Option(6, "--train-steps", help="Timed training steps per run."),
@@ -257,34 +346,71 @@ def bench(
                                             "training folder.", show_default=False),
     dataset: str = typer.Option("folder", "--dataset", help="Layout of --data-dir (as `dreamsr train`)."),
     loader_workers: int = typer.Option(2, "--loader-workers", help="Loader processes for the throughput run."),
-    threads: int = typer.Option(0, "--threads", help="torch CPU threads (0: torch's default). On a busy machine "
-                                "1 thread avoids OpenMP threads waiting on each other."),
+    threads: int = typer.Option(0, "--threads", min=0, help="torch CPU threads of the in-process measurements "
+                                "(0: the cores other programs leave free, as every command chooses them; the "
+                                "shared-CPU runs always use upscale's own choice)."),
     seed: int = typer.Option(0, "--seed", help="Seed of the preset's weights, the image and the noise."),
     json_path: Optional[Path] = typer.Option(None, "--json", help="Write the whole report to this JSON file.",
                                              show_default=False),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No tables and no progress; errors only."),
 ) -> None:
-    """Measure what users pay: sampling speed (vs the naive path), DREAM vs standard training steps, memory,
-    FLOPs and efficiency, through the real pipeline and training loop.
+    """Measure what users run. With no options, the users suite (about 5 minutes on two CPU cores): the default
+    `dreamsr upscale` as fresh processes on the README example and a 512x384 photo, on the cores as they are and
+    with one core kept busy by a process the bench starts and stops; the default model at its recommended
+    sampling (and each named profile), the other shipped models, the training step of the default's family with
+    DREAM and standard training, and FLOPs per output pixel. Progress lines carry an estimate of the time left;
+    with --json the report is written after every measurement, and Ctrl-C prints what was measured (exit 130).
 
     Examples:
 
-      dreamsr bench                                         # small preset, 64 -> 256, 20 steps, all sections
+      dreamsr bench --json bench.json                       # the users suite (docs/benchmarks.md)
 
-      dreamsr bench --full --json bench.json                # 128 -> 512, 50 steps (docs/benchmarks.md)
+      dreamsr bench -w model.safetensors --json bench.json  # any family: sampling, training step, FLOPs
+
+      dreamsr bench --suite sr3 --full --json bench.json    # SR3: 128 -> 512, 50 steps, vs the naive path
 
       dreamsr bench --preset sr3-div2k --device cuda --precision bf16 --lr-size 512 --steps 20 --batch 64
 
-      dreamsr bench -w model.safetensors --sections sampling --json bench.json
-
-      dreamsr bench --sections training --train-batch 8 --train-patch 64 --data-dir photos/
+      dreamsr bench --suite sr3 --sections training --train-batch 8 --train-patch 64 --data-dir photos/
     """
+    from dreamsr.threads import setup as setup_threads
+
+    try:  # before torch is imported: its OpenMP threads read the waiting behaviour then
+        thread_plan = setup_threads(threads or None)
+    except DreamSRError as err:
+        fail(str(err), exit_code_for(err))
+    if sum(x is not None for x in (model, weights, preset)) > 1:
+        fail("give only one of --model, --weights or --preset", EXIT_USAGE)
+    precisions, batches = _parse_precisions(precision), _parse_batches(batch)  # usage errors whatever the suite
+    if suite is None:
+        suite = "sr3" if preset is not None or full else "model" if model or weights else "users"
+    if suite not in ("users", "model", "sr3"):
+        fail(f"--suite: unknown {suite!r}; use users, model or sr3", EXIT_USAGE)
+    if suite != "sr3" and preset is not None:
+        fail(f"--preset names a random-init SR3 UNet for the sr3 suite, not the {suite} suite", EXIT_USAGE)
+    if suite == "users" and (model or weights):
+        fail("the users suite benches the shipped models; bench a checkpoint with --suite model (the default "
+             "with --model/--weights)", EXIT_USAGE)
+    live = is_tty() and not quiet
+    status = console.status("starting", spinner="dots") if live else None
+
+    def progress(msg: str) -> None:
+        if quiet:
+            return
+        if status is not None:
+            status.update(msg)
+        else:
+            console.print(Text(f"... {msg}"), soft_wrap=True)
+
+    command = "dreamsr " + shlex.join(sys.argv[1:]) if sys.argv[1:2] == ["bench"] else None
+    if suite != "sr3":
+        _run_suite(suite, model if model is not None else None if weights is None else str(weights), sections,
+                   device, image, seed, train_batch, train_patch, train_steps, train_warmup, train_rounds,
+                   train_precision, json_path, quiet, status, progress, command, thread_plan.to_dict())
+        return
     from dreamsr.jobs.bench import FULL, BenchConfig, run_bench
 
     quick = {k: getattr(BenchConfig, k) for k in ("lr_size", "steps", "repeats", "naive_repeats")}
-
-    if sum(x is not None for x in (model, weights, preset)) > 1:
-        fail("give only one of --model, --weights or --preset", EXIT_USAGE)
     if model is None and weights is None and preset is None:
         preset = "small"
     sizes = {**quick, **(FULL if full else {})}
@@ -292,23 +418,12 @@ def bench(
     sizes.update({k: v for k, v in given.items() if v is not None})
     try:
         config = BenchConfig(
-            device=device, precisions=_parse_precisions(precision), sections=_parse_sections(sections), seed=seed,
+            device=device, precisions=precisions, sections=_parse_sections(sections), seed=seed,
             threads=threads, image=None if image is None else str(image), sampler=sampler, tile=tile,
-            overlap=overlap, batches=_parse_batches(batch), warmup=warmup, naive=naive, **sizes,
+            overlap=overlap, batches=batches, warmup=warmup, naive=naive, **sizes,
             train_batch=train_batch, train_patch=train_patch, train_steps=train_steps, train_warmup=train_warmup,
             train_rounds=train_rounds, train_precision=train_precision,
             data_dir=None if data_dir is None else str(data_dir), dataset=dataset, loader_workers=loader_workers)
-        live = is_tty() and not quiet
-        status = console.status("starting", spinner="dots") if live else None
-
-        def progress(msg: str) -> None:
-            if quiet:
-                return
-            if status is not None:
-                status.update(msg)
-            else:
-                console.print(Text(f"... {msg}"), soft_wrap=True)
-
         if status is not None:
             status.start()
         try:
@@ -319,7 +434,11 @@ def bench(
                 status.stop()
     except DreamSRError as err:
         fail(str(err), exit_code_for(err))
-    report["command"] = "dreamsr " + shlex.join(sys.argv[1:]) if sys.argv[1:2] == ["bench"] else None
+    except KeyboardInterrupt:
+        console.print(Text("interrupted: the sr3 suite keeps nothing it measured (the users and model suites do)",
+                           "yellow"))
+        raise typer.Exit(130) from None
+    report["command"] = command
     if json_path is not None:
         _write_json(json_path, report)
     if not quiet:
@@ -328,3 +447,52 @@ def bench(
             console.print(Text(f"report written to {json_path}"))
     raise typer.Exit(0)
 
+
+def _suite_sections(text: str, suite: str) -> tuple[str, ...]:
+    from dreamsr.jobs.bench_users import MODEL_SECTIONS, SECTIONS
+
+    allowed = SECTIONS if suite == "users" else MODEL_SECTIONS
+    items = ["flops" if t == "efficiency" else t for t in (t.lower() for t in _split(text, "--sections"))]
+    if items == ["all"]:
+        return allowed
+    bad = [t for t in items if t not in allowed]
+    if bad:
+        fail(f"--sections: unknown {', '.join(bad)} for the {suite} suite; choose from {', '.join(allowed)} "
+             "(comma-separated) or all", EXIT_USAGE)
+    return tuple(dict.fromkeys(items))
+
+
+def _run_suite(suite: str, model: Optional[str], sections: str, device: str, image: Optional[Path], seed: int,
+               train_batch: int, train_patch: int, train_steps: int, train_warmup: int, train_rounds: int,
+               train_precision: str, json_path: Optional[Path], quiet: bool, status, progress, command: Optional[str],
+               thread_plan: dict) -> None:
+    """The users or model suite: progress, the report after every measurement, the tables, exit 0/1/2/130."""
+    from dreamsr.jobs.bench_users import BenchInterrupted, SuiteConfig, run_suite
+
+    interrupted = False
+    try:
+        config = SuiteConfig(suite=suite, model=model, sections=_suite_sections(sections, suite),  # type: ignore
+                             device=device, image=None if image is None else str(image), seed=seed,
+                             train_batch=train_batch, train_patch=train_patch, train_steps=train_steps,
+                             train_warmup=train_warmup, train_rounds=train_rounds, train_precision=train_precision)
+        if status is not None:
+            status.start()
+        try:
+            report = run_suite(config, json_path=json_path, progress=progress, thread_plan=thread_plan,
+                               command=command)
+        except BenchInterrupted as stop:
+            report, interrupted = stop.report, True
+        finally:
+            if status is not None:
+                status.stop()
+    except DreamSRError as err:
+        fail(str(err), exit_code_for(err))
+    if not quiet or interrupted:
+        print_suite(report)
+    if interrupted:
+        kept = f"; the report so far is in {json_path}" if json_path is not None else ""
+        console.print(Text(f"interrupted after {len(report['measured'])} measurement(s){kept}", "yellow"))
+        raise typer.Exit(130)
+    if not quiet and json_path is not None:
+        console.print(Text(f"report written to {json_path}"))
+    raise typer.Exit(0)
