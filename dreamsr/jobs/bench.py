@@ -402,8 +402,8 @@ def load_model(*, model: str | None = None, weights: str | None = None, preset: 
         if info.family != "sr3":
             # its training and FLOP sections build the SR3 UNet from presets; sampling speed, quality and FLOPs of
             # any family at its own sampling: scripts/compare_candidates.py
-            raise ConfigError(f"{path}: dreamsr bench measures SR3 models; this is a {info.family} model (time "
-                              "it with `dreamsr upscale --json` or scripts/compare_candidates.py)")
+            raise ConfigError(f"{path}: the sr3 suite measures SR3 models; this is a {info.family} model (bench it "
+                              "with the model suite: `dreamsr bench --weights PATH`)")
         source = f"weights:{path}" if weights is not None else f"model:{model} ({path})"
     desc = {"source": source, "preset": match_preset(info.network), "parameters": net.num_parameters(),
             "scale": info.scale, "target": info.diffusion.target, "family": info.family,
