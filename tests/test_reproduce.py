@@ -16,6 +16,7 @@ import pytest
 import torch
 
 import scripts.reproduce as R
+from scripts.reproduce import resshift as RS
 from tests._helpers import copy_photos
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -292,6 +293,13 @@ def test_ci_profile_end_to_end(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) 
         assert (tmp_path / "docs" / "reproduction" / "e4_discrepancy.png").is_file()
     assert re.search(r"wall time per invocation: .*`ci` \d+s \(\d+ threads?, \w+\); .*`ci` \d+s", text)
 
+    # with the ResShift rows spliced in, the SR3 report renders exactly as without them
+    res = RS.collect(_fake_resshift_work(tmp_path / "exp"), RS.RESSHIFT_PROFILES["full"])
+    with_rows = R.render(out, tmp_path / "docs" / "reproduction.md", resshift=res).read_text()
+    assert with_rows != text and RS.strip(with_rows) == text
+    assert with_rows.index("## E1:") < with_rows.index("### E1 on ResShift") < with_rows.index("## E2:")
+    assert (tmp_path / "docs" / "reproduction" / "resshift.json").is_file()
+
 
 def test_train_only_trains_the_named_runs_and_nothing_else(tmp_path: Path) -> None:
     data = _corpus(tmp_path / "data")
@@ -405,3 +413,205 @@ def test_report_writes_home_folders_as_tilde() -> None:
     assert without_home(text, home="/srv/alice") == (
         "not found in ~/.cache/torch/hub/checkpoints; `--out ~/runs/x`, ~/y and ~; "
         "kept: /work/root/z, /rooted, /srv/alicex, https://example.org/home/bob/f, /home")
+
+
+# ------------------------------------------------------------------------------------------- ResShift rows
+
+_COLS = ("psnr_y", "ssim_y", "haarpsi", "hf")
+_T975 = {1: 12.706, 2: 4.303}  # Student t, 0.975 quantile, by degrees of freedom
+
+
+def _fake_resshift_work(work: Path, arms: dict[str, tuple[int, ...]] | None = None, T: int = 15) -> Path:
+    """A work folder of evaluations in evaluate.py's schema (eval/<arm>-s<seed>/<task>.json), no training."""
+    arms = arms or {"pinf": (1, 2, 3), "p1": (1, 2, 3), "p0": (1, 2)}
+    offset = {"pinf": 0.0, "p1": 0.11, "p0": -0.07}
+    scale = {"psnr_y": 1.0, "ssim_y": 0.01, "haarpsi": 0.01, "hf": 0.002}
+    base = {"psnr_y": 25.0, "ssim_y": 0.70, "haarpsi": 0.64, "hf": 0.08}
+
+    def metrics(arm: str, seed: int, k: int, samples: int) -> dict:
+        out = {}
+        for c in _COLS:
+            per = [base[c] + scale[c] * (offset[arm] + 0.013 * seed ** 2 + 0.02 * k + 0.005 * j * seed)
+                   for j in range(samples)]
+            out[c] = {"mean": sum(per) / len(per), "per_seed_mean": per}
+        return out
+
+    for arm, seeds in arms.items():
+        for s in seeds:
+            d = work / "eval" / f"{arm}-s{s}"
+            d.mkdir(parents=True)
+            for k in (1, 2, 4, 8, 15):
+                (d / f"final-k{k}.json").write_text(json.dumps(
+                    {"weights": "w", "steps": k, "seeds": 4, "back_project": False, "ensemble": 1, "images": 7,
+                     "metrics": metrics(arm, s, k, 4)}, indent=1))
+            for step in (1000, 2000):
+                for k in (1, 15):
+                    m = metrics(arm, s, k, 1)
+                    for c in _COLS:  # earlier states are worse
+                        v = m[c]["mean"] - (3000 - step) / 1000
+                        m[c] = {"mean": v, "per_seed_mean": [v]}
+                    (d / f"curve-{step}-k{k}.json").write_text(json.dumps(
+                        {"weights": "w", "steps": k, "seeds": 1, "back_project": False, "ensemble": 1, "images": 7,
+                         "metrics": m, "train_step": step}))
+            true = [25.6 - 0.05 * t + 0.01 * s for t in range(T)]
+            chain = [v - (0.2 + 0.01 * t * s + offset[arm]) for t, v in enumerate(true)]
+            (d / "diag.json").write_text(json.dumps({"weights": "w", "t": list(range(1, T + 1)),
+                                                     "psnr_y_true_xt": true, "psnr_y_chain": chain, "images": 7}))
+    (work / "eval" / "bicubic.json").write_text(json.dumps({"psnr_y": 26.31, "ssim_y": 0.7541, "haarpsi": 0.7387,
+                                                            "hf": 0.0741}))
+    return work
+
+
+def _mean(v: list[float]) -> float:
+    return sum(v) / len(v)
+
+
+def _interval_text(diffs: list[float], fmt: str) -> str:
+    n, m = len(diffs), _mean(diffs)
+    if n < 2:
+        return fmt.format(m) + " (1 seed)"
+    sd = math.sqrt(sum((d - m) ** 2 for d in diffs) / (n - 1))
+    half = _T975[n - 1] * sd / math.sqrt(n)
+    return f"{fmt.format(m)} [{fmt.format(m - half)}, {fmt.format(m + half)}]"
+
+
+def test_resshift_rows_from_a_fake_work_folder(tmp_path: Path) -> None:
+    work = _fake_resshift_work(tmp_path / "exp")
+    ev = lambda arm, s, task: json.loads((work / "eval" / f"{arm}-s{s}" / f"{task}.json").read_text())  # noqa: E731
+    seeds = {"pinf": (1, 2, 3), "p1": (1, 2, 3), "p0": (1, 2)}
+    sr3 = RS.strip((ROOT / "docs" / "reproduction.md").read_text())  # the committed report's SR3 text
+    assert "## E4:" in sr3 and "resshift:" not in sr3
+    doc = tmp_path / "docs" / "reproduction.md"
+    doc.parent.mkdir()
+    doc.write_text(sr3)
+    # the committed report's SR3 results are not at hand (no OUT): its SR3 text is kept, the rows spliced in
+    argv = ["--doc-only", "--resshift-work", str(work), "--doc", str(doc), "--out", str(tmp_path / "no-sr3"),
+            "--data-dir", str(tmp_path / "no-corpus")]
+    assert R.main(argv) == 0
+    md = doc.read_text()
+    assert RS.strip(md) == sr3 and md != sr3  # the SR3 part byte for byte
+    for key in RS.KEYS:
+        assert md.count(f"<!-- resshift:{key} ") == 1 and md.count(f"<!-- /resshift:{key} -->") == 1
+    # beside the SR3 sections: each block at the end of its section
+    order = [md.index(h) for h in ("## Setting", "### The ResShift rows", "## E1:", "### E1 on ResShift", "## E2:",
+                                   "### E2 on ResShift", "## E3:", "### E3 on ResShift", "## E4:",
+                                   "### E4 on ResShift", "## E5:")]
+    assert order == sorted(order)
+    # provenance and seed counts said plainly
+    assert "These rows come from [the paired DREAM experiment](" in md
+    link = md.split("These rows come from [the paired DREAM experiment](", 1)[1].split(")", 1)[0]
+    assert (doc.parent / link).resolve() == (ROOT / "docs" / "experiments" / "dream-resshift.md").resolve()
+    assert "evaluated so far: 8 of the 12 planned runs (p0: seeds 1, 2; p1: seeds 1, 2, 3; pinf: seeds 1, 2, 3)" in md
+    assert RS.RENDER_COMMAND in md
+    assert "against bicubic (26.31 dB PSNR-Y on these crops): after 3000 steps 3 of the 3 arms evaluated are still " \
+           "below it at K = 15" in md
+
+    # E1: means over seeds at K = 15 and 1, bicubic, and the seed-paired differences with 95 % intervals
+    fmt = {"psnr_y": "{:.2f}", "ssim_y": "{:.4f}", "haarpsi": "{:.4f}", "hf": "{:.3f}"}
+    dfmt = {"psnr_y": "{:+.3f}", "ssim_y": "{:+.4f}", "haarpsi": "{:+.4f}", "hf": "{:+.3f}"}
+    label = {"p0": "p = 0 (DRM)", "p1": "p = 1 (DREAM, input λ)", "pinf": "p = inf (standard)"}
+    rows = _table(md, "### E1 on ResShift")
+    assert rows[0] == ["bicubic", "-", "-", "26.31", "0.7541", "0.7387", "0.074"]
+    want = [[label[a], str(k), str(len(seeds[a]))]
+            + [fmt[c].format(_mean([ev(a, s, f"final-k{k}")["metrics"][c]["mean"] for s in seeds[a]])) for c in _COLS]
+            for k in (15, 1) for a in ("p0", "p1", "pinf")]
+    assert rows[1:] == want
+    diffs = _table(md, "Seed-paired differences")
+    want = []
+    for a, b in (("p1", "pinf"), ("p0", "pinf"), ("p1", "p0")):
+        for k in (15, 1):
+            common = sorted(set(seeds[a]) & set(seeds[b]))
+            want.append([f"{a} − {b}", str(k), str(len(common))] + [_interval_text(
+                [ev(a, s, f"final-k{k}")["metrics"][c]["mean"] - ev(b, s, f"final-k{k}")["metrics"][c]["mean"]
+                 for s in common], dfmt[c]) for c in _COLS])
+    assert diffs == want
+    assert want[0][3].count("[") == 1 and "(1 seed)" not in md.split("### E2 on ResShift")[0].split("### E1 on")[1]
+
+    # E2: PSNR-Y at 1000 / 2000 / 3000 steps (the last: the final weights' sampling seed 0), K = 1 and 15
+    rows = _table(md, "### E2 on ResShift")
+    psnr = lambda a, s, step, k: (ev(a, s, f"curve-{step}-k{k}")["metrics"]["psnr_y"]["mean"] if step < 3000  # noqa
+                                  else ev(a, s, f"final-k{k}")["metrics"]["psnr_y"]["per_seed_mean"][0])
+    want = [[label[a], str(k), str(len(seeds[a]))]
+            + [f"{_mean([psnr(a, s, st, k) for s in seeds[a]]):.2f}" for st in (1000, 2000, 3000)]
+            for k in (1, 15) for a in ("p0", "p1", "pinf")]
+    for k in (1, 15):
+        want.append(["p1 − pinf", str(k), "3"] + [_interval_text(
+            [psnr("p1", s, st, k) - psnr("pinf", s, st, k) for s in (1, 2, 3)], "{:+.3f}") for st in (1000, 2000, 3000)])
+    assert sorted(rows) == sorted(want) and len(rows) == 8
+
+    # E3: PSNR-Y and HaarPSI at K = 1, 2, 4, 8, 15, and p1 − pinf
+    rows = _table(md, "### E3 on ResShift")
+    ks = (1, 2, 4, 8, 15)
+    for c, head in (("psnr_y", "PSNR-Y"), ("haarpsi", "HaarPSI")):
+        for a in ("p0", "p1", "pinf"):
+            assert [label[a], head, str(len(seeds[a]))] + [fmt[c].format(_mean(
+                [ev(a, s, f"final-k{k}")["metrics"][c]["mean"] for s in seeds[a]])) for k in ks] in rows
+        assert ["p1 − pinf", head, "3"] + [_interval_text(
+            [ev("p1", s, f"final-k{k}")["metrics"][c]["mean"] - ev("pinf", s, f"final-k{k}")["metrics"][c]["mean"]
+             for s in (1, 2, 3)], dfmt[c]) for k in ks] in rows
+
+    # E4: the Fig. 3 gap (true x_t − chain) per t, mean over seeds, and the seed-paired difference of the gaps
+    rows = _table(md, "### E4 on ResShift")
+    assert [r[0] for r in rows] == [str(t) for t in range(15, 0, -1)] + ["mean"]
+    gap = lambda a, s: [x - y for x, y in zip(ev(a, s, "diag")["psnr_y_true_xt"],  # noqa: E731
+                                              ev(a, s, "diag")["psnr_y_chain"])]
+    for i, t in enumerate(range(15, 0, -1)):
+        assert rows[i][1:4] == [f"{_mean([gap(a, s)[t - 1] for s in seeds[a]]):+.3f}" for a in ("p0", "p1", "pinf")]
+        assert rows[i][4] == _interval_text([gap("p1", s)[t - 1] - gap("pinf", s)[t - 1] for s in (1, 2, 3)],
+                                            "{:+.3f}")
+        assert rows[i][5] == _interval_text([gap("p0", s)[t - 1] - gap("pinf", s)[t - 1] for s in (1, 2)], "{:+.3f}")
+    assert rows[-1][2] == f"{_mean([_mean(gap('p1', s)[:14]) for s in (1, 2, 3)]):+.3f}"
+    assert rows[-1][4] == _interval_text([_mean(gap("p1", s)[:14]) - _mean(gap("pinf", s)[:14]) for s in (1, 2, 3)],
+                                         "{:+.3f}")
+
+    # every number is kept beside the report; a re-render replaces the blocks (none doubled), and a plain
+    # --doc-only without the work folder reuses the kept numbers
+    kept = json.loads((doc.parent / "reproduction" / "resshift.json").read_text())
+    assert kept["seeds"] == {"p0": [1, 2], "p1": [1, 2, 3], "pinf": [1, 2, 3]} and kept["bicubic"]["psnr_y"] == 26.31
+    assert R.main(argv) == 0 and doc.read_text() == md
+    assert R.main(["--doc-only", "--doc", str(doc), "--out", str(tmp_path / "no-sr3")]) == 0
+    assert doc.read_text() == md
+    # without --out the SR3 text is always kept (a default OUT with other SR3 results is not rendered over it)
+    assert R.main(argv[:5] + argv[7:]) == 0 and doc.read_text() == md
+    # an arm not evaluated yet has no rows; a single seed gives the mean without an interval
+    work2 = _fake_resshift_work(tmp_path / "exp2", {"pinf": (1,), "p1": (1,)})
+    res = RS.collect(work2, RS.RESSHIFT_PROFILES["full"])
+    md2 = RS.splice(sr3, RS.blocks(res, doc))
+    assert RS.strip(md2) == sr3 and "p = 0 (DRM)" not in md2.split("### E1 on ResShift")[1].split("## E2:")[0]
+    assert "(1 seed)" in md2 and "evaluated so far: 2 of the 12 planned runs" in md2
+
+
+def test_resshift_rows_leave_the_sr3_rendering_unchanged(tmp_path: Path) -> None:
+    # a report rendered from SR3 JSONs is the same text with or without the ResShift rows once they are stripped
+    res = RS.collect(_fake_resshift_work(tmp_path / "exp"), RS.RESSHIFT_PROFILES["full"])
+    parts = RS.blocks(res, tmp_path / "reproduction.md")
+    for text in ("# Title\n\n## Setting\n\nx\n\n## E1: a\n\n## E2: b\n\n## E3: c\n\n## E4: d\n\n## E5: e\n",
+                 "# only a title\n", ""):
+        spliced = RS.splice(text, parts)
+        assert RS.strip(spliced) == text and RS.splice(spliced, parts) == spliced
+
+
+@pytest.mark.slow
+def test_resshift_ci_profile_trains_and_evaluates_with_the_experiments_scripts(tmp_path: Path) -> None:
+    # train.sh and evaluate.py themselves, at the ci sizes (3 arms x 2 seeds x 2 steps of the tiny preset)
+    from dreamsr.images import load_rgb, save_image
+
+    corpus = _corpus(tmp_path / "corpus", val=())
+    (corpus / "val_crops").mkdir()
+    photo = load_rgb(corpus / "train" / "chelsea.png")
+    for i in range(2):
+        save_image(corpus / "val_crops" / f"crop{i}.png", photo[:, 40 * i:40 * i + 32, 100:132])
+    work, doc = tmp_path / "exp", tmp_path / "docs" / "reproduction.md"
+    argv = ["--resshift-only", "--resshift-train", "--resshift-profile", "ci", "--resshift-work", str(work),
+            "--data-dir", str(corpus), "--doc", str(doc), "--out", str(tmp_path / "no-sr3")]
+    assert R.main(argv) == 0
+    prof = RS.RESSHIFT_PROFILES["ci"]
+    runs = sorted(f"{a}-s{s}" for a in prof.arms for s in prof.seeds)
+    assert sorted(p.name for p in (work / "eval").iterdir() if p.is_dir()) == runs
+    assert sorted(p.stem for p in (work / "eval" / "p1-s1").glob("*.json")) == [
+        "curve-1-k1", "curve-1-k15", "diag", "final-k1", "final-k15"]
+    md = doc.read_text()
+    assert "evaluated so far: 6 of the 6 planned runs" in md and "| p1 − pinf | 15 | 2 |" in md
+    assert RS.strip(md) == "# Reproducing DREAM at small scale\n\n"
+    # a second invocation finds everything done and renders the same rows
+    assert R.main(argv) == 0 and doc.read_text() == md

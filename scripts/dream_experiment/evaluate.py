@@ -2,6 +2,7 @@
 """The paired DREAM experiment (docs/experiments/dream-resshift.md): every measurement of its trained runs.
 
     python scripts/dream_experiment/evaluate.py CORPUS WORK [--shard I/N]
+        [--ks 1,2,4,8,15] [--secondary-ks 1,15] [--curve-at 1000,2000] [--curve-ks 1,15] [--sample-seeds 4]
 
 For every finished run WORK/<arm>-s<seed> (train.sh's layout) it writes WORK/eval/<run>/<task>.json, skipping
 tasks already written (so it resumes, and N processes with --shard 0/N .. N-1/N share the work):
@@ -15,6 +16,9 @@ tasks already written (so it resumes, and N processes with --shard 0/N .. N-1/N 
 
 Measures: PSNR/SSIM on BT.601 Y (border 4), HaarPSI (piq, RGB) and the HF ratio (Y), through dreamsr's own
 evaluator (``dreamsr.jobs.evaluate.evaluate``), so the numbers are the ones ``dreamsr eval`` prints.
+
+The optional lists change which K, states and sampling seeds are measured (for a tiny run, e.g. scripts/reproduce's
+ci profile); their defaults are the experiment's, above.
 """
 
 from __future__ import annotations
@@ -102,24 +106,25 @@ def fig3(weights: Path, val: Path) -> dict:
             "psnr_y_chain": [mean(v) for v in chain_t], "images": len(true_t[0])}
 
 
-def tasks(work: Path) -> list[tuple[str, str]]:
+def tasks(work: Path, ks: tuple[int, ...] = STEPS, secondary_ks: tuple[int, ...] = SECONDARY_STEPS,
+          curve_at: tuple[int, ...] = CURVE_AT, curve_ks: tuple[int, ...] = CURVE_STEPS) -> list[tuple[str, str]]:
     out = []
     for run in sorted(p for p in work.iterdir() if (p / "DONE").exists()):
-        out += [(run.name, f"final-k{k}") for k in STEPS]
-        out += [(run.name, f"final-bp-k{k}") for k in SECONDARY_STEPS]
-        out += [(run.name, f"curve-{s}-k{k}") for s in CURVE_AT for k in CURVE_STEPS]
+        out += [(run.name, f"final-k{k}") for k in ks]
+        out += [(run.name, f"final-bp-k{k}") for k in secondary_ks]
+        out += [(run.name, f"curve-{s}-k{k}") for s in curve_at for k in curve_ks]
         out.append((run.name, "diag"))
     return out
 
 
-def do(work: Path, val: Path, run: str, task: str) -> dict:
+def do(work: Path, val: Path, run: str, task: str, sample_seeds: int = SEEDS) -> dict:
     model = work / run / "model.safetensors"
     if task == "diag":
         return fig3(model, val)
     if task.startswith("final-bp-k"):
         return run_eval(model, val, steps=int(task[10:]), seeds=1, back_project=True, ensemble=2)
     if task.startswith("final-k"):
-        return run_eval(model, val, steps=int(task[7:]), seeds=SEEDS, back_project=False, ensemble=1)
+        return run_eval(model, val, steps=int(task[7:]), seeds=sample_seeds, back_project=False, ensemble=1)
     step, k = task[len("curve-"):].split("-k")
     state = work / run / "checkpoints" / f"step_{int(step):08d}.safetensors"
     with tempfile.TemporaryDirectory(prefix="dream-exp-") as tmp:
@@ -129,21 +134,33 @@ def do(work: Path, val: Path, run: str, task: str) -> dict:
     return res
 
 
+def _ints(text: str) -> tuple[int, ...]:
+    """"1,2,4" -> (1, 2, 4); "" -> () (no such rows)."""
+    return tuple(int(v) for v in text.split(",") if v.strip())
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("corpus", type=Path)
     ap.add_argument("work", type=Path)
     ap.add_argument("--shard", default="0/1", help="I/N: this process does every N-th task from the I-th")
+    ap.add_argument("--ks", type=_ints, default=STEPS, help="K of the primary rows (default 1,2,4,8,15)")
+    ap.add_argument("--secondary-ks", type=_ints, default=SECONDARY_STEPS,
+                    help="K of the back-projection rows (default 1,15)")
+    ap.add_argument("--curve-at", type=_ints, default=CURVE_AT, help="training steps of the curve states (default "
+                                                                     "1000,2000; they must have been saved)")
+    ap.add_argument("--curve-ks", type=_ints, default=CURVE_STEPS, help="K of the curve rows (default 1,15)")
+    ap.add_argument("--sample-seeds", type=int, default=SEEDS, help="sampling seeds of the primary rows (default 4)")
     args = ap.parse_args()
     i, n = (int(v) for v in args.shard.split("/"))
     val = args.corpus / "val_crops"
-    todo = tasks(args.work)[i::n]
+    todo = tasks(args.work, args.ks, args.secondary_ks, args.curve_at, args.curve_ks)[i::n]
     for run, task in todo:
         out = args.work / "eval" / run / f"{task}.json"
         if out.exists():
             continue
         out.parent.mkdir(parents=True, exist_ok=True)
-        res = do(args.work, val, run, task)
+        res = do(args.work, val, run, task, args.sample_seeds)
         atomic_write_text(out, json.dumps(res, indent=1))
         print(f"{run} {task} done", flush=True)
 

@@ -9,6 +9,12 @@
         ground truth ("training", Alg. 1 line 3) and when it comes from the sampler ("sampling", Alg. 2 line 4).
     E5  Beyond the paper: p = 1 vs p = inf with the residual target (the model only adds detail to bicubic).
 
+Beside the SR3 sections of E1-E4, rows for ResShift small (the default model's family, a model above bicubic) from
+the paired DREAM experiment (docs/experiments/dream-resshift.md): ``--resshift-work WORK`` reads its evaluations
+(and ``--resshift-train`` first runs its own ``scripts/dream_experiment/train.sh`` and ``evaluate.py`` into WORK
+with the sizes of ``--resshift-profile``: ``full`` = the experiment, 4 arms x 3 seeds x 3000 steps; ``ci`` = 3 arms
+x 2 seeds x 2 steps of the tiny preset). See ``resshift.py``.
+
 Everything goes through dreamsr's own code: ``dreamsr.jobs.train.train`` (runs, validation curves, exported
 ``model.safetensors``), ``dreamsr.jobs.evaluate.evaluate`` (every table), ``dreamsr.samplers.ddpm_sample`` with its
 per-step callback and ``dreamsr.diffusion.Schedule`` (E4). The package writes, under ``--out``::
@@ -48,6 +54,9 @@ Usage (``python -m scripts.reproduce ...`` from the repository root works the sa
     python scripts/reproduce --profile full --out OUT --precision bf16 --doc docs/reproduction.md
     python scripts/reproduce --profile ci --out /tmp/repro-ci --data-dir /path/with/train+val
     python scripts/reproduce --out runs/reproduce-full --doc-only --doc docs/reproduction.md   # re-render
+    python scripts/reproduce --doc-only --resshift-work /work/exp --doc docs/reproduction.md  # ResShift rows only
+    python scripts/reproduce --resshift-only --resshift-train --resshift-profile ci --resshift-work /tmp/rs-ci \
+        --data-dir CORPUS --doc /tmp/rs-ci.md                   # the ResShift path end to end, tiny
 
 An interrupted invocation is resumed by running the same command again.
 
@@ -62,6 +71,7 @@ Modules (imports point from the driver down to the parts; none reaches into drea
     figures.py            the figures (matplotlib optional)
     report.py             the Markdown report, one small writer per section
     partial.py            --partial-curves: E2 from unfinished runs
+    resshift.py           the ResShift rows: the paired experiment's scripts run or read, its report.py's pairing
     driver.py             one invocation: train, evaluate, write JSONs, figures and report; run_info.json
     cli.py, __main__.py   the command line
 """

@@ -21,6 +21,7 @@ from .driver import reproduce, train_only
 from .partial import partial_curves
 from .profiles import EVAL_PARTS, PROFILES, RUNS
 from .report import render
+from .resshift import RENDER_COMMAND, RESSHIFT_PROFILES, collect, render_into, summary_path, train_and_evaluate
 
 __all__ = ["PROGRAM", "main"]
 
@@ -57,7 +58,33 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--only", default=None, metavar="PARTS",
                     help="only run these evaluations of finished runs, comma-separated (" + ", ".join(EVAL_PARTS)
                          + "), then exit: two processes can share them; a later plain invocation reports")
+    rs = ap.add_argument_group(
+        "ResShift rows", "E1-E4 rows for ResShift small (the default model's family) from the paired DREAM\n"
+        "experiment (docs/experiments/dream-resshift.md), spliced in beside the SR3 sections; their numbers are\n"
+        "kept beside the report as <doc stem>/resshift.json, which --doc-only reuses without --resshift-work.\n"
+        "Re-render docs/reproduction.md from the experiment's work folder:\n"
+        "  " + RENDER_COMMAND)
+    rs.add_argument("--resshift-work", type=Path, default=None, metavar="WORK",
+                    help="the experiment's work folder (scripts/dream_experiment/train.sh's layout; its evaluations "
+                         "in WORK/eval/<arm>-s<seed>/*.json are read, nothing in it is written unless "
+                         "--resshift-train)")
+    rs.add_argument("--resshift-profile", choices=sorted(RESSHIFT_PROFILES), default="full",
+                    help="the experiment's sizes (default full: " + ", ".join(
+                        f"{p.name}: {len(p.arms)} arms x {len(p.seeds)} seeds x {p.steps} steps"
+                        for p in RESSHIFT_PROFILES.values()) + ")")
+    rs.add_argument("--resshift-train", action="store_true",
+                    help="first train and evaluate into --resshift-work with the experiment's own scripts "
+                         "(train.sh, evaluate.py; resumed, finished work skipped), from --data-dir (train/, "
+                         "val_crops/)")
+    rs.add_argument("--resshift-only", action="store_true",
+                    help="only the ResShift rows: (train if asked,) then write --doc, its SR3 part re-rendered "
+                         "from --out's JSONs when --out is given and has them, else kept as it is in --doc (so "
+                         "does --doc-only with ResShift rows)")
     args = ap.parse_args(argv)
+    if (args.resshift_train or args.resshift_only) and args.resshift_work is None:
+        ap.error("--resshift-train and --resshift-only need --resshift-work")
+    if args.resshift_train and args.doc_only:
+        ap.error("--doc-only never trains; use --resshift-only --resshift-train")
     prof = PROFILES[args.profile]
     if args.steps is not None:
         if args.steps < 1:
@@ -66,15 +93,34 @@ def main(argv: Sequence[str] | None = None) -> int:
     out = args.out or Path("runs") / f"reproduce-{prof.name}"
     if args.threads:
         torch.set_num_threads(args.threads)
-    if args.doc_only:
-        print(render(out, args.doc or out / "reproduction.md", redraw=True))
-        return 0
     if args.partial_curves:
         print(partial_curves(out, args.doc or out / "partial.md", prof, args.note))
         return 0
 
     def log(msg: str) -> None:
         print(f"[{_dt.datetime.now().strftime('%H:%M:%S')}] {msg}", flush=True)
+
+    def resshift_numbers() -> dict | None:
+        """The ResShift rows' numbers: from --resshift-work (trained first with --resshift-train), else, for a
+        re-render, the ones kept beside the report, else None."""
+        if args.resshift_work is None:
+            kept = summary_path(args.doc or out / "reproduction.md")
+            return load_json(kept) if args.doc_only and kept.is_file() else None
+        rprof = RESSHIFT_PROFILES[args.resshift_profile]
+        if args.resshift_train:
+            train_and_evaluate(rprof, args.data_dir, args.resshift_work, log)
+        return collect(args.resshift_work, rprof, corpus=args.data_dir, writable=args.resshift_train)
+
+    if args.doc_only or args.resshift_only:
+        doc = args.doc or out / "reproduction.md"
+        res = resshift_numbers()
+        if res is not None and (args.out is None or not (out / "run_info.json").is_file()):
+            print(f"{'no --out given' if args.out is None else f'{out} holds no SR3 results'}: the SR3 text of {doc} "
+                  "is kept as it is, the ResShift rows re-rendered")
+            print(render_into(doc, res))
+        else:
+            print(render(out, doc, redraw=True, resshift=res))
+        return 0
 
     command = f"{PROGRAM} " + " ".join(sys.argv[1:] if argv is None else list(argv))
     if args.train_only:
@@ -90,7 +136,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     res = reproduce(prof, out, args.data_dir, device=args.device, precision=args.precision, workers=args.workers,
                     metric_weights=args.metric_weights, doc=args.doc, command=command.strip(), log=log,
-                    only=None if args.only is None else [x.strip() for x in args.only.split(",") if x.strip()])
+                    only=None if args.only is None else [x.strip() for x in args.only.split(",") if x.strip()],
+                    resshift=resshift_numbers() if args.only is None else None)
     if "only" in res:
         log(f"evaluated {', '.join(res['only'])}; run again without --only for the report")
         return 0

@@ -56,13 +56,14 @@ def train_only(specs: Sequence[RunSpec], profile: Profile, out: Path, data: Path
 def reproduce(profile: Profile, out: Path, data: Path, *, device: str = "auto", precision: str = "auto",
               workers: int | None = None, metric_weights: str | None = None, doc: Path | None = None,
               command: str = "", log: Callable[[str], None] = print,
-              only: Sequence[str] | None = None) -> dict[str, Any]:
+              only: Sequence[str] | None = None, resshift: dict | None = None) -> dict[str, Any]:
     """Run (or resume) every experiment of ``profile`` into ``out``; write the JSONs, figures and the report.
     Returns {"doc": path, "json": {experiment: path}, "figures": {...}}.
 
     ``only``: a subset of EVAL_PARTS ("table": E1/E5 evaluations, "steps": E3, "discrepancy": E4) to run just
     those evaluations of runs that finished training, then return {"only": [...]} without JSONs or report, so
-    that two processes can share the evaluations (a later plain invocation finds them done and reports)."""
+    that two processes can share the evaluations (a later plain invocation finds them done and reports).
+    ``resshift``: the ResShift rows' numbers (:func:`.resshift.collect`) to splice into the report."""
     from dreamsr.data import find_images
     from dreamsr.runtime import resolve_device
 
@@ -125,5 +126,5 @@ def reproduce(profile: Profile, out: Path, data: Path, *, device: str = "auto", 
         "val_images": len(find_images(data / "val")), "hardware": hardware(), "stages": stages,
         "wall_seconds": round(time.perf_counter() - t_start, 3)},
         extra={"figures": drawn, "figures_note": None if all(drawn.values()) else figures.NO_PLOT})
-    doc_path = render(out, doc or out / "reproduction.md")
+    doc_path = render(out, doc or out / "reproduction.md", resshift=resshift)
     return {"doc": doc_path, "json": paths, "figures": drawn}

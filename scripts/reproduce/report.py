@@ -1,6 +1,7 @@
 """The report, docs/reproduction.md: rendered from OUT's JSON files only (run_info.json and one JSON per
 experiment), one small writer per section. ``render`` also places the figures beside a report written outside
-OUT and, with ``redraw``, draws them again first."""
+OUT and, with ``redraw``, draws them again first. Given the ResShift numbers (:mod:`.resshift`), their blocks are
+spliced in beside the SR3 sections, which render exactly as without them."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from . import figures
+from . import resshift as resshift_part
 from dreamsr.files import atomic_write_text, load_json
 
 from .common import METRIC_COLUMNS, digits, fmt, without_home, write_json, yn
@@ -291,9 +293,10 @@ def caveats(prof: dict[str, Any], info: dict[str, Any], e1: dict, e2: dict, e5: 
 
 
 # ---------------------------------------------------------------------------------------------- the report
-def write_markdown(out: Path, doc: Path, fig_prefix: str = "") -> Path:
+def write_markdown(out: Path, doc: Path, fig_prefix: str = "", resshift: dict | None = None) -> Path:
     """Render the report from the JSON files in ``out`` (nothing else) into ``doc``; figure links are
-    ``fig_prefix`` + file name; home folders are written as ``~``. Returns ``doc``."""
+    ``fig_prefix`` + file name; home folders are written as ``~``. With ``resshift`` (:func:`.resshift.collect`),
+    its rows are spliced in beside the SR3 sections and the numbers written beside ``doc``. Returns ``doc``."""
     info = load_json(out / "run_info.json")
     e1, e2, e3, e4, e5 = (load_json(out / f"{name}.json") for name in EXPERIMENTS)
     figs = info.get("figures", {})
@@ -301,14 +304,19 @@ def write_markdown(out: Path, doc: Path, fig_prefix: str = "") -> Path:
     L = (header(prof) + setting(prof, info, e1, e3, e4, e5) + section_e1(e1, figs, fig_prefix)
          + section_e2(e2, figs, fig_prefix) + section_e3(e3, figs, fig_prefix) + section_e4(e4, figs, fig_prefix)
          + section_e5(e5, figs, fig_prefix) + caveats(prof, info, e1, e2, e5))
+    text = "\n".join(L)
+    if resshift is not None:
+        text = resshift_part.splice(text, resshift_part.blocks(resshift, doc))
+        write_json(resshift_part.summary_path(doc), resshift)
     doc.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(doc, without_home("\n".join(L)) + "\n")
+    atomic_write_text(doc, without_home(text) + "\n")
     return doc
 
 
-def render(out: Path, doc: Path, redraw: bool = False) -> Path:
+def render(out: Path, doc: Path, redraw: bool = False, resshift: dict | None = None) -> Path:
     """Write ``doc``; when it lives outside ``out``, copy the figures to ``<doc dir>/<doc stem>/``. With ``redraw``
-    the figures are first drawn again from OUT's experiment JSONs (when matplotlib is installed)."""
+    the figures are first drawn again from OUT's experiment JSONs (when matplotlib is installed). ``resshift``:
+    the ResShift rows' numbers to splice in (:func:`write_markdown`)."""
     if redraw and figures.pyplot() is not None:
         exps = [load_json(out / f"{name}.json") for name in EXPERIMENTS]
         drawn = figures.draw_all(out, *exps)
@@ -323,4 +331,4 @@ def render(out: Path, doc: Path, redraw: bool = False) -> Path:
             if name:
                 shutil.copyfile(out / name, fig_dir / name)
         prefix = f"{doc.stem}/"
-    return write_markdown(out, doc, prefix)
+    return write_markdown(out, doc, prefix, resshift)
