@@ -87,3 +87,15 @@ def test_eval_profile(profiled: Path, tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="no sampling profile"):
         evaluate(EvalConfig(set="folder", data_dir=str(data), weights=str(profiled), metrics=("psnr",), grids=0,
                             profile="sharp"), tmp_path / "out2")
+
+
+def test_the_shipped_default_has_fidelity_and_detail_profiles() -> None:
+    """dreamsr-x4-resshift: fidelity is its default sampling (what upscale does with no option), detail samples the
+    whole 15-step chain with back-projection; the profiles are measured recommendations, so they are valid options."""
+    from dreamsr.jobs.weights import resolve_weights
+
+    info = read_info(resolve_weights(model="dreamsr-x4-resshift"))
+    assert set(info.profiles) == {"fidelity", "detail"}
+    assert info.profiles["fidelity"] == info.sampling == {"steps": 1, "back_project": True, "ensemble": 2}
+    assert info.profiles["detail"] == {"steps": 15, "back_project": True, "ensemble": 1}
+    assert info.training["p"] == "inf"
