@@ -759,8 +759,8 @@ def test_a_converted_release_pair_gives_the_released_x0_encode_and_decode(tmp_pa
 
 
 def test_the_shipped_default_keeps_the_textbook_mask() -> None:
-    """dreamsr-x4-resshift was trained with the textbook mask and has no mask_rule field: it loads as "swin", its
-    stored masks are the textbook ones, and the masks computed at other sizes are the textbook ones too."""
+    """dreamsr-x4-resshift was trained with the textbook mask: its file says "swin" (or, as first shipped, nothing,
+    which reads as "swin"), its stored masks are the textbook ones, and so are the masks computed at other sizes."""
     from dreamsr.checkpoint import load_checkpoint, read_info
 
     path = Path(__file__).resolve().parents[1] / "dreamsr" / "assets" / "dreamsr-x4-resshift.safetensors"
@@ -768,7 +768,7 @@ def test_the_shipped_default_keeps_the_textbook_mask() -> None:
 
     with safe_open(str(path), "pt") as f:
         import json
-        assert "mask_rule" not in json.loads(f.metadata()["network"])["unet"]
+        assert json.loads(f.metadata()["network"])["unet"].get("mask_rule", "swin") == "swin"
     assert read_info(path).network.unet.mask_rule == "swin"
     net, _ = load_checkpoint(path)
     blocks = [(n, m) for n, m in net.unet.named_modules() if isinstance(m, SwinBlock) and m.shift > 0]
