@@ -283,7 +283,8 @@ class Upsample(nn.Module):
 def relative_position_index(window: int) -> torch.Tensor:
     """[w², w²] int64: row index into the (2w−1)² bias table for the offset between two tokens of a window,
     (dy + w − 1)(2w − 1) + (dx + w − 1) with (dy, dx) = position of the query minus position of the key."""
-    ys, xs = torch.meshgrid(torch.arange(window), torch.arange(window), indexing="ij")
+    cpu = torch.device("cpu")  # index arithmetic: on the CPU whatever the default device (a meta build included)
+    ys, xs = torch.meshgrid(torch.arange(window, device=cpu), torch.arange(window, device=cpu), indexing="ij")
     ys, xs = ys.flatten(), xs.flatten()
     dy = ys[:, None] - ys[None, :] + window - 1
     dx = xs[:, None] - xs[None, :] + window - 1
@@ -315,7 +316,7 @@ def _region_labels(height: int, width: int, window: int, shift: int, rule: str) 
       row *b*, i.e. the in-window *column* picks it. Only the last window row has more than one label.
     """
     def regions(n: int) -> torch.Tensor:  # [n]: 0, 1, 2 for the three slices of an axis of length n
-        r = torch.zeros(n, dtype=torch.long)
+        r = torch.zeros(n, dtype=torch.long, device="cpu")
         r[max(n - window, 0):] = 1
         r[max(n - shift, 0):] = 2
         return r
@@ -324,8 +325,8 @@ def _region_labels(height: int, width: int, window: int, shift: int, rule: str) 
     if rule == "swin":
         grid = (rows[:, None] * 3 + cols[None, :]).float()
     elif rule == "release":
-        y = torch.arange(height)[:, None]
-        x = torch.arange(width)[None, :]
+        y = torch.arange(height, device="cpu")[:, None]
+        x = torch.arange(width, device="cpu")[None, :]
         grid = rows[(y // window) * window + x % window].float()  # [H, W]: row region of row i·w + b
     else:
         raise ConfigError(f"unknown shifted-window mask rule {rule!r}; one of {', '.join(MASK_RULES)}")
@@ -342,17 +343,17 @@ def shifted_window_mask(height: int, width: int, window: int, shift: int,
     ``rule``: :data:`MASK_RULES`) get −100, as the release, pairs with equal labels 0. ``valid`` = (h, w) of the
     real map inside a bottom/right-padded one: keys on padded positions additionally get −inf (every window keeps
     at least one real key, so no row is all −inf; the release refuses such maps, and the rule is applied to the
-    padded map).
+    padded map). Computed on the CPU whatever the default device (a meta-device build of the network included).
     """
     if rule not in MASK_RULES:
         raise ConfigError(f"unknown shifted-window mask rule {rule!r}; one of {', '.join(MASK_RULES)}")
     if shift > 0:
         labels = _region_labels(height, width, window, shift, rule)  # [nW, w²]
     else:
-        labels = torch.zeros(height // window * (width // window), window * window)
+        labels = torch.zeros(height // window * (width // window), window * window, device="cpu")
     out = (labels[:, None, :] - labels[:, :, None]).ne(0).float() * _MASK_VALUE
     if valid is not None and tuple(valid) != (height, width):
-        real = torch.zeros(1, 1, height, width)
+        real = torch.zeros(1, 1, height, width, device="cpu")
         real[:, :, :valid[0], :valid[1]] = 1.0
         if shift > 0:
             real = torch.roll(real, shifts=(-shift, -shift), dims=(2, 3))
