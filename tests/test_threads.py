@@ -145,3 +145,29 @@ def test_precision_help_matches_what_auto_does() -> None:
     cmd = typer.main.get_command(app).commands["upscale"]  # type: ignore[attr-defined]
     text = next(p.help for p in cmd.params if p.name == "precision")
     assert "fp32 on CPU." not in text and "avx512_bf16 or amx_bf16" in text
+
+
+_ORDER_PROBE = """
+import sys, dreamsr.threads as T
+orig, seen = T.setup, []
+def spy(*a, **k):
+    seen.append("torch" in sys.modules)
+    return orig(*a, **k)
+T.setup = spy
+from typer.testing import CliRunner
+from dreamsr.cli import app
+r = CliRunner().invoke(app, sys.argv[1:])
+print(r.exit_code, seen)
+"""
+
+
+@pytest.mark.parametrize("command", ["upscale", "eval"])
+def test_threads_are_chosen_before_torch_loads(command: str, checkpoint: Path, tmp_path: Path) -> None:
+    """OpenMP reads its waiting behaviour when torch loads, so each command must call threads.setup first."""
+    src = _image(tmp_path / "a.png", 64, 64)
+    args = (["upscale", str(src), "-w", str(checkpoint), "-o", str(tmp_path / "o.png")] if command == "upscale"
+            else ["eval", "--set", "folder", "--data-dir", str(tmp_path), "--model", "bicubic", "--scale", "4",
+                  "--grids", "0", "-o", str(tmp_path / "ev")])
+    out = subprocess.run([sys.executable, "-c", _ORDER_PROBE, *args], capture_output=True, text=True, timeout=120,
+                         cwd=Path(__file__).resolve().parents[1])
+    assert out.stdout.strip().splitlines()[-1] == "0 [False]", out.stdout + out.stderr

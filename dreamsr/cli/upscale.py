@@ -217,6 +217,12 @@ def upscale(
 
       dreamsr upscale photos/ --json --quiet > summary.json
     """
+    from dreamsr.threads import setup as setup_threads
+
+    try:  # first: OpenMP reads the waiting behaviour when torch loads (the option checks below may load it)
+        thread_plan = setup_threads(threads or None)
+    except ConfigError as err:
+        _usage(str(err))
     # ---- usage checks: before touching any file or loading the model --------------------------------------
     if scale is not None and not (scale > 0 and math.isfinite(scale)):
         _usage(f"--scale must be a positive number, got {scale:g}")
@@ -253,12 +259,6 @@ def upscale(
     t_start = time.perf_counter()
     up = None
     if found:
-        from dreamsr.threads import setup as setup_threads
-
-        try:  # before torch is imported: its OpenMP threads read the waiting behaviour then
-            thread_plan = setup_threads(threads or None)
-        except ConfigError as err:
-            _usage(str(err))
         path = _resolve_model(model, weights, scale)
         from dreamsr.checkpoint import read_info
 
