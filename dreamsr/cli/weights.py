@@ -18,6 +18,7 @@ from rich.text import Text
 
 from dreamsr.cli.common import EXIT_FAILED, EXIT_USAGE, console, error_line, exit_code_for, out
 from dreamsr.errors import ConfigError, DreamSRError
+from dreamsr.threads import setup as setup_threads
 
 app = typer.Typer(help="List, fetch, inspect, verify, publish and convert model weights.", no_args_is_help=True)
 
@@ -244,6 +245,8 @@ def convert(src: Path = typer.Argument(..., metavar="IN.pth", help="A PyTorch st
                                                 "kernel) or 4 (v3 kernel) (default: the file name's _s15 / _s4)."),
             dtype: str = typer.Option("fp32", help="Storage precision: fp32, fp16 or bf16."),
             overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing OUT (never an input)."),
+            threads: int = typer.Option(0, "--threads", min=0, help="CPU threads for PyTorch (0: the cores other "
+                                        "programs leave free; OMP_NUM_THREADS is respected)."),
             ) -> None:
     """Convert a .pth state dict into a self-describing .safetensors checkpoint.
 
@@ -254,6 +257,7 @@ def convert(src: Path = typer.Argument(..., metavar="IN.pth", help="A PyTorch st
     Example: dreamsr weights convert --from resshift resshift_realsrx4_s15.pth --autoencoder autoencoder_vq_f4.pth
     resshift-x4.safetensors
     """
+    setup_threads(threads or None)  # before torch loads (OpenMP reads its waiting behaviour then)
     if layout not in _CONVERT_OPTIONS:
         _fail(f"--from must be one of {', '.join(_CONVERT_OPTIONS)}, got {layout!r}", EXIT_USAGE)
     for option, given_path in (("--config", config), ("--diffusion", diffusion)):
@@ -339,12 +343,15 @@ def export(src: Path = typer.Argument(..., metavar="IN.safetensors", help="A dre
            layout: str = typer.Option(..., "--to", help="Layout to write: sr3 (SR3's / DREAM's GaussianDiffusion "
                                       "state dict, loadable by their code with strict=True)."),
            overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing OUT.pth (never IN)."),
+           threads: int = typer.Option(0, "--threads", min=0, help="CPU threads for PyTorch (0: the cores other "
+                                       "programs leave free; OMP_NUM_THREADS is respected)."),
            ) -> None:
     """Write a dreamsr SR3 checkpoint as a released-layout .pth, to compare it inside the original code.
 
     Prints the "model" section of SR3's JSON config that builds the matching network.
     Example: dreamsr weights export --to sr3 sr3-face.safetensors I0_gen.pth
     """
+    setup_threads(threads or None)  # before torch loads
     if layout != "sr3":
         _fail(f"--to must be sr3, got {layout!r}", EXIT_USAGE)
     from dreamsr.converters.sr3 import export_released
