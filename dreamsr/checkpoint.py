@@ -38,9 +38,9 @@ from torch import nn
 from torch.nn.modules.module import register_module_parameter_registration_hook
 
 from dreamsr.config import check_types
-from dreamsr.errors import CheckpointError, ConfigError, OutputError, OutputExistsError
+from dreamsr.errors import CheckpointError, ConfigError
 from dreamsr.families import get_family
-from dreamsr.files import TempFileError, atomic_write_to
+from dreamsr.files import atomic_write_to, guarded_output
 from dreamsr.options import RECOMMENDABLE, SamplingOptions
 from dreamsr.processes import build_process, get_process, process_config
 
@@ -261,22 +261,8 @@ def write_output(path: str | os.PathLike, write: Callable[[Path], None], *, over
     Without ``overwrite`` an existing file is never replaced (:class:`~dreamsr.errors.OutputExistsError`, also
     when one appears while writing). Returns ``path`` as a Path.
     """
-    path = Path(path)
-    folder = path.parent if str(path.parent) else Path(".")
-    if not folder.is_dir():
-        raise OutputError(f"{folder}: output folder does not exist")
-    if path.is_dir():
-        raise OutputError(f"{path}: is a folder")
-    if not overwrite and (path.exists() or path.is_symlink()):
-        raise OutputExistsError(f"{path}: exists (use --overwrite to replace it)")
-    try:
-        return atomic_write_to(path, write, overwrite=overwrite)
-    except TempFileError as err:
-        raise OutputError(f"{folder}: cannot write to the output folder ({err.strerror or err})") from None
-    except FileExistsError:
-        raise OutputExistsError(f"{path}: exists (use --overwrite to replace it)") from None
-    except (OSError, SafetensorError) as err:
-        raise OutputError(f"{path}: cannot write ({getattr(err, 'strerror', None) or err})") from None
+    with guarded_output(path, overwrite=overwrite, errors=(OSError, SafetensorError)) as target:
+        return atomic_write_to(target, write, overwrite=overwrite)
 
 
 def save_checkpoint(path: str | os.PathLike, model: nn.Module, info: CheckpointInfo, *, dtype: str = "fp32",

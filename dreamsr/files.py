@@ -17,16 +17,19 @@ map them to their own :class:`~dreamsr.errors.DreamSRError`).
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import math
 import os
 import tempfile
 from pathlib import Path
-from typing import Any, BinaryIO, Callable
+from typing import Any, BinaryIO, Callable, Iterator
+
+from dreamsr.errors import DreamSRError, OutputError, OutputExistsError
 
 __all__ = [
-    "TempFileError", "atomic_write", "atomic_write_to", "atomic_write_bytes", "atomic_write_text",
+    "TempFileError", "guarded_output", "atomic_write", "atomic_write_to", "atomic_write_bytes", "atomic_write_text",
     "atomic_write_json", "file_mode", "sha256_file", "clear_sha256_cache", "json_safe", "dumps_json", "unfinite",
     "load_json",
 ]
@@ -76,6 +79,32 @@ def _commit(tmp: Path, path: Path, overwrite: bool) -> None:
         if path.exists():
             raise FileExistsError(17, "File exists", str(path)) from None
         os.replace(tmp, path)
+
+
+@contextlib.contextmanager
+def guarded_output(path: str | os.PathLike, *, overwrite: bool,
+                   errors: tuple[type[BaseException], ...] = (OSError,)) -> Iterator[Path]:
+    """Checks and error mapping around an atomic write of ``path`` (yields it as a Path): the folder must exist,
+    ``path`` must not be a folder, and without ``overwrite`` must not exist (OutputExistsError, also when it
+    appears while writing); every ``errors`` exception inside becomes one OutputError naming the path or folder."""
+    path = Path(path)
+    folder = path.parent if str(path.parent) else Path(".")
+    if not folder.is_dir():
+        raise OutputError(f"{folder}: output folder does not exist")
+    if path.is_dir():
+        raise OutputError(f"{path}: is a folder")
+    if not overwrite and (path.exists() or path.is_symlink()):
+        raise OutputExistsError(f"{path}: exists (use --overwrite to replace it)")
+    try:
+        yield path
+    except DreamSRError:
+        raise
+    except TempFileError as err:
+        raise OutputError(f"{folder}: cannot write to the output folder ({err.strerror or err})") from None
+    except FileExistsError:
+        raise OutputExistsError(f"{path}: exists (use --overwrite to replace it)") from None
+    except errors as err:
+        raise OutputError(f"{path}: cannot write ({getattr(err, 'strerror', None) or err})") from None
 
 
 def _write_atomically(path: str | os.PathLike, fill: Callable[[int, Path], None], overwrite: bool,

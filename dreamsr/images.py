@@ -36,7 +36,7 @@ import torch.nn.functional as F
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from dreamsr import files
-from dreamsr.errors import DreamSRError, InputError, OutputError, OutputExistsError
+from dreamsr.errors import InputError, OutputError, OutputExistsError
 
 __all__ = [
     "load_rgb", "resize", "resize_pil_bicubic", "downsample", "upsample", "rgb_to_y", "rgb_to_grey", "to_model",
@@ -480,24 +480,8 @@ def atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], None], *, 
     Without ``overwrite`` an existing file is never replaced (the final link fails if one appeared
     meanwhile). On any error the temporary file is removed and nothing is left half-written.
     """
-    path = Path(path)
-    parent = path.parent if str(path.parent) else Path(".")
-    if not parent.is_dir():
-        raise OutputError(f"{parent}: output folder does not exist")
-    if path.is_dir():
-        raise OutputError(f"{path}: is a folder")
-    if not overwrite and path.exists():
-        raise OutputExistsError(f"{path}: exists (use --overwrite to replace it)")
-    try:
-        return files.atomic_write(path, write, overwrite=overwrite, suffix=".part")
-    except DreamSRError:
-        raise
-    except files.TempFileError as err:
-        raise OutputError(f"{parent}: cannot write to the output folder ({err.strerror or err})") from None
-    except FileExistsError:
-        raise OutputExistsError(f"{path}: exists (use --overwrite to replace it)") from None
-    except OSError as err:
-        raise OutputError(f"{path}: cannot write ({err.strerror or err})") from None
+    with files.guarded_output(path, overwrite=overwrite) as target:
+        return files.atomic_write(target, write, overwrite=overwrite, suffix=".part")
 
 
 def save_image(path: str | os.PathLike, rgb: torch.Tensor, *, alpha: torch.Tensor | None = None,
