@@ -121,3 +121,38 @@ def test_package_model_sets_sampling_and_keeps_the_weights(tmp_path: Path) -> No
     from dreamsr.jobs.weights import sha256_file
 
     assert f'sha256      = "{sha256_file(dst)}"' in r.stdout and f"bytes       = {dst.stat().st_size}" in r.stdout
+
+
+def test_profiles_external_statistics_match_independent_computations(tmp_path: Path) -> None:
+    import itertools
+
+    import numpy as np
+
+    from dreamsr.images import load_rgb
+    from dreamsr.metrics import hf_ratio
+
+    P = _script("profiles_external")
+    rng = np.random.default_rng(0)
+    x, y = rng.random(7).tolist(), rng.random(7).tolist()
+    # Spearman's rho is Pearson's r of the ranks
+    rank = lambda v: np.argsort(np.argsort(v)).astype(float)  # noqa: E731
+    assert P.spearman(x, y) == pytest.approx(np.corrcoef(rank(x), rank(y))[0, 1], abs=1e-12)
+    assert P.spearman([1.0, 2.0, 3.0], [3.0, 2.0, 1.0]) == pytest.approx(-1.0)
+    # the exact permutation p-value: a brute force over every ordering of the values themselves
+    obs = P.spearman(x, y)
+    brute = np.mean([P.spearman(x, list(p)) <= obs + 1e-12 for p in itertools.permutations(y)])
+    assert P.permutation_p_below(x, y) == pytest.approx(brute, abs=1e-12)
+    assert P.permutation_p_below([0.0, 1.0, 2.0, 3.0], [3.0, 2.0, 1.0, 0.0]) == pytest.approx(1 / 24)
+    # the t-interval: mean ± t(0.975, n - 1) s / sqrt(n), t(0.975, 9) = 2.262
+    d = [0.1, -0.2, 0.3, 0.05, 0.0, 0.12, -0.07, 0.2, 0.15, -0.1]
+    iv = P.interval(d)
+    half = 2.262 * np.std(d, ddof=1) / np.sqrt(10)
+    assert iv["mean"] == pytest.approx(np.mean(d)) and iv["hi"] - iv["mean"] == pytest.approx(half)
+    # the HR texture gauge is the HF ratio's own high-pass: ratio of two photos = ratio of their squared RMS
+    a, b = tmp_path / "a.png", tmp_path / "b.png"
+    img = Image.open(photo_path("chelsea.png")).convert("RGB").crop((0, 0, 96, 80))
+    img.save(a)
+    img.resize((24, 20), Image.BICUBIC).resize((96, 80), Image.BICUBIC).save(b)
+    expect = hf_ratio(load_rgb(b), load_rgb(a))
+    assert (P.hf_rms(b) / P.hf_rms(a)) ** 2 == pytest.approx(expect, rel=1e-6)
+    assert P.hf_rms(b) < P.hf_rms(a)  # a blurred copy has less texture
