@@ -156,3 +156,17 @@ def test_profiles_external_statistics_match_independent_computations(tmp_path: P
     expect = hf_ratio(load_rgb(b), load_rgb(a))
     assert (P.hf_rms(b) / P.hf_rms(a)) ** 2 == pytest.approx(expect, rel=1e-6)
     assert P.hf_rms(b) < P.hf_rms(a)  # a blurred copy has less texture
+
+
+def test_experiment_evaluate_lists_the_common_start_without_curves(tmp_path: Path) -> None:
+    E = _script("dream_experiment/evaluate")
+    for run in ("p1-s1", "pinf-s1", "p1-s2"):
+        (tmp_path / run).mkdir()
+    (tmp_path / "p1-s1" / "DONE").touch()
+    (tmp_path / "pinf-s1" / "DONE").touch()  # p1-s2 is still training: not listed
+    plain = E.tasks(tmp_path, ks=(1, 15), secondary_ks=(15,), curve_at=(1000,), curve_ks=(15,))
+    assert {r for r, _ in plain} == {"p1-s1", "pinf-s1"}
+    assert ("p1-s1", "curve-1000-k15") in plain and len(plain) == 2 * 5
+    with_start = E.tasks(tmp_path, ks=(1, 15), secondary_ks=(15,), curve_at=(1000,), curve_ks=(15,), start=True)
+    assert with_start[len(with_start) - len(plain):] == plain
+    assert [t for r, t in with_start if r == "start-s0"] == ["final-k1", "final-k15", "final-bp-k15", "diag"]

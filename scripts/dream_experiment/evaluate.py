@@ -3,6 +3,7 @@
 
     python scripts/dream_experiment/evaluate.py CORPUS WORK [--shard I/N]
         [--ks 1,2,4,8,15] [--secondary-ks 1,15] [--curve-at 1000,2000] [--curve-ks 1,15] [--sample-seeds 4]
+        [--start WEIGHTS]
 
 For every finished run WORK/<arm>-s<seed> (train.sh's layout) it writes WORK/eval/<run>/<task>.json, skipping
 tasks already written (so it resumes, and N processes with --shard 0/N .. N-1/N share the work):
@@ -16,6 +17,9 @@ tasks already written (so it resumes, and N processes with --shard 0/N .. N-1/N 
 
 Measures: PSNR/SSIM on BT.601 Y (border 4), HaarPSI (piq, RGB) and the HF ratio (Y), through dreamsr's own
 evaluator (``dreamsr.jobs.evaluate.evaluate``), so the numbers are the ones ``dreamsr eval`` prints.
+
+``--start WEIGHTS`` also measures the file every run started from (experiment B: the shipped weights) as the run
+``start-s0``: the final and secondary rows and the diagnostic, no curves.
 
 The optional lists change which K, states and sampling seeds are measured (for a tiny run, e.g. scripts/reproduce's
 ci profile); their defaults are the experiment's, above.
@@ -107,8 +111,13 @@ def fig3(weights: Path, val: Path) -> dict:
 
 
 def tasks(work: Path, ks: tuple[int, ...] = STEPS, secondary_ks: tuple[int, ...] = SECONDARY_STEPS,
-          curve_at: tuple[int, ...] = CURVE_AT, curve_ks: tuple[int, ...] = CURVE_STEPS) -> list[tuple[str, str]]:
+          curve_at: tuple[int, ...] = CURVE_AT, curve_ks: tuple[int, ...] = CURVE_STEPS,
+          start: bool = False) -> list[tuple[str, str]]:
+    """(run, task) pairs of every finished run (and of the ``start`` file when given)."""
     out = []
+    if start:
+        out += [("start-s0", f"final-k{k}") for k in ks] + [("start-s0", f"final-bp-k{k}") for k in secondary_ks]
+        out.append(("start-s0", "diag"))
     for run in sorted(p for p in work.iterdir() if (p / "DONE").exists()):
         out += [(run.name, f"final-k{k}") for k in ks]
         out += [(run.name, f"final-bp-k{k}") for k in secondary_ks]
@@ -117,8 +126,8 @@ def tasks(work: Path, ks: tuple[int, ...] = STEPS, secondary_ks: tuple[int, ...]
     return out
 
 
-def do(work: Path, val: Path, run: str, task: str, sample_seeds: int = SEEDS) -> dict:
-    model = work / run / "model.safetensors"
+def do(work: Path, val: Path, run: str, task: str, sample_seeds: int = SEEDS, start: Path | None = None) -> dict:
+    model = start if run == "start-s0" and start is not None else work / run / "model.safetensors"
     if task == "diag":
         return fig3(model, val)
     if task.startswith("final-bp-k"):
@@ -151,16 +160,18 @@ def main() -> None:
                                                                      "1000,2000; they must have been saved)")
     ap.add_argument("--curve-ks", type=_ints, default=CURVE_STEPS, help="K of the curve rows (default 1,15)")
     ap.add_argument("--sample-seeds", type=int, default=SEEDS, help="sampling seeds of the primary rows (default 4)")
+    ap.add_argument("--start", type=Path, default=None, help="also measure this file (the runs' common start) as "
+                                                             "the run 'start-s0'")
     args = ap.parse_args()
     i, n = (int(v) for v in args.shard.split("/"))
     val = args.corpus / "val_crops"
-    todo = tasks(args.work, args.ks, args.secondary_ks, args.curve_at, args.curve_ks)[i::n]
+    todo = tasks(args.work, args.ks, args.secondary_ks, args.curve_at, args.curve_ks, args.start is not None)[i::n]
     for run, task in todo:
         out = args.work / "eval" / run / f"{task}.json"
         if out.exists():
             continue
         out.parent.mkdir(parents=True, exist_ok=True)
-        res = do(args.work, val, run, task, args.sample_seeds)
+        res = do(args.work, val, run, task, args.sample_seeds, args.start)
         atomic_write_text(out, json.dumps(res, indent=1))
         print(f"{run} {task} done", flush=True)
 
