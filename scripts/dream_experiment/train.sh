@@ -13,16 +13,18 @@
 # Optional environment variables change the sizes (for a tiny run, e.g. scripts/reproduce's ci profile); unset,
 # the experiment is exactly the one above: SEEDS (default "1 2 3"), ARMS (default "pinf p1 p0 p1vp": queued as
 # pinf, p1 per seed, then p0, p1vp per seed), PRESET (small), PATCH (64), BATCH (8), WARMUP (200), SAVE_EVERY
-# (1000). QUEUE ("arm:seed ...", e.g. "p1:3 p0:1") replaces the queue. A run already training (started by an
+# (1000), LR (2e-4), INIT (a dreamsr checkpoint every run starts from, --init-weights; unset: from scratch).
+# QUEUE ("arm:seed ...", e.g. "p1:3 p0:1") replaces the queue. A run already training (started by an
 # earlier invocation) is skipped, and counts against PARALLEL.
 set -euo pipefail
 corpus=${1:?corpus folder}; work=${2:?work folder}; steps=${3:-3000}; parallel=${4:-2}
 seeds=${SEEDS:-1 2 3}; arms=${ARMS:-pinf p1 p0 p1vp}
 mkdir -p "$work"
 common=(--dataset folder --data-dir "$corpus/train" --family resshift --preset "${PRESET:-small}" --shift v1
-        --patch "${PATCH:-64}" --batch-size "${BATCH:-8}" --lr 2e-4 --lr-warmup "${WARMUP:-200}"
+        --patch "${PATCH:-64}" --batch-size "${BATCH:-8}" --lr "${LR:-2e-4}" --lr-warmup "${WARMUP:-200}"
         --lr-schedule constant --ema-decay 0.999 --val-every 0 --workers 0 --cache-mb 1024 --threads 1
         --precision fp32 --save-every "${SAVE_EVERY:-1000}" --keep 100 --log-every 50 --steps "$steps")
+if [ -n "${INIT:-}" ]; then common+=(--init-weights "$INIT"); fi
 declare -A arm=(
   [pinf]="--p inf"
   [p1]="--p 1 --dream-lambda input"
