@@ -244,9 +244,9 @@ def main() -> None:
                    for s in common if all(t in data[a][s] for a in ("p1", "pinf") for t in ("final-k1", "final-k15"))])
     h.append(("H3: the PSNR-Y lost from K = 1 to 15 is smaller for p1 (pinf's loss − p1's loss > 0)",
               fmt_i(l3, "psnr_y"), verdict(l3)))
-    h.append(("H4: at K = 15, p1 − p0 > 0 on HaarPSI", fmt_i(get("p1-p0", "k15", "haarpsi"), "haarpsi"),
-              verdict(get("p1-p0", "k15", "haarpsi"))))
     if "p0" in data:
+        h.append(("H4: at K = 15, p1 − p0 > 0 on HaarPSI", fmt_i(get("p1-p0", "k15", "haarpsi"), "haarpsi"),
+                  verdict(get("p1-p0", "k15", "haarpsi"))))
         best_k1 = max(arms, key=lambda a: arm_mean(data, a, "final-k1", "psnr_y")[0])
         h.append(("H4: p0 has the highest PSNR-Y at K = 1", f"highest: {best_k1}",
                   "holds" if best_k1 == "p0" else "does not hold"))
