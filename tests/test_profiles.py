@@ -98,4 +98,5 @@ def test_the_shipped_default_has_fidelity_and_detail_profiles() -> None:
     assert set(info.profiles) == {"fidelity", "detail"}
     assert info.profiles["fidelity"] == info.sampling == {"steps": 1, "back_project": True, "ensemble": 2}
     assert info.profiles["detail"] == {"steps": 15, "back_project": True, "ensemble": 1}
-    assert info.training["p"] == "inf"
+    # experiment B's winner (docs/experiments/dream-resshift.md): DREAM fine-tuning of the standard-trained weights
+    assert info.training["p"] == 1.0 and info.training["dream_lambda"] == "input"

@@ -264,7 +264,8 @@ def train(
     The defaults are the recipe of the default model dreamsr-x4-resshift: ResShift small on the shift process
     (v1: 15 steps, MSE to x0), 128² HR crops, batch 8, lr 2e-4 with 200 warm-up steps and a cosine decay to 2e-5,
     EMA 0.999, 20 000 steps from scratch (the default model had 22 829 in two stages; on one thread of a 2-core
-    Xeon a step takes 0.25-0.33 s, so about 1.5-2 h), DREAM p = 1 (the shipped model used p = inf). Give --val-dir
+    Xeon a step takes 0.25-0.33 s, so about 1.5-2 h), DREAM p = 1 (the shipped model: 22 829 standard steps,
+    then 2000 DREAM steps, which beat 2000 more standard ones at 15 sampling steps). Give --val-dir
     or --val-dataset to see PSNR against bicubic as it trains.
 
     Examples:
