@@ -364,12 +364,15 @@ def test_defaults_are_the_default_models_recipe() -> None:
     assert (cfg.hr_patch, cfg.batch_size, cfg.lr, cfg.lr_warmup, cfg.lr_schedule, cfg.ema_decay) == \
         (128, 8, 2e-4, 200, "cosine", 0.999)
     assert cfg.lr_at(cfg.steps) == pytest.approx(2e-5)
-    # the shipped default file says it was trained so: the same network, process and training settings
+    # the shipped default file says it was trained so: the same network, process and training settings, DREAM
+    # p = 1 included. Its metadata records its last stage, the DREAM fine-tuning of experiment B (64² crops at lr
+    # 5e-5 from the stage-2 weights), which is why crop size and lr are not compared.
     _, info = load_checkpoint(local_path(get_entry(default_model(4))))
     assert info.family == cfg.family and info.process == cfg.process_name()
     assert info.network == cfg.network_config() and info.diffusion == cfg.diffusion_config()
-    for key in ("patch", "batch_size", "lr", "ema_decay", "loss", "preset"):
+    for key in ("batch_size", "ema_decay", "loss", "preset", "p", "dream_lambda"):
         assert info.training[key] == cfg.model_info(0).training[key], key
+    assert info.training["init_weights"] and (info.training["patch"], info.training["lr"]) == (64, 5e-5)
 
 
 def test_a_stored_config_missing_fields_reads_as_it_was_written() -> None:
