@@ -71,9 +71,15 @@ class Dist:
         """``model`` under DistributedDataParallel (gradients averaged over the ranks), or as it is."""
         if not self.enabled:
             return model
+        import inspect
+
         from torch.nn.parallel import DistributedDataParallel as DDP
 
-        return DDP(model, device_ids=[device.index] if device.type == "cuda" else None, broadcast_buffers=False)
+        # No buffer sync before each forward: the buffers (e.g. Swin attention masks) are the same on every rank.
+        # torch >= 2.14 spells this forward_sync_buffers and warns on the older broadcast_buffers.
+        sync = "forward_sync_buffers" if "forward_sync_buffers" in inspect.signature(DDP).parameters \
+            else "broadcast_buffers"
+        return DDP(model, device_ids=[device.index] if device.type == "cuda" else None, **{sync: False})
 
     def close(self) -> None:
         """Leave the process group if this process created it."""
