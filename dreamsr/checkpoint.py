@@ -53,16 +53,19 @@ TRAIN_STATE_FORMAT = "dreamsr.jobs.train-state"  # dreamsr.jobs.train.STATE_FORM
 _STORE_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 # Sizes a checkpoint's metadata may give: far above every real model (the largest shipped or converted ones:
-# ResShift v1, 175 M values, widths up to 640; SR3/IDM T = 2000, x8), far below what would exhaust a machine.
+# ResShift v1, 175 M values, widths up to 640, a VQ-f4 codebook of 8192 entries; SR3/IDM T = 2000, x8), far below
+# what would exhaust a machine.
 LIMITS: dict[str, int] = {
     "scale": 16,  # the native factor, and an IDM network's min_scale/max_scale
     "steps": 100_000,  # a trained chain T (num_steps) and recommended sampling steps / start
+    "codebook": 65_536,  # entries of a vector quantiser's codebook (n_embed)
     "width": 4096,  # any other number in a network or sampling config: channels, multipliers, sizes, windows
     "depth": 64,  # blocks per level or stack (res_blocks, encoder_blocks, swin_depth, ...)
     "levels": 8,  # entries of a per-level list (channel_mults, attention_levels, ...)
     "parameters": 2_000_000_000,  # values of the network the config describes (compared with the file's)
 }
 _SCALE_KEYS = ("min_scale", "max_scale")
+_CODEBOOK_KEYS = ("n_embed",)
 _SCALE_TEXT = re.compile(r"[0-9]{1,6}")
 
 
@@ -216,6 +219,7 @@ def _check_numbers(d: Mapping[str, Any], where: str) -> None:
             raise ConfigError(f"{name} lists {len(value)} entries; dreamsr's limit for a checkpoint is "
                               f"{LIMITS['levels']} levels")
         kind = ("steps" if "steps" in key or key == "start" else "scale" if key in _SCALE_KEYS
+                else "codebook" if key in _CODEBOOK_KEYS
                 else "depth" if "block" in key or "depth" in key else "width")
         for v in values:
             if isinstance(v, bool) or not isinstance(v, (int, float)):

@@ -184,7 +184,7 @@ def test_check_types_names_the_field() -> None:
         check_types(SamplingOptions, {"sampler": "euler"}, "sampling")
     with pytest.raises(ConfigError, match=r"^sampling\.eta must be a finite number or null, got inf$"):
         check_types(SamplingOptions, {"eta": float("inf")}, "sampling")
-    assert set(LIMITS) == {"scale", "steps", "width", "depth", "levels", "parameters"}
+    assert set(LIMITS) == {"scale", "steps", "codebook", "width", "depth", "levels", "parameters"}
 
 
 # ---- non-finite weights and sampling ------------------------------------------------------------------------
@@ -488,3 +488,27 @@ def test_convert_and_export_os_errors_are_one_line(tmp_path: Path, tiny: Path) -
             ro.chmod(stat.S_IRWXU)
         ro.rmdir()
     assert snapshot(tmp_path) == before
+
+
+def test_a_vq_codebook_is_bounded_as_a_codebook_not_as_a_width() -> None:
+    """The released ResShift v1 autoencoder has 8192 codebook entries: over the width limit, within the codebook one
+    (the slow test converting the release's listing found this); a giant codebook is still refused by name."""
+    from dataclasses import replace
+
+    from dreamsr.checkpoint import check_config
+    from dreamsr.errors import CheckpointError
+    from dreamsr.families.resshift import ResShiftConfig
+    from dreamsr.families.resshift.network import preset
+    from dreamsr.first_stages.vqf4 import VQF4Config
+
+    released = ResShiftConfig(unet=preset("small", in_channels=3, out_channels=3), first_stage="vqf4",
+                              vqf4=VQF4Config())
+    assert released.vqf4 is not None and released.vqf4.n_embed == 8192 > LIMITS["width"]
+    check_config("resshift", released, "released.safetensors")  # no error
+    giant = replace(released, vqf4=replace(released.vqf4, n_embed=100_000))
+    with pytest.raises(CheckpointError, match=r"network\.vqf4\.n_embed = 100000 is above dreamsr's limit for a "
+                                              r"checkpoint \(codebook: 65536\)"):
+        check_config("resshift", giant, "giant.safetensors")
+    wide = replace(released, vqf4=replace(released.vqf4, ch=5120))
+    with pytest.raises(CheckpointError, match=r"\(width: 4096\)"):
+        check_config("resshift", wide, "wide.safetensors")
