@@ -28,34 +28,25 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from dream_experiment.report import interval  # scripts/ is on sys.path when this file runs as a script
 from dreamsr.images import load_rgb
 from dreamsr.jobs.evaluate import EvalConfig, evaluate, finished_summary
 from dreamsr.metrics import HF_SIGMA, HF_WINDOW, gaussian_window
 
 METRICS = ("psnr", "ssim", "haarpsi", "mdsi", "gmsd", "hf")
 COLS = ("psnr_y", "ssim_y", "haarpsi", "mdsi", "gmsd", "hf")
-# Student t 0.975 quantiles by degrees of freedom (scipy.stats.t.ppf(0.975, df)), enough for sets of up to 31
-T975 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145,
-        2.131, 2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048, 2.045,
-        2.042)
 
 
-def interval(diffs: list[float]) -> dict[str, float]:
-    """Mean and 95 % Student-t interval of paired differences (one per photo)."""
-    n = len(diffs)
-    mean = statistics.fmean(diffs)
-    half = T975[n - 2] * statistics.stdev(diffs) / math.sqrt(n)
-    return {"n": n, "mean": mean, "lo": mean - half, "hi": mean + half}
+def ranks(v: list[float]) -> list[int]:
+    """0-based ranks of ``v`` (no ties expected: continuous measures)."""
+    r = [0] * len(v)
+    for i, k in enumerate(sorted(range(len(v)), key=v.__getitem__)):
+        r[k] = i
+    return r
 
 
 def spearman(x: list[float], y: list[float]) -> float:
     """Spearman's rank correlation (no ties expected: continuous measures)."""
-    def ranks(v: list[float]) -> list[float]:
-        order = sorted(range(len(v)), key=v.__getitem__)
-        r = [0.0] * len(v)
-        for i, k in enumerate(order):
-            r[k] = float(i)
-        return r
     rx, ry = ranks(x), ranks(y)
     mx, my = statistics.fmean(rx), statistics.fmean(ry)
     num = sum((a - mx) * (b - my) for a, b in zip(rx, ry))
@@ -67,13 +58,7 @@ def permutation_p_below(x: list[float], y: list[float]) -> float:
     rho <= the observed one. Without ties rho = 1 - 6 sum(d^2) / (n (n^2 - 1)), so a lower rho is a larger
     sum of squared rank differences."""
     n = len(x)
-    rx = sorted(range(n), key=x.__getitem__)
-    ry = sorted(range(n), key=y.__getitem__)
-    rank_x, rank_y = [0] * n, [0] * n
-    for i, k in enumerate(rx):
-        rank_x[k] = i
-    for i, k in enumerate(ry):
-        rank_y[k] = i
+    rank_x, rank_y = ranks(x), ranks(y)
     obs = sum((a - b) ** 2 for a, b in zip(rank_x, rank_y))
     hits = total = 0
     for perm in itertools.permutations(range(n)):

@@ -123,7 +123,8 @@ def test_package_model_sets_sampling_and_keeps_the_weights(tmp_path: Path) -> No
     assert f'sha256      = "{sha256_file(dst)}"' in r.stdout and f"bytes       = {dst.stat().st_size}" in r.stdout
 
 
-def test_profiles_external_statistics_match_independent_computations(tmp_path: Path) -> None:
+def test_profiles_external_statistics_match_independent_computations(tmp_path: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
     import itertools
 
     import numpy as np
@@ -131,6 +132,7 @@ def test_profiles_external_statistics_match_independent_computations(tmp_path: P
     from dreamsr.images import load_rgb
     from dreamsr.metrics import hf_ratio
 
+    monkeypatch.syspath_prepend(str(ROOT / "scripts"))  # as when it runs: it imports the experiment's report.py
     P = _script("profiles_external")
     rng = np.random.default_rng(0)
     x, y = rng.random(7).tolist(), rng.random(7).tolist()

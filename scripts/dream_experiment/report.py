@@ -27,7 +27,11 @@ COLS = ("psnr_y", "ssim_y", "haarpsi", "hf")
 HEAD = {"psnr_y": "PSNR-Y", "ssim_y": "SSIM-Y", "haarpsi": "HaarPSI", "hf": "HF ratio"}
 FMT = {"psnr_y": "{:.2f}", "ssim_y": "{:.4f}", "haarpsi": "{:.4f}", "hf": "{:.3f}"}
 DFMT = {"psnr_y": "{:+.3f}", "ssim_y": "{:+.4f}", "haarpsi": "{:+.4f}", "hf": "{:+.3f}"}
-T975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571}  # Student t, 0.975 quantile, by degrees of freedom
+# Student t 0.975 quantiles by degrees of freedom (scipy.stats.t.ppf(0.975, df)); also used by
+# scripts/profiles_external.py for its 10 photos
+T975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262, 10: 2.228,
+        11: 2.201, 12: 2.179, 13: 2.160, 14: 2.145, 15: 2.131, 16: 2.120, 17: 2.110, 18: 2.101, 19: 2.093,
+        20: 2.086}
 PAIRS = (("p1", "pinf"), ("p0", "pinf"), ("p1", "p0"), ("p1vp", "p1"))
 
 
